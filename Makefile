@@ -1,0 +1,39 @@
+# `make demo` and `make test` each set everything up first; both are fast once .venv exists.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stvideo-installed
+# Ray 2.60 turns token auth on by itself when it finds a token file: say what we want.
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes. torch is pinned to the CPU wheel
+# that lies on this machine's disk (see README: "Why torch is pinned").
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[dev,s3]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/stvideo run --config configs/demo.yaml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits 5 when it collects nothing; that is not a failure of the code.
+test: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest: no tests collected" || exit $$rc; }
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

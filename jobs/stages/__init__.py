@@ -1,0 +1,44 @@
+"""The pipeline's stages, in order. A stage is `run_<stage>(cfg) -> StageResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.config import PipelineConfig
+from jobs.stages.base import StageInputError, StageResult
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    issue: int
+    run: Callable[[PipelineConfig], StageResult] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self.run is not None
+
+
+def _ingest(cfg: PipelineConfig) -> StageResult:
+    # Imported on use: `stvideo --help` should not pay for Ray, decord and torch.
+    from jobs.stages.ingest import run_ingest
+
+    return run_ingest(cfg)
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in [
+        Stage(
+            "ingest", "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.", 2, _ingest
+        ),
+        Stage("train-tokenizer", "Train the per-frame VQGAN on decoded frames (Accelerate).", 3),
+        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4),
+        Stage("train-dynamics", "Train the spatial-temporal transformer on streamed latents.", 5),
+        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6),
+    ]
+}
+
+__all__ = ["STAGES", "Stage", "StageInputError", "StageResult"]

@@ -1,0 +1,162 @@
+"""`stvideo ingest`: videos -> raw webdataset shards, one Ray task per shard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from tqdm import tqdm
+
+from jobs.config import PipelineConfig
+from jobs.ray_runtime import ray_session
+from jobs.stages.base import StageInputError, StageResult
+from pipeline import storage
+from pipeline.shards import (
+    PARTS_DIR,
+    ShardReport,
+    ShardTask,
+    build_shard,
+    plan_shards,
+    read_part,
+    write_manifest,
+)
+from pipeline.sources import FolderSource, MovingMnistSource
+
+
+def make_source(cfg: PipelineConfig) -> FolderSource | MovingMnistSource:
+    data = cfg.data
+    if data.source == "folder":
+        return FolderSource(path=data.path, extensions=tuple(data.extensions))
+    mm = data.moving_mnist
+    return MovingMnistSource(
+        num_videos=mm.num_videos,
+        fps=data.fps,
+        seed=data.seed,
+        path=data.path,
+        num_frames=mm.num_frames,
+        canvas_size=mm.canvas_size,
+        digits_per_video=mm.digits_per_video,
+        digit_size=mm.digit_size,
+        step_length=mm.step_length,
+        encoding={
+            "codec": cfg.ingest.codec,
+            "crf": cfg.ingest.crf,
+            "keyframe_interval": cfg.ingest.keyframe_interval,
+        },
+    )
+
+
+def fingerprint(cfg: PipelineConfig, keys: list[str]) -> str:
+    """Identity of what raw/ holds: the settings that shape the shards and the inputs' keys."""
+    settings = {
+        "data": cfg.data.model_dump(mode="json"),
+        "ingest": cfg.ingest.model_dump(mode="json", exclude={"overwrite"}),
+        "keys": keys,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _list_items(source):
+    try:
+        items = source.items()
+    except (OSError, ValueError) as err:
+        raise StageInputError(f"data.path: given {source.path!r}; cannot be read ({err})") from None
+    if not items:
+        raise StageInputError(
+            f"data.path: given {source.path!r}; expected video files "
+            f"({', '.join(getattr(source, 'extensions', ()))}), found none"
+        )
+    return items
+
+
+def _check_previous(raw_uri: str, current: str, overwrite: bool) -> None:
+    """Refuse to mix shards of two different configs under one root."""
+    previous = set()
+    manifest_uri = storage.join(raw_uri, "manifest.json")
+    if storage.exists(manifest_uri):
+        previous.add(storage.read_json(manifest_uri).get("fingerprint"))
+    for name in storage.list_names(storage.join(raw_uri, PARTS_DIR)):
+        if name.endswith(".json"):
+            previous.add(storage.read_json(storage.join(raw_uri, PARTS_DIR, name)).get("fingerprint"))
+    stale = previous - {current}
+    if not stale:
+        return
+    if not overwrite:
+        raise StageInputError(
+            f"root: {raw_uri} already holds shards from a different data/ingest config; "
+            "use another root, or --set ingest.overwrite=true to replace them"
+        )
+    storage.remove(raw_uri, recursive=True)
+
+
+def run_ingest(cfg: PipelineConfig) -> StageResult:
+    started = time.perf_counter()
+    source = make_source(cfg)
+    items = _list_items(source)
+    raw_uri = storage.join(cfg.root, "raw")
+    current = fingerprint(cfg, [item.key for item in items])
+    _check_previous(raw_uri, current, cfg.ingest.overwrite)
+    storage.makedirs(raw_uri)
+
+    tasks = [
+        ShardTask(index, chunk, raw_uri, current, cfg.data.clip_frames)
+        for index, chunk in enumerate(plan_shards(items, cfg.ingest.videos_per_shard))
+    ]
+    reports: dict[int, ShardReport] = {}
+    for task in tasks:
+        done = read_part(raw_uri, task.index)
+        if done is not None and done.fingerprint == current:
+            reports[task.index] = done
+    pending = [task for task in tasks if task.index not in reports]
+    skipped = len(reports)
+
+    if pending:
+        with ray_session(cfg.ray):
+            import ray
+
+            remote_build = ray.remote(num_cpus=1, max_retries=2)(build_shard)
+            source_ref = ray.put(source)
+            waiting = [remote_build.remote(task, source_ref) for task in pending]
+            with tqdm(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
+                while waiting:
+                    finished, waiting = ray.wait(waiting, num_returns=1)
+                    report = ray.get(finished[0])
+                    reports[report.index] = report
+                    bar.update(report.samples + len(report.rejects))
+                    bar.set_postfix(rejected=sum(len(r.rejects) for r in reports.values()))
+
+    manifest = write_manifest(
+        raw_uri,
+        list(reports.values()),
+        current,
+        {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items)},
+    )
+    seconds = time.perf_counter() - started
+    built = [reports[task.index] for task in pending]
+    processed = sum(r.samples + len(r.rejects) for r in built)
+    metrics = {
+        "videos_kept": manifest["num_samples"],
+        "videos_rejected": manifest["num_rejected"],
+        "shards": len(manifest["shards"]),
+        "shards_skipped": skipped,
+        "raw_bytes": sum(shard["bytes"] for shard in manifest["shards"]),
+        "seconds": seconds,
+    }
+    if processed:
+        metrics["videos_per_s"] = processed / seconds
+    summary = (
+        f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
+        f"(see {storage.join(raw_uri, 'rejects.jsonl')}); {len(manifest['shards'])} shards in {raw_uri}"
+    )
+    if skipped:
+        summary += f"; {skipped} shards were already complete and kept"
+    if processed:
+        summary += f"; {metrics['videos_per_s']:.1f} videos/s"
+    return StageResult(
+        stage="ingest",
+        inputs={"videos": cfg.data.path or f"moving-mnist(seed={cfg.data.seed})"},
+        outputs={"raw": raw_uri, "manifest": storage.join(raw_uri, "manifest.json")},
+        metrics=metrics,
+        summary=summary,
+    )

@@ -1,0 +1,119 @@
+"""Raw webdataset shards: `<root>/raw/shard-%06d.tar`, one sample per source video.
+
+Each shard is built by one worker from a fixed list of inputs. The shard's tar
+is moved into place whole, then a small part record (`raw/_parts/…json`) is
+written; the part record is the commit: a shard without one is unfinished and
+is rebuilt, a shard with one is never rebuilt for the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import webdataset as wds
+
+from pipeline import storage
+from pipeline.sources import SourceItem
+from pipeline.video import RejectedVideo, probe_video
+
+MANIFEST_SCHEMA = 1
+PARTS_DIR = "_parts"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def part_uri(raw_uri: str, index: int) -> str:
+    return storage.join(raw_uri, PARTS_DIR, f"shard-{index:06d}.json")
+
+
+@dataclass
+class ShardTask:
+    index: int
+    items: list[SourceItem]
+    raw_uri: str
+    fingerprint: str  # of the config and input list that this shard belongs to
+    min_frames: int
+
+
+@dataclass
+class ShardReport:
+    index: int
+    name: str
+    fingerprint: str
+    keys: list[str] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def samples(self) -> int:
+        return len(self.keys)
+
+
+def build_shard(task: ShardTask, source) -> ShardReport:
+    """Fetch, validate and pack the task's videos; a bad video is a reject, not a failure."""
+    started = time.perf_counter()
+    report = ShardReport(index=task.index, name=shard_name(task.index), fingerprint=task.fingerprint)
+    handle, local_tar = tempfile.mkstemp(suffix=".tar")
+    os.close(handle)
+    try:
+        with open(local_tar, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False)
+            for item in task.items:
+                try:
+                    video = source.fetch(item)
+                    info = probe_video(video.data, min_frames=task.min_frames)
+                except RejectedVideo as reason:
+                    report.rejects.append({"path": item.ref, "key": item.key, "reason": str(reason)})
+                    continue
+                meta = {"source": item.ref, **asdict(info)}
+                if video.label is not None:
+                    meta["label"] = video.label
+                writer.write(
+                    {"__key__": item.key, video.extension: video.data, "json": json.dumps(meta).encode()}
+                )
+                report.keys.append(item.key)
+            writer.close()
+        report.bytes = os.path.getsize(local_tar)
+        storage.put_file_atomic(local_tar, storage.join(task.raw_uri, report.name))
+    finally:
+        os.unlink(local_tar)
+    report.seconds = time.perf_counter() - started
+    storage.write_json(part_uri(task.raw_uri, task.index), asdict(report))
+    return report
+
+
+def read_part(raw_uri: str, index: int) -> ShardReport | None:
+    uri = part_uri(raw_uri, index)
+    if not storage.exists(uri):
+        return None
+    return ShardReport(**storage.read_json(uri))
+
+
+def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
+    return [items[start : start + per_shard] for start in range(0, len(items), per_shard)]
+
+
+def write_manifest(raw_uri: str, reports: list[ShardReport], fingerprint: str, description: dict) -> dict:
+    """`manifest.json` (shards, counts) and `rejects.jsonl` (path + reason), from the part records."""
+    reports = sorted(reports, key=lambda report: report.index)
+    rejects = [reject for report in reports for reject in report.rejects]
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA,
+        "fingerprint": fingerprint,
+        "source": description,
+        "shards": [{"name": r.name, "samples": r.samples, "bytes": r.bytes} for r in reports],
+        "num_samples": sum(r.samples for r in reports),
+        "num_rejected": len(rejects),
+        "rejects": "rejects.jsonl",
+    }
+    lines = "".join(json.dumps({"path": r["path"], "reason": r["reason"]}) + "\n" for r in rejects)
+    storage.write_bytes_atomic(storage.join(raw_uri, "rejects.jsonl"), lines.encode())
+    storage.write_json(storage.join(raw_uri, "manifest.json"), manifest)
+    return manifest

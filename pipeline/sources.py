@@ -1,0 +1,125 @@
+"""Where raw videos come from: a folder of files, or the Moving MNIST generator.
+
+A source lists its items on the driver (cheap, deterministic, sorted) and
+fetches one item's bytes inside a worker, so the bytes never pass through the
+driver.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from fsspec.core import url_to_fs
+
+from pipeline.moving_mnist import load_fixed_sequences, load_glyphs, moving_mnist_sequence
+from pipeline.video import RejectedVideo, encode_mp4
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    key: str  # the webdataset __key__: unique, no dots
+    ref: str  # what a person recognises: a path, or the generator and index
+
+
+@dataclass(frozen=True)
+class FetchedVideo:
+    data: bytes
+    extension: str
+    label: object = None
+
+
+def safe_key(text: str) -> str:
+    """A webdataset key: no dots (webdataset splits key from extension at the first dot)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "video"
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """Video files under a directory, matching a glob, or one file; local or fsspec URI."""
+
+    path: str
+    extensions: tuple[str, ...]
+
+    def items(self) -> list[SourceItem]:
+        fs, path = url_to_fs(self.path)
+        if fs.isdir(path):
+            files, base = fs.find(path), path.rstrip("/")
+        elif any(char in path for char in "*?["):
+            files, base = fs.glob(path), path.split("*")[0].rsplit("/", 1)[0]
+        else:
+            files, base = [path], path.rsplit("/", 1)[0]
+        wanted = {ext.lower().lstrip(".") for ext in self.extensions}
+        videos = sorted(f for f in files if f.rsplit(".", 1)[-1].lower() in wanted)
+        protocol = self.path.split("://", 1)[0] + "://" if "://" in self.path else ""
+        items, seen = [], set()
+        for file in videos:
+            relative = file[len(base) :].lstrip("/") if file.startswith(base) else file
+            key = safe_key(relative.rsplit(".", 1)[0])
+            if key in seen:  # a/b.mp4 and a_b.mp4, or clip.mp4 and clip.mkv
+                key = safe_key(relative)
+            while key in seen:
+                key += "_"
+            seen.add(key)
+            items.append(SourceItem(key=key, ref=protocol + file))
+        return items
+
+    def fetch(self, item: SourceItem) -> FetchedVideo:
+        fs, path = url_to_fs(item.ref)
+        try:
+            data = fs.cat_file(path)
+        except IsADirectoryError:
+            raise RejectedVideo("cannot read: is a directory") from None
+        except OSError as err:
+            raise RejectedVideo(f"cannot read: {err.strerror or err}") from None
+        return FetchedVideo(data=data, extension=path.rsplit(".", 1)[-1].lower())
+
+
+@dataclass(frozen=True)
+class MovingMnistSource:
+    """Generated sequences, or the fixed `mnist_test_seq.npy` set when `path` ends in .npy."""
+
+    num_videos: int
+    fps: float
+    seed: int = 0
+    path: str | None = None
+    num_frames: int = 20
+    canvas_size: int = 64
+    digits_per_video: int = 2
+    digit_size: int = 28
+    step_length: float = 0.1
+    encoding: dict = field(default_factory=dict)  # codec, crf, keyframe_interval for encode_mp4
+
+    @property
+    def fixed(self) -> bool:
+        return bool(self.path) and self.path.endswith(".npy")
+
+    def items(self) -> list[SourceItem]:
+        if self.fixed:
+            count = load_fixed_sequences(self.path).shape[1]
+            name = safe_key(self.path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+            return [SourceItem(f"{name}-{i:06d}", f"{self.path}[{i}]") for i in range(count)]
+        load_glyphs(self.path, self.digit_size)  # fail here, on the driver, for a bad glyph file
+        return [
+            SourceItem(f"mmnist-s{self.seed}-{i:07d}", f"moving-mnist(seed={self.seed}, index={i})")
+            for i in range(self.num_videos)
+        ]
+
+    def fetch(self, item: SourceItem) -> FetchedVideo:
+        index = int(item.key.rsplit("-", 1)[-1])
+        if self.fixed:
+            video, labels = np.asarray(load_fixed_sequences(self.path)[:, index]), None
+        else:
+            glyphs, glyph_labels = load_glyphs(self.path, self.digit_size)
+            video, labels = moving_mnist_sequence(
+                index,
+                glyphs,
+                glyph_labels,
+                seed=self.seed,
+                num_frames=self.num_frames,
+                canvas_size=self.canvas_size,
+                digits_per_video=self.digits_per_video,
+                step_length=self.step_length,
+            )
+        return FetchedVideo(data=encode_mp4(video, self.fps, **self.encoding), extension="mp4", label=labels)

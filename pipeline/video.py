@@ -1,0 +1,105 @@
+"""Video bytes in and out: decord to validate and read, PyAV to write."""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import decord
+import decord.logging
+import numpy as np
+
+# ffmpeg complains on stderr about every damaged packet; rejected videos are
+# reported with their reason in rejects.jsonl, so that noise only hides the summary.
+decord.logging.set_level(decord.logging.QUIET)
+
+VALIDATE_BATCH = 32
+
+
+class RejectedVideo(Exception):
+    """An input that cannot become a training sample; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+
+
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+\.cc:\d+: ")
+
+
+def _reason(err: Exception) -> str:
+    """decord's message without its timestamp and C++ source location."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    line = lines[0] if lines else type(err).__name__
+    while _DECORD_PREFIX.match(line):
+        line = _DECORD_PREFIX.sub("", line)
+    return line[:200]
+
+
+def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
+    """Open `data` with decord, decode every frame, and describe it.
+
+    Every frame is decoded because a truncated or damaged stream often opens
+    fine and only fails part-way; finding that here keeps it out of the shards.
+    """
+    if len(data) == 0:
+        raise RejectedVideo("empty file (0 bytes)")
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+    except Exception as err:  # decord raises RuntimeError or DECORDError here
+        raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
+    num_frames = len(reader)
+    if num_frames == 0:
+        raise RejectedVideo("no video frames")
+    try:
+        height, width = reader[0].shape[:2]
+        for start in range(0, num_frames, VALIDATE_BATCH):
+            reader.get_batch(list(range(start, min(start + VALIDATE_BATCH, num_frames))))
+    except Exception as err:
+        raise RejectedVideo(f"decoding failed near frame {start}: {_reason(err)}") from None
+    fps = float(reader.get_avg_fps())
+    if num_frames < min_frames:
+        raise RejectedVideo(f"only {num_frames} frames, fewer than one clip ({min_frames} frames)")
+    return VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
+
+
+def read_frames(data: bytes) -> np.ndarray:
+    """All frames as uint8 [T, H, W, 3]."""
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def encode_mp4(
+    frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 12, keyframe_interval: int = 10
+) -> bytes:
+    """Encode uint8 frames [T, H, W] (grey) or [T, H, W, 3] (RGB) as an mp4.
+
+    The moov atom goes first (faststart) so that a reader can seek without
+    reading the whole file; that needs a seekable file, hence the temp file.
+    """
+    if frames.ndim == 3:
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    _, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"frame size {width}x{height} must be even for yuv420p")
+    options = {"g": str(keyframe_interval)}
+    options.update({"crf": str(crf)} if codec == "libx264" else {"qscale": "2"})
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as handle:
+        with av.open(handle.name, "w", format="mp4", options={"movflags": "faststart"}) as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = options
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return open(handle.name, "rb").read()
