@@ -24,7 +24,10 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if cfg.address:
         ray.init(address=cfg.address, logging_level=logging.WARNING)
     else:
+        # "local" always starts a fresh embedded Ray: a bare init() would join any
+        # cluster this machine happens to run (it reads /tmp/ray/ray_current_cluster).
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,

@@ -7,6 +7,7 @@ it is tracked.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 def _mlflow():
     import mlflow
 
+    # "Creating initial MLflow database tables..." on every new root is noise here.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
 
 
@@ -116,7 +120,9 @@ class Tracker:
             yield
             return
         mlflow = _mlflow()
-        with mlflow.start_run(run_name=stage, nested=True):
+        parent = mlflow.active_run()
+        # A nested run lands in the default experiment unless told the parent's.
+        with mlflow.start_run(run_name=stage, nested=True, experiment_id=parent.info.experiment_id):
             config = self.cfg.model_dump(mode="json")
             params = {}
             for section in STAGE_SECTIONS.get(stage, ()):

@@ -6,6 +6,8 @@
 # that group by the PID recorded in STATE_DIR/ray-head.pid, never a blanket `ray stop`.
 # Env: RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_NUM_CPUS (all), RAY_AUTH_MODE (disabled).
 set -euo pipefail
+# alive PID: running and not a zombie waiting to be reaped
+alive() { [ -n "$(ps -o stat= -p "$1" 2>/dev/null | grep -v '^Z')" ]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 state="${2:-$repo/out/services}"
@@ -18,7 +20,7 @@ dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
 
 case "${1:-}" in
   start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; then
       echo "ray head already running (pid $(cat "$pidfile"))"; exit 0
     fi
     cpus=()
@@ -34,7 +36,7 @@ case "${1:-}" in
         echo "ray head: 127.0.0.1:$port  dashboard/jobs: http://127.0.0.1:$dashboard_port  (pid $(cat "$pidfile"))"
         exit 0
       fi
-      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      if ! alive "$(cat "$pidfile")"; then
         echo "ray head exited; see $state/ray-head.log" >&2; tail -20 "$state/ray-head.log" >&2; exit 1
       fi
       sleep 0.5
@@ -46,7 +48,7 @@ case "${1:-}" in
     pid="$(cat "$pidfile")"
     # `ray start --block` tears down the processes it started when it gets SIGTERM.
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 1 60); do alive "$pid" || break; sleep 0.5; done
     kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$pidfile"
     echo "ray head stopped (pid $pid)"

@@ -1,0 +1,96 @@
+"""Shared fixtures: small videos the tests make themselves, good and bad."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.video import encode_mp4
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+REPO = Path(__file__).resolve().parents[1]
+STVIDEO = [sys.executable, "-m", "jobs.cli"]
+
+
+def moving_square(num_frames: int = 24, size: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 [T, size, size, 3]: a bright square sliding across a dark frame."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    colour = rng.integers(128, 256, size=3)
+    for t in range(num_frames):
+        x = (t * 2) % (size - 8)
+        frames[t, 8:16, x : x + 8] = colour
+    return frames
+
+
+def write_container(path: Path, frames: np.ndarray, codec: str, fps: int = 10) -> Path:
+    """Write frames with PyAV into any container (webm, avi, mkv) by the path's extension."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def video_folder(tmp_path: Path) -> dict:
+    """A folder with good videos in four containers and one of each bad kind.
+
+    Returns {"path": folder, "good": {name: frames}, "bad": {name: regex for the reason}}.
+    """
+    folder = tmp_path / "videos"
+    (folder / "nested").mkdir(parents=True)
+    good = {}
+    frames = moving_square(24, seed=1)
+    (folder / "square.mp4").write_bytes(encode_mp4(frames, fps=10))
+    good["square.mp4"] = frames
+    frames = moving_square(22, seed=2)
+    write_container(folder / "nested" / "clip.webm", frames, "libvpx-vp9")
+    good["nested/clip.webm"] = frames
+    frames = moving_square(20, seed=3)
+    write_container(folder / "old.avi", frames, "mpeg4")
+    good["old.avi"] = frames
+    frames = moving_square(30, seed=4)
+    write_container(folder / "movie.mkv", frames, "libx264")
+    good["movie.mkv"] = frames
+
+    valid = encode_mp4(moving_square(40, seed=5), fps=10)
+    bad = {}
+    (folder / "empty.mp4").write_bytes(b"")
+    bad["empty.mp4"] = "empty file"
+    (folder / "truncated.mp4").write_bytes(valid[: len(valid) // 2])
+    # depending on where the cut falls, decord fails to open it or fails part-way
+    bad["truncated.mp4"] = "not a readable video|decoding failed"
+    damaged = bytearray(valid)
+    rng = np.random.default_rng(0)
+    for index in rng.integers(len(valid) // 3, len(valid), 400):
+        damaged[index] = rng.integers(0, 256)
+    (folder / "damaged.mp4").write_bytes(bytes(damaged))
+    bad["damaged.mp4"] = "not a readable video|decoding failed"
+    (folder / "notes.mp4").write_text("this is a text file, not a video\n" * 20)
+    bad["notes.mp4"] = "not a readable video"
+    (folder / "short.mp4").write_bytes(encode_mp4(moving_square(8, seed=6), fps=10))
+    bad["short.mp4"] = "fewer than one clip"
+    (folder / "dangling.mp4").symlink_to(tmp_path / "does-not-exist.mp4")
+    bad["dangling.mp4"] = "cannot read"
+    (folder / "readme.txt").write_text("not a video extension: ignored, not rejected")
+    return {"path": folder, "good": good, "bad": bad}
+
+
+def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
+    """Run the real CLI in a subprocess, as a user would."""
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [*STVIDEO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )

