@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,15 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def log_artifact(local_path: str, artifact_path: str | None = None) -> None:
     if active():
         _mlflow().log_artifact(local_path, artifact_path)
+
+
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Log in-memory bytes (a GIF, a PNG) as an artifact at `artifact_file`."""
+    if active():
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / Path(artifact_file).name
+            local.write_bytes(data)
+            _mlflow().log_artifact(str(local), str(Path(artifact_file).parent) or None)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 import webdataset as wds
 
 from pipeline import storage
+from pipeline.preview import gif_bytes, tile_videos
 from pipeline.sources import SourceItem
-from pipeline.video import RejectedVideo, probe_video
+from pipeline.video import RejectedVideo, probe_video, read_frames
 
 MANIFEST_SCHEMA = 1
 PARTS_DIR = "_parts"
@@ -98,6 +100,40 @@ def read_part(raw_uri: str, index: int) -> ShardReport | None:
 
 def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
     return [items[start : start + per_shard] for start in range(0, len(items), per_shard)]
+
+
+def iter_samples(shard_uri: str):
+    """Samples of one shard as {"__key__": key, ext: bytes, ...}, streamed from any fsspec URI.
+
+    webdataset's own reader wants URLs it can open itself; this streams
+    whatever fsspec opens, grouping members by key as webdataset does.
+    """
+    fs, path = storage.filesystem(shard_uri)
+    sample: dict = {}
+    with fs.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample["__key__"] = key
+            sample[extension] = archive.extractfile(member).read()
+    if sample:
+        yield sample
+
+
+def preview_gif(raw_uri: str, shard: str, count: int = 8, max_side: int = 96) -> bytes | None:
+    """A tiled GIF of the first `count` videos of one shard, each scaled to fit `max_side`."""
+    videos, fps = [], 10.0
+    for sample in iter_samples(storage.join(raw_uri, shard)):
+        data = next(value for key, value in sample.items() if key not in ("__key__", "json"))
+        videos.append(read_frames(data, max_side=max_side))
+        fps = json.loads(sample["json"]).get("fps") or fps
+        if len(videos) == count:
+            break
+    return gif_bytes(tile_videos(videos), fps, scale=2) if videos else None
 
 
 def write_manifest(raw_uri: str, reports: list[ShardReport], fingerprint: str, description: dict) -> dict:

@@ -71,9 +71,16 @@ def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
     return VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
 
 
-def read_frames(data: bytes) -> np.ndarray:
-    """All frames as uint8 [T, H, W, 3]."""
-    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+def read_frames(data: bytes, max_side: int | None = None) -> np.ndarray:
+    """All frames as uint8 [T, H, W, 3], optionally scaled down at decode time to fit `max_side`."""
+    size = {}
+    if max_side:
+        probe = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+        height, width = probe[0].shape[:2]
+        if max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            size = {"width": max(2, round(width * scale)), "height": max(2, round(height * scale))}
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **size)
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,64 @@ def test_tiny_config_ingest_tracks_to_mlflow(tmp_path):
     assert stage.data.tags["output.raw"] == f"{root}/raw"
     assert stage.data.params["data.moving_mnist.num_videos"] == "48"
     assert parent.info.run_name == "tiny"
+
+
+def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root = tmp_path / "out"
+    args = [
+        "ingest",
+        "--set",
+        f"root={root}",
+        "--set",
+        "data.moving_mnist.num_videos=1200",
+        "--set",
+        "ingest.videos_per_shard=20",
+        "--set",
+        "tracking.enabled=false",
+    ]
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    parts = root / "raw" / "_parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
+    os.killpg(victim.pid, signal.SIGKILL)
+    for process in family:  # Ray's own daemons may have left the process group
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    victim.wait(timeout=30)
+    finished = sorted(parts.glob("*.json"))
+    assert 3 <= len(finished) < 60, "the kill must land mid-run"
+    assert not (root / "raw" / "manifest.json").exists()
+    kept = {p.name: p.stat().st_mtime_ns for p in finished}
+
+    result = run_stvideo(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(finished)} shards were already complete" in result.stdout
+    for name, mtime in kept.items():  # finished shards were not rebuilt
+        assert (parts / name).stat().st_mtime_ns == mtime
+    manifest, _ = read_manifest(root)
+    assert manifest["num_samples"] == 1200 and len(manifest["shards"]) == 60
+    keys = []
+    for shard in manifest["shards"]:
+        with tarfile.open(root / "raw" / shard["name"]) as archive:
+            keys += [name.split(".")[0] for name in archive.getnames() if name.endswith(".json")]
+    assert sorted(keys) == [f"mmnist-s0-{i:07d}" for i in range(1200)]
+    assert not [p for p in (root / "raw").iterdir() if ".tmp-" in p.name]

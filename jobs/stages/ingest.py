@@ -8,6 +8,7 @@ import time
 
 from tqdm import tqdm
 
+from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
@@ -18,6 +19,7 @@ from pipeline.shards import (
     ShardTask,
     build_shard,
     plan_shards,
+    preview_gif,
     read_part,
     write_manifest,
 )
@@ -79,6 +81,10 @@ def _check_previous(raw_uri: str, current: str, overwrite: bool) -> None:
     for name in storage.list_names(storage.join(raw_uri, PARTS_DIR)):
         if name.endswith(".json"):
             previous.add(storage.read_json(storage.join(raw_uri, PARTS_DIR, name)).get("fingerprint"))
+    # a writer killed mid-upload leaves a temporary file behind; nothing reads those
+    for name in storage.list_names(raw_uri):
+        if ".tmp-" in name:
+            storage.remove(storage.join(raw_uri, name))
     stale = previous - {current}
     if not stale:
         return
@@ -133,6 +139,11 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
         {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items)},
     )
     seconds = time.perf_counter() - started
+    first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
+    preview = preview_gif(raw_uri, first_full) if first_full else None
+    if preview:
+        storage.write_bytes_atomic(storage.join(raw_uri, "preview.gif"), preview)
+        tracking.log_bytes(preview, "preview/raw.gif")
     built = [reports[task.index] for task in pending]
     processed = sum(r.samples + len(r.rejects) for r in built)
     metrics = {
