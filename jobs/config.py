@@ -8,12 +8,19 @@ dotted key, what was given and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from tokenizer.settings import TokenizerSettings
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
 
@@ -33,9 +40,28 @@ def problem(key: str, given: Any, expected: str) -> PydanticCustomError:
     )
 
 
+def absolute_local(uri: str | None) -> str | None:
+    """Local paths become absolute, so Ray workers in other folders see the same files."""
+    if not uri or "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 class Section(BaseModel):
     # Unknown keys are errors: a typo in a key must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, data: Any) -> Any:
+        # `tokenizer:` with nothing under it (or only comments) reads as None in YAML
+        if isinstance(data, dict):
+            return {
+                key: value
+                for key, value in data.items()
+                if not (value is None and key in cls.model_fields and cls.model_fields[key].default_factory)
+            }
+        return data
 
 
 class MovingMnistConfig(Section):
@@ -65,8 +91,14 @@ class DataConfig(Section):
     seed: int = 0
     fps: float = Field(10.0, gt=0, description="frame rate of generated videos")
     clip_frames: int = Field(20, ge=1, description="frames in one training clip; shorter videos are rejected")
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of source videos held out for validation"
+    )
+    test_fraction: float = Field(0.05, ge=0, lt=1, description="share of source videos held out for testing")
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
     moving_mnist: MovingMnistConfig = Field(default_factory=MovingMnistConfig)
+
+    _absolute_path = field_validator("path")(classmethod(lambda cls, value: absolute_local(value)))
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataConfig:
@@ -90,10 +122,6 @@ class IngestConfig(Section):
     crf: int = Field(12, ge=0, le=51, description="x264 quality for generated videos (0 = lossless)")
     keyframe_interval: int = Field(10, ge=1, description="short GOPs make clip windows cheap to seek")
     overwrite: bool = Field(False, description="replace raw/ written by a different config")
-
-
-class TokenizerConfig(Section):
-    """Filled in by the train-tokenizer stage (issue 3)."""
 
 
 class EncodeConfig(Section):
@@ -124,12 +152,14 @@ class PipelineConfig(Section):
     root: str = Field("out/demo", description="output root: a local path or s3://bucket/prefix")
     data: DataConfig = Field(default_factory=DataConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -148,7 +178,13 @@ def _format_validation_error(err: ValidationError, section_fields: dict[str, lis
         if item["type"] == "stvideo_problem":
             location.append(item["ctx"]["key"])
             given, expected = _describe(item["ctx"]["given"]), item["ctx"]["expected"]
-        elif item["type"] == "extra_forbidden":
+        elif item["type"] == "value_error" and (
+            found := re.match(r"(\w+): given (.*?), expected (.*)", item["msg"].removeprefix("Value error, "))
+        ):
+            # a dataclass's own check, written "name: given X, expected Y"
+            location.append(found.group(1))
+            given, expected = found.group(2), found.group(3)
+        elif item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             known = section_fields.get(".".join(location[:-1]), [])
             expected = "a known key: " + (", ".join(known) if known else "this section takes no keys yet")
         else:
@@ -159,13 +195,34 @@ def _format_validation_error(err: ValidationError, section_fields: dict[str, lis
     return lines
 
 
-def _known_fields(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
-    known = {prefix: sorted(model.model_fields)}
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _field_types(model: type) -> dict[str, Any]:
+    """Field name -> annotation, for pydantic models and plain dataclasses alike."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: field.annotation for name, field in model.model_fields.items()}
+    if dataclasses.is_dataclass(model):
+        return typing.get_type_hints(model)
+    return {}
+
+
+def _known_fields(model: type, prefix: str = "") -> dict[str, list[str]]:
+    fields = _field_types(model)
+    known = {prefix: sorted(fields)}
+    for name, annotation in fields.items():
+        if _field_types(annotation):
             known.update(_known_fields(annotation, f"{prefix}.{name}" if prefix else name))
     return known
+
+
+def _is_text(path: list[str]) -> bool:
+    """Whether the field at `path` holds text, so `--set name=off` stays the string 'off'."""
+    annotation: Any = PipelineConfig
+    for part in path:
+        annotation = _field_types(annotation).get(part)
+        if annotation is None:
+            return False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return set(typing.get_args(annotation)) <= {str, type(None)}
+    return annotation is str
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -174,11 +231,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError([f"--set {text!r}: expected dotted.key=value"])
+    path = key.split(".")
+    if _is_text(path):
+        return path, None if raw.strip() in ("", "null", "~") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # not YAML: keep the literal string and let validation judge it
-    return key.split("."), value
+    return path, value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -191,7 +251,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         node = raw
         for depth, part in enumerate(path[:-1]):
-            child = node.setdefault(part, {})
+            if node.get(part) is None:  # an empty section in the file
+                node[part] = {}
+            child = node[part]
             if not isinstance(child, dict):
                 prefix = ".".join(path[: depth + 1])
                 problems.append(f"--set {text!r}: {prefix} is a value ({child!r}), not a section")

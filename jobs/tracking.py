@@ -8,7 +8,6 @@ it is tracked.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,7 +36,12 @@ def tracking_uri(cfg: PipelineConfig) -> str:
         raise ConfigError(
             [f"tracking.uri: given None; expected an MLflow URI when root is remote ({cfg.root})"]
         )
-    return f"sqlite:///{Path(cfg.root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{local_root(cfg) / 'mlflow.db'}"
+
+
+def local_root(cfg: PipelineConfig) -> Path:
+    """The root as a local folder (it may be written `file:///...`)."""
+    return Path(storage.filesystem(cfg.root)[1]).resolve()
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
@@ -102,7 +106,7 @@ class Tracker:
         artifact_location = None
         if self.uri.startswith("sqlite:///") and storage.is_local(self.cfg.root):
             # Keep artifacts beside the database, not in whatever folder the command ran from.
-            artifact_location = (Path(self.cfg.root).resolve() / "mlartifacts").as_uri()
+            artifact_location = (local_root(self.cfg) / "mlartifacts").as_uri()
         return mlflow.create_experiment(self.cfg.tracking.experiment, artifact_location=artifact_location)
 
     @contextmanager
@@ -111,14 +115,8 @@ class Tracker:
             yield None
             return
         if storage.is_local(self.cfg.root):
-            os.makedirs(self.cfg.root, exist_ok=True)
+            local_root(self.cfg).mkdir(parents=True, exist_ok=True)
         mlflow = _mlflow()
-        parent_id = os.environ.get("STVIDEO_PARENT_RUN_ID")
-        if parent_id:  # a stage submitted as a Ray job: the parent run lives in the submitter
-            mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=parent_id):
-                yield parent_id
-            return
         with mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.cfg.name) as run:
             mlflow.set_tags({"stvideo.stages": ",".join(stages), "stvideo.root": self.cfg.root})
             mlflow.log_text(self.cfg.to_yaml(), "config.yaml")

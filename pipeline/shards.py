@@ -23,6 +23,8 @@ from pipeline.sources import SourceItem
 from pipeline.video import RejectedVideo, probe_video, read_frames
 
 MANIFEST_SCHEMA = 1
+CONTAINER_FIELD = {"mov": "mp4", "m4v": "mp4"}
+PREVIEW_FRAMES = 20
 PARTS_DIR = "_parts"
 
 
@@ -74,12 +76,16 @@ def build_shard(task: ShardTask, source) -> ShardReport:
                 except RejectedVideo as reason:
                     report.rejects.append({"path": item.ref, "key": item.key, "reason": str(reason)})
                     continue
+                except Exception as err:  # one odd input must not fail the shard, and every resume
+                    reason = f"unexpected {type(err).__name__}: {err}"[:300]
+                    report.rejects.append({"path": item.ref, "key": item.key, "reason": reason})
+                    continue
                 meta = {"source": item.ref, **asdict(info)}
                 if video.label is not None:
                     meta["label"] = video.label
-                writer.write(
-                    {"__key__": item.key, video.extension: video.data, "json": json.dumps(meta).encode()}
-                )
+                # DESIGN names mp4/webm/avi/mkv; QuickTime .mov is the same ISO media family as mp4
+                field = CONTAINER_FIELD.get(video.extension, video.extension)
+                writer.write({"__key__": item.key, field: video.data, "json": json.dumps(meta).encode()})
                 report.keys.append(item.key)
             writer.close()
         report.bytes = os.path.getsize(local_tar)
@@ -92,10 +98,12 @@ def build_shard(task: ShardTask, source) -> ShardReport:
 
 
 def read_part(raw_uri: str, index: int) -> ShardReport | None:
+    """The finished shard's record, or None when the shard is unfinished (or its tar is gone)."""
     uri = part_uri(raw_uri, index)
     if not storage.exists(uri):
         return None
-    return ShardReport(**storage.read_json(uri))
+    report = ShardReport(**storage.read_json(uri))
+    return report if storage.exists(storage.join(raw_uri, report.name)) else None
 
 
 def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem]]:
@@ -129,7 +137,10 @@ def preview_gif(raw_uri: str, shard: str, count: int = 8, max_side: int = 96) ->
     videos, fps = [], 10.0
     for sample in iter_samples(storage.join(raw_uri, shard)):
         data = next(value for key, value in sample.items() if key not in ("__key__", "json"))
-        videos.append(read_frames(data, max_side=max_side))
+        num_frames = json.loads(sample["json"])["num_frames"]
+        videos.append(
+            read_frames(data, max_side=max_side, indices=list(range(min(PREVIEW_FRAMES, num_frames))))
+        )
         fps = json.loads(sample["json"]).get("fps") or fps
         if len(videos) == count:
             break

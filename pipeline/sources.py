@@ -21,6 +21,7 @@ from pipeline.video import RejectedVideo, encode_mp4
 class SourceItem:
     key: str  # the webdataset __key__: unique, no dots
     ref: str  # what a person recognises: a path, or the generator and index
+    stamp: str = ""  # size and modification time: a replaced file is a different input
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class FetchedVideo:
     data: bytes
     extension: str
     label: object = None
+
+
+def _info(fs, path: str) -> dict:
+    try:
+        return fs.info(path)
+    except OSError:  # a dangling link: listed, then rejected with its reason when fetched
+        return {}
 
 
 def safe_key(text: str) -> str:
@@ -45,11 +53,13 @@ class FolderSource:
     def items(self) -> list[SourceItem]:
         fs, path = url_to_fs(self.path)
         if fs.isdir(path):
-            files, base = fs.find(path), path.rstrip("/")
+            files, base = fs.find(path, detail=True), path.rstrip("/")
+        elif fs.exists(path):  # checked before globbing: "clip [1080p].mp4" is a file, not a pattern
+            files, base = {path: _info(fs, path)}, path.rsplit("/", 1)[0]
         elif any(char in path for char in "*?["):
-            files, base = fs.glob(path), path.split("*")[0].rsplit("/", 1)[0]
+            files, base = fs.glob(path, detail=True), path.split("*")[0].rsplit("/", 1)[0]
         else:
-            files, base = [path], path.rsplit("/", 1)[0]
+            raise FileNotFoundError(f"no such file or directory: {self.path}")
         wanted = {ext.lower().lstrip(".") for ext in self.extensions}
         videos = sorted(f for f in files if f.rsplit(".", 1)[-1].lower() in wanted)
         protocol = self.path.split("://", 1)[0] + "://" if "://" in self.path else ""
@@ -62,11 +72,15 @@ class FolderSource:
             while key in seen:
                 key += "_"
             seen.add(key)
-            items.append(SourceItem(key=key, ref=protocol + file))
+            info = files[file] or {}
+            stamp = f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('ETag')}"
+            items.append(SourceItem(key=key, ref=protocol + file, stamp=stamp))
         return items
 
     def fetch(self, item: SourceItem) -> FetchedVideo:
-        fs, path = url_to_fs(item.ref)
+        # the listing's filesystem and raw path: a name with "::" or "[" is not re-parsed as a URL
+        fs, _ = url_to_fs(self.path)
+        path = item.ref.split("://", 1)[1] if "://" in self.path else item.ref
         try:
             data = fs.cat_file(path)
         except IsADirectoryError:

@@ -12,12 +12,13 @@ import av
 import decord
 import decord.logging
 import numpy as np
+from PIL import Image
 
 # ffmpeg complains on stderr about every damaged packet; rejected videos are
 # reported with their reason in rejects.jsonl, so that noise only hides the summary.
 decord.logging.set_level(decord.logging.QUIET)
 
-VALIDATE_BATCH = 32
+VALIDATE_BATCH = 8  # frames per decode call: bounded memory for large frames
 
 
 class RejectedVideo(Exception):
@@ -59,6 +60,7 @@ def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
     num_frames = len(reader)
     if num_frames == 0:
         raise RejectedVideo("no video frames")
+    start = 0
     try:
         height, width = reader[0].shape[:2]
         for start in range(0, num_frames, VALIDATE_BATCH):
@@ -71,17 +73,37 @@ def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
     return VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
 
 
-def read_frames(data: bytes, max_side: int | None = None) -> np.ndarray:
-    """All frames as uint8 [T, H, W, 3], optionally scaled down at decode time to fit `max_side`."""
-    size = {}
-    if max_side:
+def read_frames(
+    data: bytes,
+    max_side: int | None = None,
+    size: int | None = None,
+    indices: list[int] | None = None,
+) -> np.ndarray:
+    """Frames as uint8 [T, H, W, 3], resized by decord while decoding.
+
+    `size` makes square frames of that side; `max_side` scales down to fit and
+    keeps the aspect; `indices` decodes only those frames (default: all).
+    """
+    resize = {}
+    if size:
+        resize = {"width": size, "height": size}
+    elif max_side:
         probe = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
         height, width = probe[0].shape[:2]
         if max(height, width) > max_side:
             scale = max_side / max(height, width)
-            size = {"width": max(2, round(width * scale)), "height": max(2, round(height * scale))}
-    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **size)
-    return reader.get_batch(list(range(len(reader)))).asnumpy()
+            resize = {"width": max(2, round(width * scale)), "height": max(2, round(height * scale))}
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **resize)
+        return reader.get_batch(list(range(len(reader))) if indices is None else list(indices)).asnumpy()
+    except decord.DECORDError:
+        if not resize:
+            raise
+    # decord's scaler rejects some target widths (16, 24, 48 among them): decode, then resize
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+    frames = reader.get_batch(list(range(len(reader))) if indices is None else list(indices)).asnumpy()
+    target = (resize["width"], resize["height"])
+    return np.stack([np.asarray(Image.fromarray(frame).resize(target, Image.BILINEAR)) for frame in frames])
 
 
 def encode_mp4(

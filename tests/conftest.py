@@ -94,3 +94,23 @@ def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | No
     return subprocess.run(
         [*STVIDEO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def build_raw(root: Path, num_videos: int = 36, per_shard: int = 12, seed: int = 0) -> list[str]:
+    """Raw shards of generated Moving MNIST under root/raw, built without Ray (fast fixtures)."""
+    from pipeline.shards import ShardTask, build_shard, plan_shards, write_manifest
+    from pipeline.sources import MovingMnistSource
+
+    source = MovingMnistSource(num_videos=num_videos, fps=10, seed=seed)
+    raw = str(root / "raw")
+    reports = [
+        build_shard(ShardTask(index, chunk, raw, "fixture", min_frames=20), source)
+        for index, chunk in enumerate(plan_shards(source.items(), per_shard))
+    ]
+    write_manifest(raw, reports, "fixture", {"kind": "moving-mnist"})
+    return [f"{raw}/{report.name}" for report in reports]
+
+
+@pytest.fixture(scope="session")
+def raw_shards(tmp_path_factory) -> list[str]:
+    return build_raw(tmp_path_factory.mktemp("raw-fixture"))

@@ -28,7 +28,7 @@ case "${1:-}" in
     setsid "$ray_bin" start --head --block --disable-usage-stats \
       --node-ip-address 127.0.0.1 --port "$port" \
       --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
-      --ray-client-server-port "$((port + 1))" "${cpus[@]}" \
+      --ray-client-server-port "$((port + 1))" ${cpus[@]+"${cpus[@]}"} \
       >"$state/ray-head.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 120); do

@@ -28,13 +28,24 @@ def _ingest(cfg: PipelineConfig) -> StageResult:
     return run_ingest(cfg)
 
 
+def _train_tokenizer(cfg: PipelineConfig) -> StageResult:
+    from jobs.stages.train_tokenizer import run_train_tokenizer
+
+    return run_train_tokenizer(cfg)
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
         Stage(
             "ingest", "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.", 2, _ingest
         ),
-        Stage("train-tokenizer", "Train the per-frame VQGAN on decoded frames (Accelerate).", 3),
+        Stage(
+            "train-tokenizer",
+            "Train the per-frame VQGAN on decoded frames (Accelerate).",
+            3,
+            _train_tokenizer,
+        ),
         Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4),
         Stage("train-dynamics", "Train the spatial-temporal transformer on streamed latents.", 5),
         Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6),

@@ -49,12 +49,12 @@ def make_source(cfg: PipelineConfig) -> FolderSource | MovingMnistSource:
     )
 
 
-def fingerprint(cfg: PipelineConfig, keys: list[str]) -> str:
-    """Identity of what raw/ holds: the settings that shape the shards and the inputs' keys."""
+def fingerprint(cfg: PipelineConfig, inputs: list[list[str]]) -> str:
+    """Identity of what raw/ holds: the settings that shape the shards, and each input's key and stamp."""
     settings = {
         "data": cfg.data.model_dump(mode="json"),
         "ingest": cfg.ingest.model_dump(mode="json", exclude={"overwrite"}),
-        "keys": keys,
+        "inputs": inputs,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -82,15 +82,16 @@ def _check_previous(raw_uri: str, current: str, overwrite: bool) -> None:
         if name.endswith(".json"):
             previous.add(storage.read_json(storage.join(raw_uri, PARTS_DIR, name)).get("fingerprint"))
     # a writer killed mid-upload leaves a temporary file behind; nothing reads those
-    for name in storage.list_names(raw_uri):
-        if ".tmp-" in name:
-            storage.remove(storage.join(raw_uri, name))
+    for folder in (raw_uri, storage.join(raw_uri, PARTS_DIR)):
+        for name in storage.list_names(folder):
+            if ".tmp-" in name:
+                storage.remove(storage.join(folder, name))
     stale = previous - {current}
     if not stale:
         return
     if not overwrite:
         raise StageInputError(
-            f"root: {raw_uri} already holds shards from a different data/ingest config; "
+            f"root: {raw_uri} already holds shards of other inputs or another data/ingest config; "
             "use another root, or --set ingest.overwrite=true to replace them"
         )
     storage.remove(raw_uri, recursive=True)
@@ -101,7 +102,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     source = make_source(cfg)
     items = _list_items(source)
     raw_uri = storage.join(cfg.root, "raw")
-    current = fingerprint(cfg, [item.key for item in items])
+    current = fingerprint(cfg, [[item.key, item.stamp] for item in items])
     _check_previous(raw_uri, current, cfg.ingest.overwrite)
     storage.makedirs(raw_uri)
 

@@ -1,0 +1,143 @@
+"""Frames streamed straight from the raw shards, for training the tokenizer.
+
+`RawVideoFrames` is an `IterableDataset` that every rank and every DataLoader
+worker builds the same way; each picks its own part of the data from its rank
+and worker id, so nothing has to re-shard or dispatch it:
+
+- with at least as many shards as (ranks x workers), each reader owns whole
+  shards (shard i goes to reader i mod readers);
+- with fewer, every reader scans every shard and keeps the videos whose key
+  hashes to it.
+
+Either way each video goes to exactly one reader per epoch. The order within
+an epoch is a pure function of (seed, epoch, reader), and skipping a video
+reads its bytes without decoding it, so a resumed run can fast-forward to the
+exact position it stopped at.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline import storage
+from pipeline.shards import iter_samples
+from pipeline.splits import key_unit, split_of
+from pipeline.video import read_frames
+
+
+def raw_shard_uris(root: str) -> list[str]:
+    """The non-empty shards listed in `<root>/raw/manifest.json`."""
+    raw = storage.join(root, "raw")
+    manifest_uri = storage.join(raw, "manifest.json")
+    if not storage.exists(manifest_uri):
+        raise FileNotFoundError(f"{manifest_uri} not found: run `stvideo ingest` for this root first")
+    manifest = storage.read_json(manifest_uri)
+    return [storage.join(raw, shard["name"]) for shard in manifest["shards"] if shard["samples"]]
+
+
+def video_payload(sample: dict) -> bytes:
+    return next(value for key, value in sample.items() if key not in ("__key__", "json") and "." not in key)
+
+
+class RawVideoFrames(IterableDataset):
+    """Yields {"frames": uint8 [k, C, size, size], "key": str} per video of one split."""
+
+    def __init__(
+        self,
+        shard_uris: list[str],
+        split: int,
+        val_fraction: float,
+        test_fraction: float,
+        frame_size: int,
+        channels: int,
+        frames_per_video: int | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        repeat: bool = True,
+        skip_per_worker: list[int] | None = None,
+        limit: int | None = None,
+    ):
+        if not shard_uris:
+            raise ValueError("no shards to read")
+        self.shard_uris = list(shard_uris)
+        self.split = split
+        self.fractions = (val_fraction, test_fraction)
+        self.frame_size = frame_size
+        self.channels = channels
+        self.frames_per_video = frames_per_video
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.repeat = repeat
+        self.skip_per_worker = skip_per_worker or []
+        self.limit = limit  # stop after this many videos (evaluation)
+
+    def _reader(self) -> tuple[int, int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers, worker
+
+    def _assignment(self, reader: int, readers: int) -> tuple[list[str], bool]:
+        if len(self.shard_uris) >= readers:
+            return self.shard_uris[reader::readers], False
+        return self.shard_uris, True
+
+    def __iter__(self) -> Iterator[dict]:
+        reader, readers, worker = self._reader()
+        shards, by_key = self._assignment(reader, readers)
+        skip = self.skip_per_worker[worker] if worker < len(self.skip_per_worker) else 0
+        produced, epoch = 0, 0
+        while True:
+            rng = np.random.default_rng([self.seed, epoch, reader])
+            seen = 0
+            for shard_index in rng.permutation(len(shards)):
+                samples = [
+                    sample
+                    for sample in iter_samples(shards[shard_index])
+                    if split_of(sample["__key__"], *self.fractions) == self.split
+                    and (not by_key or int(key_unit(sample["__key__"]) * 2**32) % readers == reader)
+                ]
+                for sample_index in rng.permutation(len(samples)):
+                    sample = samples[sample_index]
+                    seen += 1
+                    if skip:
+                        skip -= 1
+                        continue
+                    yield self._decode(sample, epoch)
+                    produced += 1
+                    if self.limit is not None and produced >= self.limit:
+                        return
+            if seen == 0:
+                raise RuntimeError(
+                    f"reader {reader} of {readers} holds no videos of split {self.split}: "
+                    "fewer videos than ranks x workers, or an empty split"
+                )
+            if not self.repeat:
+                return
+            epoch += 1
+
+    def _decode(self, sample: dict, epoch: int) -> dict:
+        key = sample["__key__"]
+        num_frames = json.loads(sample["json"])["num_frames"]
+        indices = None
+        if self.frames_per_video and self.frames_per_video < num_frames:
+            # seeded by the video itself, so skipping other videos never shifts the choice
+            rng = np.random.default_rng([self.seed, epoch, int(key_unit(key) * 2**32)])
+            indices = sorted(rng.choice(num_frames, size=self.frames_per_video, replace=False).tolist())
+        frames = read_frames(video_payload(sample), size=self.frame_size, indices=indices)
+        if self.channels == 1:
+            frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+        return {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), "key": key}
+
+
+def batch_frames(batch: list[dict]) -> dict:
+    """Collate videos into one batch of frames [sum k, C, H, W] plus their keys."""
+    return {
+        "frames": torch.cat([item["frames"] for item in batch]),
+        "keys": [item["key"] for item in batch],
+    }

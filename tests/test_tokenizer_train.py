@@ -1,0 +1,162 @@
+"""Training the tokenizer on real shards: discriminator switch-on, resume, two processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.frames import RawVideoFrames
+from pipeline.shards import iter_samples
+from pipeline.splits import TRAIN, split_of
+from tests.conftest import REPO
+from tokenizer.settings import TokenizerSettings, VQGANConfig
+from tokenizer.tokenizer import Tokenizer
+from tokenizer.train import FrameSource, train_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def settings(**changes) -> TokenizerSettings:
+    base = dict(
+        model=VQGANConfig(frame_size=32, base_channels=8, codebook_size=32, channel_mults=(1, 1, 2)),
+        max_steps=8,
+        batch_videos=2,
+        frames_per_video=2,
+        warmup_steps=1,
+        disc_start=3,
+        eval_every=100,
+        eval_videos=2,
+        checkpoint_every=2,
+        restart_every=2,
+        num_workers=0,
+        log_every=1,
+        mixed_precision="no",
+    )
+    return TokenizerSettings(**{**base, **changes})
+
+
+def source(shards) -> FrameSource:
+    return FrameSource(shards, 0.2, 0.0)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_training_writes_a_loadable_checkpoint_and_the_discriminator_joins_on_time(raw_shards, tmp_path):
+    logged = {}
+    summary = train_tokenizer(
+        settings(max_steps=5),
+        source(raw_shards),
+        tmp_path / "on",
+        log_metrics=lambda m, step: logged.setdefault(step, m),
+    )
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "on")
+    assert tokenizer.encode(torch.zeros(1, 1, 32, 32, dtype=torch.uint8)).shape == (1, 8, 8)
+    assert {"psnr", "ssim", "mse", "usage", "perplexity", "psnr_mean_frame"} <= set(summary)
+    assert (tmp_path / "on" / "recon" / "step-000005.png").exists()
+    # before disc_start the adversarial term is off; from it on, it is weighted in and D trains
+    assert all(logged[step]["gan_weight"] == 0 and logged[step]["disc_loss"] == 0 for step in (1, 2, 3))
+    assert all(logged[step]["disc_loss"] > 0 for step in (4, 5))
+
+    train_tokenizer(settings(max_steps=5, disc_start=100), source(raw_shards), tmp_path / "off")
+    train_tokenizer(settings(max_steps=3), source(raw_shards), tmp_path / "before")
+    untrained = load_file(tmp_path / "off" / "discriminator.safetensors")
+    assert all(
+        torch.equal(untrained[k], v)
+        for k, v in load_file(tmp_path / "before" / "discriminator.safetensors").items()
+    )
+    trained = load_file(tmp_path / "on" / "discriminator.safetensors")
+    assert any(not torch.equal(untrained[k], v) for k, v in trained.items())
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(raw_shards, tmp_path):
+    train_tokenizer(settings(), source(raw_shards), tmp_path / "straight")
+
+    def stop_at_step_5(metrics, step):
+        if step == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_tokenizer(settings(), source(raw_shards), tmp_path / "resumed", log_metrics=stop_at_step_5)
+    steps_after = []
+    train_tokenizer(
+        settings(),
+        source(raw_shards),
+        tmp_path / "resumed",
+        log_metrics=lambda m, step: steps_after.append(step),
+    )
+    assert steps_after[0] == 5  # the last checkpoint was step 4: the curve picks up right after it
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    # same data position, same RNG, same optimizer state: the same weights as never stopping
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight), [
+        k for k in straight if not torch.allclose(straight[k], resumed[k], atol=1e-6)
+    ]
+
+
+def test_readers_split_one_epoch_exactly(raw_shards):
+    train_keys = sorted(
+        sample["__key__"]
+        for shard in raw_shards
+        for sample in iter_samples(shard)
+        if split_of(sample["__key__"], 0.2, 0.0) == TRAIN
+    )
+    for world in (1, 2, 3, 5):  # 3 shards: by whole shards up to 3 readers, by key beyond
+        seen = []
+        for rank in range(world):
+            dataset = RawVideoFrames(
+                raw_shards,
+                TRAIN,
+                0.2,
+                0.0,
+                frame_size=16,
+                channels=1,
+                frames_per_video=1,
+                rank=rank,
+                world_size=world,
+                repeat=False,
+            )
+            seen += [item["key"] for item in dataset]
+        assert sorted(seen) == train_keys, world
+
+
+def test_two_processes_see_each_video_once_per_epoch_and_train(raw_shards, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(REPO / "tests" / "helpers" / "two_ranks.py"),
+        str(tmp_path),
+        *raw_shards,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0 = json.loads((tmp_path / "keys-0.json").read_text())
+    rank1 = json.loads((tmp_path / "keys-1.json").read_text())
+    train_keys = sorted(
+        sample["__key__"]
+        for shard in raw_shards
+        for sample in iter_samples(shard)
+        if split_of(sample["__key__"], 0.2, 0.0) == TRAIN
+    )
+    assert not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == train_keys
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["psnr"] > 0
+    Tokenizer.from_pretrained(tmp_path / "tokenizer")

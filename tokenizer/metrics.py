@@ -1,0 +1,47 @@
+"""Image quality on uint8-range frames: MSE, PSNR and SSIM, per frame."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _unit(frames: torch.Tensor) -> torch.Tensor:
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+
+
+def mse_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in [0, 1] units, one value per frame of [N, C, H, W]."""
+    return (_unit(a) - _unit(b)).pow(2).flatten(1).mean(1)
+
+
+def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 10 * torch.log10(1.0 / mse_per_frame(a, b).clamp(min=1e-10))
+
+
+def ssim_per_frame(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM with a Gaussian window (Wang et al. 2004), averaged over channels and positions."""
+    x, y = _unit(a), _unit(b)
+    channels = x.shape[1]
+    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+    kernel_1d = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel_1d = kernel_1d / kernel_1d.sum()
+    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(channels, 1, window, window).to(x.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(1).mean(1)
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of a code histogram: how many codes are effectively in use."""
+    share = counts.float() / counts.sum().clamp(min=1)
+    share = share[share > 0]
+    return float(torch.exp(-(share * share.log()).sum()))
