@@ -49,7 +49,7 @@ def absolute_local(uri: str | None) -> str | None:
 
 class Section(BaseModel):
     # Unknown keys are errors: a typo in a key must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
     @model_validator(mode="before")
     @classmethod

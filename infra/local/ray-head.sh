@@ -46,9 +46,13 @@ case "${1:-}" in
   stop)
     [ -f "$pidfile" ] || { echo "no $pidfile: nothing to stop"; exit 0; }
     pid="$(cat "$pidfile")"
-    # `ray start --block` tears down the processes it started when it gets SIGTERM.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do alive "$pid" || break; sleep 0.5; done
+    # `ray start --block` tears down the processes it started when it alone gets
+    # SIGTERM (signalling the whole group at once leaves it waiting on them).
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do alive "$pid" || break; sleep 0.25; done
+    # whatever is left of the group it led: its own daemons and workers, nothing else
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    sleep 1
     kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$pidfile"
     echo "ray head stopped (pid $pid)"
