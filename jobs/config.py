@@ -125,7 +125,18 @@ class IngestConfig(Section):
 
 
 class EncodeConfig(Section):
-    """Filled in by the encode stage (issue 4)."""
+    tokenizer: str | None = Field(None, description="tokenizer checkpoint folder; default: <root>/tokenizer")
+    clip_stride: int | None = Field(
+        None, ge=1, description="frames between clip starts; default: clip_frames"
+    )
+    fps: float | None = Field(None, gt=0, description="resample to about this rate; default: the source's")
+    clips_per_shard: int = Field(64, ge=1, description="clips per zarr shard file (one writer owns one)")
+    batch_size: int = Field(16, ge=1, description="clips per encoder batch")
+    num_actors: int = Field(1, ge=1, description="tokenizer encoder actors")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per encoder actor, when the cluster has GPUs")
+    overwrite: bool = Field(False, description="replace a store written by another tokenizer or config")
+
+    _absolute_tokenizer = field_validator("tokenizer")(classmethod(lambda cls, value: absolute_local(value)))
 
 
 class DynamicsConfig(Section):

@@ -51,6 +51,7 @@ class ShardReport:
     name: str
     fingerprint: str
     keys: list[str] = field(default_factory=list)
+    videos: list[dict] = field(default_factory=list)  # key, num_frames, fps: what encode plans by
     rejects: list[dict] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
@@ -87,6 +88,7 @@ def build_shard(task: ShardTask, source) -> ShardReport:
                 field = CONTAINER_FIELD.get(video.extension, video.extension)
                 writer.write({"__key__": item.key, field: video.data, "json": json.dumps(meta).encode()})
                 report.keys.append(item.key)
+                report.videos.append({"key": item.key, "num_frames": info.num_frames, "fps": info.fps})
             writer.close()
         report.bytes = os.path.getsize(local_tar)
         storage.put_file_atomic(local_tar, storage.join(task.raw_uri, report.name))
@@ -103,6 +105,8 @@ def read_part(raw_uri: str, index: int) -> ShardReport | None:
     if not storage.exists(uri):
         return None
     report = ShardReport(**storage.read_json(uri))
+    if report.keys and len(report.videos) != len(report.keys):
+        return None  # written before records carried per-video frame counts: rebuild it
     return report if storage.exists(storage.join(raw_uri, report.name)) else None
 
 
@@ -155,7 +159,9 @@ def write_manifest(raw_uri: str, reports: list[ShardReport], fingerprint: str, d
         "schema_version": MANIFEST_SCHEMA,
         "fingerprint": fingerprint,
         "source": description,
-        "shards": [{"name": r.name, "samples": r.samples, "bytes": r.bytes} for r in reports],
+        "shards": [
+            {"name": r.name, "samples": r.samples, "bytes": r.bytes, "videos": r.videos} for r in reports
+        ],
         "num_samples": sum(r.samples for r in reports),
         "num_rejected": len(rejects),
         "rejects": "rejects.jsonl",

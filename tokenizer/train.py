@@ -135,7 +135,13 @@ def train_tokenizer(
     if not state_dir.exists() and state_dir.with_suffix(".old").exists():
         state_dir = state_dir.with_suffix(".old")  # killed between the two renames in `save`
     if state_dir.exists():
-        accelerator.load_state(str(state_dir))
+        try:
+            accelerator.load_state(str(state_dir))
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise RuntimeError(
+                f"{state_dir} holds the state of a different model or optimizer setup ({str(err)[:200]}); "
+                "train into another root, or delete that folder to start over"
+            ) from None
         if main:
             tqdm.write(f"train-tokenizer: resumed from {state_dir} at step {progress.step}")
 
@@ -235,8 +241,8 @@ def train_tokenizer(
                 "loss": float(loss.detach()),
                 "recon_loss": float(rec.detach()),
                 "quant_loss": float(out["quant_loss"].detach()),
-                "gan_weight": float(gan_weight),
-                "disc_loss": float(d_loss),
+                "gan_weight": float(gan_weight.detach()),
+                "disc_loss": float(d_loss.detach()),
                 "lr": sched_g.get_last_lr()[0],
                 "dead_codes": float(quantizer.dead_codes().sum()),
                 "codes_restarted": float(restarted),

@@ -34,6 +34,12 @@ def _train_tokenizer(cfg: PipelineConfig) -> StageResult:
     return run_train_tokenizer(cfg)
 
 
+def _encode(cfg: PipelineConfig) -> StageResult:
+    from jobs.stages.encode import run_encode
+
+    return run_encode(cfg)
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
@@ -46,7 +52,7 @@ STAGES: dict[str, Stage] = {
             3,
             _train_tokenizer,
         ),
-        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4),
+        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4, _encode),
         Stage("train-dynamics", "Train the spatial-temporal transformer on streamed latents.", 5),
         Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6),
     ]

@@ -1,0 +1,293 @@
+"""`stvideo encode`: every clip of the raw shards -> codebook indices in latents.zarr.
+
+Ray Data does the heavy lifting: read the webdataset shards, decode clip
+windows with decord in CPU tasks, encode them in a pool of tokenizer actors
+(the model loaded once per actor). The driver gathers the codes as they
+stream in and hands each zarr shard, once all its clips have arrived, to a
+writer that owns that whole shard; each written shard is recorded, so a killed
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+from jobs.config import PipelineConfig
+from jobs.ray_runtime import ray_session
+from jobs.stages.base import StageInputError, StageResult
+from pipeline import storage
+from pipeline.clips import VideoPlan, decode_clips, plan_clips, video_bytes
+from pipeline.latents import MISSING, LatentStore, LatentStoreError, open_latents
+from pipeline.splits import split_of
+from tokenizer.tokenizer import CheckpointError, Tokenizer
+
+
+class ClipDecoder:
+    """Ray Data `flat_map`: one raw sample in, one row per planned clip out.
+
+    A video that fails to decode still yields its rows, marked with the
+    reason, so its clips' shards complete (as `missing`) instead of waiting forever.
+    """
+
+    def __init__(self, plans: dict[str, VideoPlan], clip_frames: int, frame_size: int, channels: int):
+        self.plans, self.clip_frames = plans, clip_frames
+        self.frame_size, self.channels = frame_size, channels
+
+    def __call__(self, row: dict) -> list[dict]:
+        plan = self.plans.get(row["__key__"])
+        if plan is None:  # all its clips are in shards an earlier run wrote
+            return []
+        error = ""
+        try:
+            clips = decode_clips(video_bytes(row), plan, self.clip_frames, self.frame_size, self.channels)
+        except Exception as err:  # a damaged video: recorded, the rest of the store is unaffected
+            error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            shape = (len(plan.starts), self.clip_frames, self.channels, self.frame_size, self.frame_size)
+            clips = np.zeros(shape, dtype=np.uint8)
+        return [
+            {"clip": plan.first_clip + i, "key": plan.key, "start": start, "frames": clips[i], "error": error}
+            for i, start in enumerate(plan.starts)
+        ]
+
+
+class TokenizerEncoder:
+    """Ray Data actor: loads the tokenizer once, encodes batches of clips."""
+
+    def __init__(self, checkpoint: str, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.tokenizer = Tokenizer.from_pretrained(
+            checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu"
+        )
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        frames = torch.from_numpy(np.array(batch["frames"]))  # a writable copy
+        clips, length = frames.shape[:2]
+        codes = self.tokenizer.encode(frames.flatten(0, 1)).cpu().numpy().astype(np.uint16)
+        return {
+            "clip": batch["clip"],
+            "key": batch["key"],
+            "start": batch["start"],
+            "error": batch["error"],
+            "codes": codes.reshape(clips, length, *codes.shape[1:]),
+        }
+
+
+class ShardBuffer:
+    """The clips of one zarr shard as they arrive, in any order."""
+
+    def __init__(self, start: int, stop: int, clip_frames: int, grid: tuple[int, int]):
+        size = stop - start
+        self.start, self.remaining = start, size
+        self.codes = np.zeros((size, clip_frames, *grid), dtype=np.uint16)
+        self.source = [""] * size
+        self.start_frame = np.zeros(size, dtype=np.int32)
+        self.split = np.full(size, MISSING, dtype=np.uint8)
+        self.rejects: dict[str, str] = {}
+
+    def add(self, clip: int, codes: np.ndarray, key: str, start: int, split: int, error: str) -> bool:
+        offset = clip - self.start
+        self.codes[offset], self.source[offset], self.start_frame[offset] = codes, key, start
+        self.split[offset] = MISSING if error else split
+        if error:
+            self.rejects[key] = error
+        self.remaining -= 1
+        return self.remaining == 0
+
+
+def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -> dict:
+    """What the store's contents depend on; a store with other values is not ours to resume."""
+    return {
+        "tokenizer_identity": tokenizer.identity,
+        "codebook_size": tokenizer.config.codebook_size,
+        "frame_size": tokenizer.config.frame_size,
+        "channels": tokenizer.config.in_channels,
+        "clip_stride": cfg.encode.clip_stride or cfg.data.clip_frames,
+        "fps": cfg.encode.fps,
+        "raw_fingerprint": raw_fingerprint,
+        "split_fractions": [cfg.data.val_fraction, cfg.data.test_fraction],
+    }
+
+
+def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid) -> LatentStore:
+    if storage.exists(storage.join(uri, "zarr.json")):
+        try:
+            store = open_latents(uri, complete=False)
+        except LatentStoreError:
+            store = None
+        same = store is not None and all(store.attrs.get(k) == v for k, v in identity.items())
+        same = same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard
+        if same:
+            return store
+        if not cfg.encode.overwrite:
+            raise StageInputError(
+                f"root: {uri} holds latents of another tokenizer, raw data or encode config; "
+                "use another root, or --set encode.overwrite=true to replace them"
+            )
+    return LatentStore.create(
+        uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity
+    )
+
+
+def run_encode(cfg: PipelineConfig) -> StageResult:
+    started = time.perf_counter()
+    raw_uri = storage.join(cfg.root, "raw")
+    manifest_uri = storage.join(raw_uri, "manifest.json")
+    if not storage.exists(manifest_uri):
+        raise StageInputError(f"root: {manifest_uri} not found; run `stvideo ingest` first")
+    checkpoint = cfg.encode.tokenizer or storage.join(cfg.root, "tokenizer")
+    try:
+        tokenizer = Tokenizer.from_pretrained(checkpoint)
+    except CheckpointError as err:
+        raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
+    manifest = storage.read_json(manifest_uri)
+    clip_frames = cfg.data.clip_frames
+    stride = cfg.encode.clip_stride or clip_frames
+    try:
+        plans, num_clips = plan_clips(manifest, raw_uri, clip_frames, stride, cfg.encode.fps)
+    except ValueError as err:
+        raise StageInputError(str(err)) from None
+    if num_clips == 0:
+        raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {raw_uri} is that long")
+
+    uri = storage.join(cfg.root, "latents.zarr")
+    grid = tokenizer.grid
+    identity = _identity(cfg, tokenizer, manifest["fingerprint"])
+    store = _prepare_store(uri, identity, num_clips, cfg, grid)
+    done = store.done_shards()
+    per_shard = store.clips_per_shard
+
+    def shard_of(clip: int) -> int:
+        return clip // per_shard
+
+    # only videos with a clip in an unwritten shard are read again
+    pending = [p for p in plans if any(shard_of(p.first_clip + i) not in done for i in range(len(p.starts)))]
+    buffers = {
+        s: ShardBuffer(*store.shard_range(s), clip_frames, grid)
+        for s in range(store.num_shards)
+        if s not in done
+    }
+    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
+    written, rejects = 0, {}
+    if pending:
+        with ray_session(cfg.ray):
+            import ray
+            import ray.data
+
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False  # one bar, ours, counts clips
+            shards = sorted({plan.shard for plan in pending})
+            gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            dataset = (
+                ray.data.read_webdataset(shards, decoder=None)
+                .flat_map(  # stateless CPU tasks
+                    ClipDecoder(
+                        {p.key: p for p in pending},
+                        clip_frames,
+                        tokenizer.config.frame_size,
+                        tokenizer.config.in_channels,
+                    )
+                )
+                .map_batches(
+                    TokenizerEncoder,
+                    fn_constructor_args=(checkpoint,),
+                    batch_size=cfg.encode.batch_size,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
+                    num_gpus=gpus,
+                )
+            )
+            total = sum(len(p.starts) for p in pending)
+            with (
+                ThreadPoolExecutor(max_workers=2) as writers,
+                tqdm(total=total, desc="encode", unit="clip") as bar,
+            ):
+                futures = []
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    for clip, codes, key, start, error in zip(
+                        batch["clip"],
+                        batch["codes"],
+                        batch["key"],
+                        batch["start"],
+                        batch["error"],
+                        strict=True,
+                    ):
+                        shard = shard_of(int(clip))
+                        if shard in done:
+                            continue  # a video spanning a written and an unwritten shard
+                        buffer = buffers[shard]
+                        if buffer.add(
+                            int(clip), codes, str(key), int(start), split_of(str(key), *fractions), str(error)
+                        ):
+                            # the shard is whole: one writer owns it
+                            futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))
+                        bar.update(1)
+                for future in futures:
+                    shard_rejects = future.result()
+                    rejects.update(shard_rejects)
+                    written += 1
+    if buffers:
+        raise RuntimeError(f"encode: shards {sorted(buffers)[:5]} never received all their clips")
+    all_rejects = _collect_rejects(store)
+    store.finish({"rejected": all_rejects})
+    seconds = time.perf_counter() - started
+    splits = store.group["split"][:]
+    metrics = {
+        "clips": num_clips,
+        "clips_train": int((splits == 0).sum()),
+        "clips_val": int((splits == 1).sum()),
+        "clips_test": int((splits == 2).sum()),
+        "clips_missing": int((splits == MISSING).sum()),
+        "shards_written": written,
+        "shards_skipped": len(done),
+        "seconds": seconds,
+    }
+    encoded = sum(len(p.starts) for p in pending)
+    if encoded:
+        metrics["clips_per_s"] = encoded / seconds
+    summary = (
+        f"encode: {num_clips} clips of {clip_frames} frames -> {uri} "
+        f"(grid {grid[0]}x{grid[1]}, {store.num_shards} shards; {metrics['clips_train']} train, "
+        f"{metrics['clips_val']} val, {metrics['clips_test']} test, {metrics['clips_missing']} missing)"
+    )
+    if done:
+        summary += f"; {len(done)} shards were already written and kept"
+    if encoded:
+        summary += f"; {metrics['clips_per_s']:.1f} clips/s"
+    return StageResult(
+        stage="encode",
+        inputs={"raw": raw_uri, "tokenizer": str(checkpoint), "tokenizer_identity": tokenizer.identity},
+        outputs={"latents": uri, "latents_identity": _store_identity(store)},
+        metrics=metrics,
+        summary=summary,
+    )
+
+
+def _write(store: LatentStore, shard: int, buffer: ShardBuffer) -> dict[str, str]:
+    store.write_shard(shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split)
+    if buffer.rejects:
+        storage.write_json(storage.join(store.uri, "_progress", f"rejects-{shard:06d}.json"), buffer.rejects)
+    return buffer.rejects
+
+
+def _collect_rejects(store: LatentStore) -> list[dict]:
+    folder = storage.join(store.uri, "_progress")
+    rejects: dict[str, str] = {}
+    for name in storage.list_names(folder):
+        if name.startswith("rejects-"):
+            rejects.update(storage.read_json(storage.join(folder, name)))
+    return [{"key": key, "reason": reason} for key, reason in sorted(rejects.items())]
+
+
+def _store_identity(store: LatentStore) -> str:
+    attrs = {k: v for k, v in store.attrs.items() if k != "complete"}
+    return hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,77 @@
+"""Clip windows: which frames of which video make up each clip, and decoding them.
+
+The plan is computed once on the driver from the raw manifest, in manifest
+order, so a clip's global index (its row in the latent store) never depends on
+which worker decodes it or when.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.video import read_frames
+
+VIDEO_FIELDS = ("mp4", "webm", "avi", "mkv")
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    key: str
+    shard: str  # the raw shard's URI
+    first_clip: int  # global index of this video's first clip
+    starts: tuple[int, ...]  # first source frame of each clip
+    step: int  # source frames between consecutive clip frames (resampling to the target fps)
+
+
+def frame_step(source_fps: float, target_fps: float | None) -> int:
+    """Take every `step`-th source frame to approach the target rate (never upsample)."""
+    if not target_fps or not source_fps or source_fps <= target_fps:
+        return 1
+    return max(1, round(source_fps / target_fps))
+
+
+def clip_starts(num_frames: int, clip_frames: int, clip_stride: int, step: int) -> tuple[int, ...]:
+    resampled = -(-num_frames // step)
+    return tuple(start * step for start in range(0, resampled - clip_frames + 1, clip_stride))
+
+
+def plan_clips(
+    manifest: dict, raw_uri: str, clip_frames: int, clip_stride: int, target_fps: float | None
+) -> tuple[list[VideoPlan], int]:
+    """Every video's clips, numbered in manifest order; returns (plans, total clips)."""
+    plans, total = [], 0
+    for shard in manifest["shards"]:
+        if "videos" not in shard:
+            raise ValueError(
+                "raw/manifest.json predates clip planning (no per-video frame counts): rerun ingest"
+            )
+        for video in shard["videos"]:
+            step = frame_step(video["fps"], target_fps)
+            starts = clip_starts(video["num_frames"], clip_frames, clip_stride, step)
+            if starts:
+                plans.append(VideoPlan(video["key"], f"{raw_uri}/{shard['name']}", total, starts, step))
+                total += len(starts)
+    return plans, total
+
+
+def video_bytes(row: dict) -> bytes:
+    for field in VIDEO_FIELDS:
+        if row.get(field) is not None:
+            return row[field]
+    raise ValueError("no video field in the sample")
+
+
+def decode_clips(
+    data: bytes, plan: VideoPlan, clip_frames: int, frame_size: int, channels: int
+) -> np.ndarray:
+    """All clips of one video as uint8 [clips, T, C, size, size], decoding each needed frame once."""
+    windows = [list(range(start, start + clip_frames * plan.step, plan.step)) for start in plan.starts]
+    needed = sorted({index for window in windows for index in window})
+    frames = read_frames(data, size=frame_size, indices=needed)
+    if channels == 1:
+        frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    position = {index: offset for offset, index in enumerate(needed)}
+    clips = np.stack([frames[[position[index] for index in window]] for window in windows])
+    return np.ascontiguousarray(clips.transpose(0, 1, 4, 2, 3))

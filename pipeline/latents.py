@@ -1,0 +1,295 @@
+"""The latent store `<root>/latents.zarr`: codebook indices of every clip, and a
+reader that streams them to training without touching pixels.
+
+Layout (Zarr v3 group):
+- `codes`  uint16 [N, T, h, w]: one clip per chunk, zstd, `clips_per_shard` clips per shard file;
+- `source` str [N], `start_frame` int32 [N], `split` uint8 [N] (0 train, 1 val,
+  2 test, 255 missing: the clip's video failed to decode), chunked one shard's
+  worth of clips per chunk, so whoever writes a shard owns every byte of it;
+- attributes: schema version, tokenizer identity, codebook size, grid, clip
+  length, stride, fps, frame size, and `complete` once every shard is written.
+
+Writers own whole shards: a partial shard write is a read-modify-write that
+loses concurrent writers' clips. Each finished shard is recorded under
+`_progress/`, so a killed writer resumes without duplicates or holes.
+
+This module never imports the tokenizer or any video code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import IterableDataset, get_worker_info
+from zarr.codecs import ZstdCodec
+
+from pipeline import storage
+from pipeline.splits import TRAIN
+
+SCHEMA_VERSION = 1
+MISSING = 255  # split value of a clip whose video could not be decoded
+PROGRESS_DIR = "_progress"
+REQUIRED_ATTRS = (
+    "schema_version",
+    "tokenizer_identity",
+    "codebook_size",
+    "grid",
+    "clip_frames",
+    "clip_stride",
+    "fps",
+    "frame_size",
+    "num_clips",
+    "clips_per_shard",
+)
+
+
+class LatentStoreError(Exception):
+    """A latent store that cannot be used as asked; the message says why."""
+
+
+def _open_group(uri: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    return zarr.open_group(uri, mode=mode, storage_options=storage_options if "://" in uri else None)
+
+
+@dataclass
+class LatentStore:
+    uri: str
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def codes(self) -> zarr.Array:
+        return self.group["codes"]
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.attrs["num_clips"])
+
+    @property
+    def clips_per_shard(self) -> int:
+        return int(self.attrs["clips_per_shard"])
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_clips // self.clips_per_shard)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.clips_per_shard
+        return start, min(start + self.clips_per_shard, self.num_clips)
+
+    # --- writing ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        uri: str,
+        num_clips: int,
+        clip_frames: int,
+        grid: tuple[int, int],
+        clips_per_shard: int,
+        attrs: dict,
+        storage_options: dict | None = None,
+    ) -> LatentStore:
+        """Pre-size every array (driver only), so writers never resize or race on metadata."""
+        group = _open_group(uri, "w", storage_options)
+        height, width = grid
+        group.create_array(
+            "codes",
+            shape=(num_clips, clip_frames, height, width),
+            chunks=(1, clip_frames, height, width),
+            shards=(clips_per_shard, clip_frames, height, width),
+            dtype="uint16",
+            compressors=ZstdCodec(level=3),
+            fill_value=0,
+        )
+        group.create_array("source", shape=(num_clips,), chunks=(clips_per_shard,), dtype=str)
+        group.create_array("start_frame", shape=(num_clips,), chunks=(clips_per_shard,), dtype="int32")
+        group.create_array(
+            "split", shape=(num_clips,), chunks=(clips_per_shard,), dtype="uint8", fill_value=MISSING
+        )
+        group.attrs.update(
+            {
+                **attrs,
+                "schema_version": SCHEMA_VERSION,
+                "num_clips": num_clips,
+                "clips_per_shard": clips_per_shard,
+                "clip_frames": clip_frames,
+                "grid": list(grid),
+                "complete": False,
+            }
+        )
+        return cls(uri, group)
+
+    def write_shard(
+        self, shard: int, codes: np.ndarray, source: list[str], start_frame: np.ndarray, split: np.ndarray
+    ) -> None:
+        """Write one whole shard's clips, then record it as finished."""
+        start, stop = self.shard_range(shard)
+        if len(codes) != stop - start:
+            raise ValueError(
+                f"shard {shard} holds clips {start}..{stop - 1}: got {len(codes)}, not {stop - start}"
+            )
+        self.codes[start:stop] = codes.astype(np.uint16, copy=False)
+        self.group["source"][start:stop] = np.asarray(source, dtype=str)
+        self.group["start_frame"][start:stop] = start_frame
+        self.group["split"][start:stop] = split
+        self._mark_done(shard, {"clips": stop - start, "missing": int((split == MISSING).sum())})
+
+    def _progress_uri(self, shard: int | None = None) -> str:
+        folder = storage.join(self.uri, PROGRESS_DIR)
+        return folder if shard is None else storage.join(folder, f"shard-{shard:06d}.json")
+
+    def _mark_done(self, shard: int, record: dict) -> None:
+        storage.write_json(self._progress_uri(shard), record)
+
+    def done_shards(self) -> set[int]:
+        names = storage.list_names(self._progress_uri())
+        return {int(name[6:12]) for name in names if name.startswith("shard-") and name.endswith(".json")}
+
+    def finish(self, extra_attrs: dict | None = None) -> None:
+        missing = set(range(self.num_shards)) - self.done_shards()
+        if missing:
+            raise LatentStoreError(f"{self.uri}: shards {sorted(missing)[:5]} are not written yet")
+        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+
+
+def open_latents(
+    uri: str,
+    tokenizer_identity: str | None = None,
+    storage_options: dict | None = None,
+    complete: bool = True,
+) -> LatentStore:
+    """Open and validate a store; refuse one written by another tokenizer than the one named."""
+    try:
+        group = _open_group(uri, "r+" if not complete else "r", storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
+        raise LatentStoreError(f"{uri}: no latent store here ({err})") from None
+    attrs = dict(group.attrs)
+    missing = [name for name in REQUIRED_ATTRS if name not in attrs]
+    if missing:
+        raise LatentStoreError(f"{uri}: not a latent store (attributes missing: {', '.join(missing)})")
+    if attrs["schema_version"] != SCHEMA_VERSION:
+        raise LatentStoreError(
+            f"{uri}: schema version {attrs['schema_version']}, this code reads {SCHEMA_VERSION}"
+        )
+    for name in ("codes", "source", "start_frame", "split"):
+        if name not in group:
+            raise LatentStoreError(f"{uri}: array {name!r} is missing")
+    codes = group["codes"]
+    expected = (attrs["num_clips"], attrs["clip_frames"], *attrs["grid"])
+    if tuple(codes.shape) != tuple(expected) or codes.dtype != np.uint16:
+        raise LatentStoreError(f"{uri}: codes are {codes.dtype} {codes.shape}, expected uint16 {expected}")
+    if complete and not attrs.get("complete"):
+        raise LatentStoreError(f"{uri}: the store is incomplete; rerun `stvideo encode` to finish it")
+    if tokenizer_identity is not None and attrs["tokenizer_identity"] != tokenizer_identity:
+        raise LatentStoreError(
+            f"{uri}: encoded with tokenizer {attrs['tokenizer_identity']}, not {tokenizer_identity}; "
+            "encode again with this tokenizer"
+        )
+    return LatentStore(uri, group)
+
+
+class LatentClips(IterableDataset):
+    """Clips of one split as integer tensors [T, h, w], streamed a whole shard at a time.
+
+    Each (rank, DataLoader worker) pair is one reader. With at least as many
+    shards as readers, each reader owns whole shards; with fewer, every reader
+    reads every shard and keeps the clips whose index falls to it. Either way
+    every clip goes to exactly one reader per epoch. Clips pass through a
+    shuffle buffer; the order is a pure function of (seed, epoch, reader).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        split: int = TRAIN,
+        tokenizer_identity: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        crop_frames: int | None = None,
+        repeat: bool = False,
+        storage_options: dict | None = None,
+    ):
+        store = open_latents(uri, tokenizer_identity, storage_options)  # fail early, in the constructor
+        self.uri, self.storage_options = uri, storage_options
+        self.num_shards, self.clip_frames = store.num_shards, int(store.attrs["clip_frames"])
+        if crop_frames is not None and not 1 <= crop_frames <= self.clip_frames:
+            raise ValueError(f"crop_frames: given {crop_frames}, expected 1..{self.clip_frames}")
+        self.split, self.rank, self.world_size = split, rank, world_size
+        self.shuffle_buffer, self.seed, self.crop_frames, self.repeat = (
+            shuffle_buffer,
+            seed,
+            crop_frames,
+            repeat,
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _reader(self) -> tuple[int, int]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _shard_clips(
+        self, store: LatentStore, splits: np.ndarray, shard: int, reader: int, readers: int, whole: bool
+    ) -> list:
+        start, stop = store.shard_range(shard)
+        keep = splits[start:stop] == self.split
+        if not keep.any():
+            return []
+        # one read of the whole shard file, its chunks decoded as one batch
+        with zarr.config.set({"codec_pipeline.batch_size": stop - start}):
+            codes = store.codes[start:stop]
+        if not whole:
+            keep &= (np.arange(start, stop) % readers) == reader
+        return list(torch.from_numpy(codes[keep].astype(np.int64)))  # one conversion per shard
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        store = open_latents(self.uri, storage_options=self.storage_options)
+        splits = store.group["split"][:]  # one byte a clip: read once, not once a shard
+        reader, readers = self._reader()
+        whole = self.num_shards >= readers
+        shards = list(range(self.num_shards))[reader::readers] if whole else list(range(self.num_shards))
+        epoch = self.epoch
+        while True:
+            rng = np.random.default_rng([self.seed, epoch, reader])
+            buffer: list[torch.Tensor] = []
+            for shard in rng.permutation(shards):
+                buffer.extend(self._shard_clips(store, splits, int(shard), reader, readers, whole))
+                while len(buffer) > self.shuffle_buffer:
+                    yield self._emit(_take_random(buffer, rng), rng)
+            while buffer:
+                yield self._emit(_take_random(buffer, rng), rng)
+            if not self.repeat:
+                return
+            epoch += 1
+
+    def _emit(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.crop_frames and self.crop_frames < len(clip):
+            begin = int(rng.random() * (len(clip) - self.crop_frames + 1))
+            clip = clip[begin : begin + self.crop_frames]
+        return clip
+
+
+def _take_random(buffer: list, rng: np.random.Generator):
+    """Remove and return a random element in O(1): swap it to the end first."""
+    index = int(rng.random() * len(buffer))
+    buffer[index], buffer[-1] = buffer[-1], buffer[index]
+    return buffer.pop()
+
+
+def describe(store: LatentStore) -> str:
+    attrs = store.attrs
+    return json.dumps({k: attrs[k] for k in REQUIRED_ATTRS if k in attrs})

@@ -1,0 +1,156 @@
+"""`stvideo encode` end to end: Ray Data, a real Zarr store, rejects, and a real kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import webdataset as wds
+import zarr
+
+from pipeline.latents import MISSING, open_latents
+from pipeline.shards import iter_samples
+from pipeline.video import encode_mp4, read_frames
+from tests.conftest import REPO, build_raw, run_stvideo
+from tokenizer.settings import VQGANConfig
+from tokenizer.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def make_root(root, num_videos=40):
+    build_raw(root, num_videos=num_videos, per_shard=20)
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(VQGANConfig(base_channels=8, channel_mults=(1, 1, 2), codebook_size=64))
+    tokenizer.save_pretrained(root / "tokenizer")
+    return Tokenizer.from_pretrained(root / "tokenizer")
+
+
+def encode_args(root, *extra):
+    return [
+        "encode",
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "ray.num_cpus=2",
+        *extra,
+    ]
+
+
+def grey_frames(data: bytes) -> torch.Tensor:
+    frames = read_frames(data, size=64)
+    return torch.from_numpy(
+        frames.mean(-1, keepdims=True).round().astype(np.uint8).transpose(0, 3, 1, 2).copy()
+    )
+
+
+def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
+    root = tmp_path / "run"
+    tokenizer = make_root(root)
+    result = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "40 clips of 20 frames" in result.stdout
+
+    group = zarr.open_group(str(root / "latents.zarr"), mode="r")  # plain zarr
+    codes, sources = group["codes"], group["source"][:]
+    assert codes.shape == (40, 20, 16, 16) and codes.dtype == np.uint16 and codes.shards == (8, 20, 16, 16)
+    assert group.attrs["tokenizer_identity"] == tokenizer.identity and group.attrs["complete"]
+    assert MISSING not in group["split"][:]
+    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    assert list(sources) == [v["key"] for shard in manifest["shards"] for v in shard["videos"]]
+
+    # encode then decode gives the tokenizer's own reconstruction of those frames
+    samples = {s["__key__"]: s for s in iter_samples(str(root / "raw" / "shard-000001.tar"))}
+    for index in (20, 33):
+        frames = grey_frames(samples[sources[index]]["mp4"])
+        stored = torch.from_numpy(codes[index].astype(np.int64))
+        assert torch.equal(stored, tokenizer.encode(frames))
+        assert torch.equal(tokenizer.decode(stored), tokenizer.decode(tokenizer.encode(frames)))
+
+    again = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
+    assert again.returncode == 0 and "5 shards were already written" in again.stdout
+
+    other = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=4"))
+    assert other.returncode == 2 and "encode.overwrite=true" in other.stderr
+
+
+def test_a_video_that_fails_mid_way_is_rejected_and_the_rest_is_intact(tmp_path):
+    root = tmp_path / "run"
+    make_root(root, num_videos=12)
+    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    # swap one video for a copy whose second half is cut away, behind ingest's back
+    shard = root / "raw" / manifest["shards"][0]["name"]
+    samples = list(iter_samples(str(shard)))
+    victim = samples[3]["__key__"]
+    video = encode_mp4(np.zeros((20, 64, 64), dtype=np.uint8) + 40, fps=10)
+    samples[3]["mp4"] = video[: int(len(video) * 0.6)]
+    with open(shard, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False)
+        for sample in samples:
+            writer.write(sample)
+        writer.close()
+    result = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 missing" in result.stdout
+    store = open_latents(str(root / "latents.zarr"))
+    split, sources = store.group["split"][:], store.group["source"][:]
+    assert [sources[i] for i in np.flatnonzero(split == MISSING)] == [victim]
+    assert (split != MISSING).sum() == 11
+    [reject] = store.attrs["rejected"]
+    assert reject["key"] == victim and reject["reason"]
+
+
+def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
+    root = tmp_path / "run"
+    tokenizer = make_root(root, num_videos=240)
+    args = encode_args(root, "--set", "encode.clips_per_shard=2", "--set", "encode.batch_size=2")
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    progress = root / "latents.zarr" / "_progress"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(progress.glob("shard-*.json"))) < 3:
+        time.sleep(0.02)
+    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
+    os.killpg(victim.pid, signal.SIGKILL)
+    for process in family:  # Ray's daemons may have left the process group
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    victim.wait(timeout=30)
+    written = len(list(progress.glob("shard-*.json")))
+    assert 3 <= written < 120, "the kill must land mid-run"
+    assert not zarr.open_group(str(root / "latents.zarr"), mode="r").attrs["complete"]
+
+    result = run_stvideo(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{written} shards were already written" in result.stdout
+    store = open_latents(str(root / "latents.zarr"), tokenizer_identity=tokenizer.identity)
+    sources = list(store.group["source"][:])
+    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    assert sources == [
+        v["key"] for shard in manifest["shards"] for v in shard["videos"]
+    ]  # no hole, no duplicate
+    assert MISSING not in store.group["split"][:]
+    samples = {
+        s["__key__"]: s
+        for name in ("shard-000000.tar", "shard-000011.tar")
+        for s in iter_samples(str(root / "raw" / name))
+    }
+    for index in (0, 7, 225, 239):  # early clips (before the kill) and late ones (after the resume)
+        expected = tokenizer.encode(grey_frames(samples[sources[index]]["mp4"]))
+        assert torch.equal(torch.from_numpy(store.codes[index].astype(np.int64)), expected), index

@@ -1,0 +1,225 @@
+"""The latent store and its reader, on real Zarr stores (local and S3)."""
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from pipeline.latents import MISSING, LatentClips, LatentStore, LatentStoreError, open_latents
+from pipeline.splits import TEST, TRAIN, VAL
+
+CLIP_FRAMES, GRID = 6, (4, 4)
+
+
+def clip_codes(index: int) -> np.ndarray:
+    """A clip whose codes say which clip it is."""
+    codes = np.full((CLIP_FRAMES, *GRID), index % 60000, dtype=np.uint16)
+    codes[:, 0, 0] = np.arange(CLIP_FRAMES)
+    return codes
+
+
+def attrs(identity: str = "tok-a") -> dict:
+    return {
+        "tokenizer_identity": identity,
+        "codebook_size": 512,
+        "clip_stride": CLIP_FRAMES,
+        "fps": 10.0,
+        "frame_size": 64,
+    }
+
+
+def make_store(
+    uri: str, num_clips: int = 30, per_shard: int = 4, splits=None, identity: str = "tok-a"
+) -> LatentStore:
+    store = LatentStore.create(uri, num_clips, CLIP_FRAMES, GRID, per_shard, attrs(identity))
+    for shard in range(store.num_shards):
+        start, stop = store.shard_range(shard)
+        clips = np.stack([clip_codes(i) for i in range(start, stop)])
+        split = np.array([splits[i] if splits else TRAIN for i in range(start, stop)], dtype=np.uint8)
+        store.write_shard(
+            shard,
+            clips,
+            [f"video-{i}" for i in range(start, stop)],
+            np.zeros(stop - start, dtype=np.int32),
+            split,
+        )
+    store.finish()
+    return store
+
+
+def clip_ids(tensors) -> list[int]:
+    return sorted(int(t[1, 1, 1]) for t in tensors)
+
+
+def test_schema_is_plain_zarr_and_validated(tmp_path):
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=10, per_shard=4)
+    group = zarr.open_group(uri, mode="r")  # plain zarr reads it
+    codes = group["codes"]
+    assert codes.shape == (10, CLIP_FRAMES, 4, 4) and codes.dtype == np.uint16
+    assert codes.chunks == (1, CLIP_FRAMES, 4, 4) and codes.shards == (4, CLIP_FRAMES, 4, 4)
+    assert group.attrs["schema_version"] == 1 and group.attrs["complete"] is True
+    assert list(group["source"][:2]) == ["video-0", "video-1"]
+    assert np.array_equal(codes[7], clip_codes(7))
+    assert open_latents(uri, tokenizer_identity="tok-a").num_shards == 3
+
+
+def test_open_refuses_foreign_incomplete_and_non_stores(tmp_path):
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri)
+    with pytest.raises(LatentStoreError, match="encoded with tokenizer tok-a, not tok-b"):
+        open_latents(uri, tokenizer_identity="tok-b")
+    with pytest.raises(LatentStoreError, match="no latent store"):
+        open_latents(str(tmp_path / "absent.zarr"))
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["hello"] = 1
+    with pytest.raises(LatentStoreError, match="not a latent store"):
+        open_latents(str(tmp_path / "other.zarr"))
+    half = LatentStore.create(str(tmp_path / "half.zarr"), 8, CLIP_FRAMES, GRID, 4, attrs())
+    half.write_shard(
+        0, np.stack([clip_codes(i) for i in range(4)]), ["v"] * 4, np.zeros(4, "int32"), np.zeros(4, "uint8")
+    )
+    with pytest.raises(LatentStoreError, match="not written yet"):
+        half.finish()
+    with pytest.raises(LatentStoreError, match="incomplete"):
+        open_latents(str(tmp_path / "half.zarr"))
+    assert open_latents(str(tmp_path / "half.zarr"), complete=False).done_shards() == {0}
+
+
+def test_a_writer_can_only_write_a_whole_shard(tmp_path):
+    store = LatentStore.create(str(tmp_path / "s.zarr"), 10, CLIP_FRAMES, GRID, 4, attrs())
+    with pytest.raises(ValueError, match="holds clips 4..7"):
+        store.write_shard(
+            1, np.zeros((3, CLIP_FRAMES, *GRID)), ["v"] * 3, np.zeros(3, "int32"), np.zeros(3, "uint8")
+        )
+    # the last shard is short: exactly its clips
+    store.write_shard(
+        2, np.stack([clip_codes(8), clip_codes(9)]), ["a", "b"], np.zeros(2, "int32"), np.zeros(2, "uint8")
+    )
+    assert store.done_shards() == {2}
+
+
+def _write_shards(uri: str, shards: list[int]) -> None:
+    store = open_latents(uri, complete=False)
+    for shard in shards:
+        start, stop = store.shard_range(shard)
+        store.write_shard(
+            shard,
+            np.stack([clip_codes(i) for i in range(start, stop)]),
+            [f"video-{i}" for i in range(start, stop)],
+            np.arange(start, stop, dtype=np.int32),
+            np.zeros(stop - start, dtype=np.uint8),
+        )
+
+
+def test_concurrent_writers_that_own_whole_shards_lose_nothing(tmp_path):
+    uri = str(tmp_path / "latents.zarr")
+    store = LatentStore.create(uri, 64, CLIP_FRAMES, GRID, 4, attrs())
+    owners = [list(range(w, store.num_shards, 4)) for w in range(4)]  # shard s belongs to writer s % 4
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_shards, args=(uri, shards)) for shards in owners]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    store.finish()
+    codes = zarr.open_group(uri, mode="r")["codes"][:]
+    assert all(np.array_equal(codes[i], clip_codes(i)) for i in range(64))
+    assert list(zarr.open_group(uri, mode="r")["start_frame"][:]) == list(range(64))
+
+
+@pytest.mark.parametrize("num_clips", [40, 6])  # 10 shards (whole shards per reader), 2 shards (by clip)
+def test_two_ranks_times_two_workers_see_every_clip_once(tmp_path, num_clips):
+    splits = [(TRAIN, VAL, TRAIN, TEST, TRAIN)[i % 5] for i in range(num_clips)]
+    splits[1] = MISSING
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=num_clips, splits=splits)
+    seen = []
+    for rank in range(2):
+        dataset = LatentClips(uri, TRAIN, rank=rank, world_size=2, shuffle_buffer=3, seed=1)
+        for batch in DataLoader(dataset, batch_size=2, num_workers=2):
+            assert batch.dtype == torch.int64 and batch.shape[1:] == (CLIP_FRAMES, 4, 4)
+            seen += list(batch)
+    assert clip_ids(seen) == [i for i in range(num_clips) if splits[i] == TRAIN]
+
+
+def test_shuffling_and_cropping(tmp_path):
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=40)
+    first = [int(t[1, 1, 1]) for t in LatentClips(uri, shuffle_buffer=16, seed=0)]
+    again = [int(t[1, 1, 1]) for t in LatentClips(uri, shuffle_buffer=16, seed=0)]
+    other = [int(t[1, 1, 1]) for t in LatentClips(uri, shuffle_buffer=16, seed=1)]
+    assert first == again and first != other and sorted(first) == list(range(40))
+    assert first != sorted(first)
+    crops = list(LatentClips(uri, crop_frames=3, seed=0))
+    assert all(c.shape == (3, 4, 4) for c in crops)
+    # a crop is a run of consecutive frames (frame index sits at [t, 0, 0])
+    assert all(torch.equal(c[:, 0, 0], torch.arange(int(c[0, 0, 0]), int(c[0, 0, 0]) + 3)) for c in crops)
+    with pytest.raises(ValueError, match="crop_frames"):
+        LatentClips(uri, crop_frames=7)
+
+
+def test_the_reader_imports_no_video_or_tokenizer_code():
+    code = (
+        "import sys, pipeline.latents; bad = [m for m in ('decord', 'av', 'tokenizer', 'tokenizer.model') "
+        "if m in sys.modules]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1, started and stopped by PID."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3fs.S3FileSystem().mkdir("latents-bucket")
+        yield "s3://latents-bucket"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_s3_round_trip_against_a_local_server(s3_server):
+    uri = f"{s3_server}/run/latents.zarr"
+    make_store(uri, num_clips=12, per_shard=4)
+    assert open_latents(uri).done_shards() == {0, 1, 2}
+    assert clip_ids(LatentClips(uri)) == list(range(12))
+    assert np.array_equal(zarr.open_group(uri, mode="r")["codes"][5], clip_codes(5))
