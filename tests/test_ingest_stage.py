@@ -130,6 +130,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
+    from pipeline.latents import open_latents
     from tokenizer.tokenizer import Tokenizer
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -158,6 +159,14 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert len(client.get_metric_history(tokenizer.info.run_id, "recon_loss")) >= 4
     grids = [a.path for a in client.list_artifacts(tokenizer.info.run_id, "recon")]
     assert grids and all(path.endswith(".png") for path in grids)
+
+    # encode: latents of exactly that tokenizer, lineage readable from the tags
+    encode = runs["encode"]
+    assert encode.data.tags["input.tokenizer_identity"] == loaded.identity
+    assert encode.data.tags["output.latents"] == f"{root}/latents.zarr"
+    store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
+    assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
+    assert encode.data.metrics["clips_missing"] == 0
 
 
 def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
