@@ -88,6 +88,36 @@ def video_folder(tmp_path: Path) -> dict:
     return {"path": folder, "good": good, "bad": bad}
 
 
+def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: float = 300) -> int:
+    """Start `stvideo ARGS`, SIGKILL it and every process it started once `count` files match
+    `pattern` in `folder`; return how many matched at the kill."""
+    import signal
+    import time
+
+    import psutil
+
+    victim = subprocess.Popen(
+        [*STVIDEO, *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(folder.glob(pattern))) < count:
+        time.sleep(0.02)
+    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
+    os.killpg(victim.pid, signal.SIGKILL)
+    for process in family:  # Ray's daemons may have left the process group
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    victim.wait(timeout=30)
+    return len(list(folder.glob(pattern)))
+
+
 def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}

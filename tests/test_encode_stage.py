@@ -1,14 +1,8 @@
 """`stvideo encode` end to end: Ray Data, a real Zarr store, rejects, and a real kill."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
 import webdataset as wds
@@ -17,7 +11,7 @@ import zarr
 from pipeline.latents import MISSING, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
-from tests.conftest import REPO, build_raw, run_stvideo
+from tests.conftest import build_raw, kill_when, run_stvideo
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -112,27 +106,8 @@ def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
     root = tmp_path / "run"
     tokenizer = make_root(root, num_videos=240)
     args = encode_args(root, "--set", "encode.clips_per_shard=2", "--set", "encode.batch_size=2")
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args],
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
     progress = root / "latents.zarr" / "_progress"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(progress.glob("shard-*.json"))) < 3:
-        time.sleep(0.02)
-    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
-    os.killpg(victim.pid, signal.SIGKILL)
-    for process in family:  # Ray's daemons may have left the process group
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    victim.wait(timeout=30)
-    written = len(list(progress.glob("shard-*.json")))
+    written = kill_when(args, progress, "shard-*.json", 3)
     assert 3 <= written < 120, "the kill must land mid-run"
     assert not zarr.open_group(str(root / "latents.zarr"), mode="r").attrs["complete"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_stvideo
+from tests.conftest import REPO, kill_when, run_stvideo
 
 pytestmark = pytest.mark.slow
 
@@ -170,14 +170,6 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
 
 
 def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
     root = tmp_path / "out"
     args = [
         "ingest",
@@ -190,26 +182,8 @@ def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
         "--set",
         "tracking.enabled=false",
     ]
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", *args],
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
     parts = root / "raw" / "_parts"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 3:
-        time.sleep(0.05)
-    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
-    os.killpg(victim.pid, signal.SIGKILL)
-    for process in family:  # Ray's own daemons may have left the process group
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    victim.wait(timeout=30)
+    kill_when(args, parts, "*.json", 3, timeout=120)
     finished = sorted(parts.glob("*.json"))
     assert 3 <= len(finished) < 60, "the kill must land mid-run"
     assert not (root / "raw" / "manifest.json").exists()
