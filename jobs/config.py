@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from dynamics.settings import DynamicsSettings
 from tokenizer.settings import TokenizerSettings
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
@@ -139,10 +140,6 @@ class EncodeConfig(Section):
     _absolute_tokenizer = field_validator("tokenizer")(classmethod(lambda cls, value: absolute_local(value)))
 
 
-class DynamicsConfig(Section):
-    """Filled in by the train-dynamics stage (issue 5)."""
-
-
 class GenerateConfig(Section):
     """Filled in by the generate stage (issue 6)."""
 
@@ -156,6 +153,9 @@ class TrackingConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="join this cluster ('auto', 'host:port'); default: local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local Ray; default: all")
+    train_workers: int = Field(
+        0, ge=0, description="train-dynamics in this many Ray Train workers; 0: in-process"
+    )
 
 
 class PipelineConfig(Section):
@@ -165,7 +165,7 @@ class PipelineConfig(Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
-    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    dynamics: DynamicsSettings = Field(default_factory=DynamicsSettings)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -18,6 +18,7 @@ This module never imports the tokenizer or any video code.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,6 +220,7 @@ class LatentClips(IterableDataset):
         crop_frames: int | None = None,
         repeat: bool = False,
         storage_options: dict | None = None,
+        skip_per_worker: list[int] | None = None,
     ):
         store = open_latents(uri, tokenizer_identity, storage_options)  # fail early, in the constructor
         self.uri, self.storage_options = uri, storage_options
@@ -233,14 +235,15 @@ class LatentClips(IterableDataset):
             repeat,
         )
         self.epoch = 0
+        self.skip_per_worker = skip_per_worker or []  # clips each worker already delivered (resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _reader(self) -> tuple[int, int]:
+    def _reader(self) -> tuple[int, int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+        return self.rank * workers + worker, self.world_size * workers, worker
 
     def _shard_clips(
         self, store: LatentStore, splits: np.ndarray, shard: int, reader: int, readers: int, whole: bool
@@ -257,9 +260,14 @@ class LatentClips(IterableDataset):
         return list(torch.from_numpy(codes[keep].astype(np.int64)))  # one conversion per shard
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        reader, readers, worker = self._reader()
+        skip = self.skip_per_worker[worker] if worker < len(self.skip_per_worker) else 0
+        # a resumed run drops what it already consumed; the order and the crops stay the same
+        return itertools.islice(self._stream(reader, readers), skip, None)
+
+    def _stream(self, reader: int, readers: int) -> Iterator[torch.Tensor]:
         store = open_latents(self.uri, storage_options=self.storage_options)
         splits = store.group["split"][:]  # one byte a clip: read once, not once a shard
-        reader, readers = self._reader()
         whole = self.num_shards >= readers
         shards = list(range(self.num_shards))[reader::readers] if whole else list(range(self.num_shards))
         epoch = self.epoch

@@ -6,8 +6,6 @@ Frames enter as float [B, C, H, W] in [-1, 1]; codes are integer [B, h, w].
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -284,15 +282,3 @@ class PerceptualLoss(nn.Module):
         return sum(
             (a - b).pow(2).sum(1).mean() for a, b in zip(self._taps(recon), self._taps(target), strict=True)
         )
-
-
-def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
-    """LR multiplier: linear warmup, then cosine decay to `floor`."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return multiplier

@@ -8,7 +8,6 @@ encoded with and refuse any other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.files import file_identity
 from tokenizer.model import VQGAN
 from tokenizer.settings import VQGANConfig
 
@@ -34,14 +34,6 @@ def to_float(frames: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def file_identity(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class Tokenizer(torch.nn.Module):

@@ -10,7 +10,6 @@ never handed to Accelerate to dispatch or re-shard.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.training import Progress, make_accelerator, resume, save_state, skip_per_worker, warmup_cosine
 from pipeline.frames import RawVideoFrames, batch_frames
 from pipeline.splits import TRAIN, VAL
 from tokenizer.metrics import mse_per_frame, perplexity, psnr_per_frame, ssim_per_frame
@@ -34,7 +34,6 @@ from tokenizer.model import (
     PerceptualLoss,
     adaptive_gan_weight,
     hinge_d_loss,
-    warmup_cosine,
 )
 from tokenizer.settings import TokenizerSettings
 from tokenizer.tokenizer import Tokenizer, to_float, to_uint8
@@ -51,38 +50,8 @@ class FrameSource:
     test_fraction: float
 
 
-class Progress:
-    """The step counter, saved and restored with the Accelerate state."""
-
-    def __init__(self) -> None:
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
-
-
 MetricsLogger = Callable[[dict[str, float], int], None]
 FileLogger = Callable[[str, str], None]  # (local path, artifact folder)
-
-
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def _skip_per_worker(batches_done: int, workers: int, batch_videos: int) -> list[int]:
-    """Videos each DataLoader worker already delivered: batches come round-robin from workers."""
-    workers = max(1, workers)
-    return [
-        (batches_done // workers + (1 if worker < batches_done % workers else 0)) * batch_videos
-        for worker in range(workers)
-    ]
 
 
 def train_tokenizer(
@@ -94,12 +63,7 @@ def train_tokenizer(
 ) -> dict[str, float]:
     out_dir = Path(out_dir)
     arch = settings.model
-    accelerator = Accelerator(
-        # without cpu=True, Accelerate ignores torchrun's ranks on a machine with no GPU
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=_mixed_precision(settings.mixed_precision),
-        gradient_accumulation_steps=settings.grad_accum,
-    )
+    accelerator = make_accelerator(settings.mixed_precision, settings.grad_accum)
     main = accelerator.is_main_process
     device = accelerator.device
 
@@ -131,19 +95,8 @@ def train_tokenizer(
     accelerator.register_for_checkpointing(sched_g, sched_d, progress)
 
     # --- resume --------------------------------------------------------------------------------
-    state_dir = out_dir / "train_state"
-    if not state_dir.exists() and state_dir.with_suffix(".old").exists():
-        state_dir = state_dir.with_suffix(".old")  # killed between the two renames in `save`
-    if state_dir.exists():
-        try:
-            accelerator.load_state(str(state_dir))
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise RuntimeError(
-                f"{state_dir} holds the state of a different model or optimizer setup ({str(err)[:200]}); "
-                "train into another root, or delete that folder to start over"
-            ) from None
-        if main:
-            tqdm.write(f"train-tokenizer: resumed from {state_dir} at step {progress.step}")
+    if resume(accelerator, out_dir) and main:
+        tqdm.write(f"train-tokenizer: resumed from {out_dir / 'train_state'} at step {progress.step}")
 
     # --- data: this rank's own readers, fast-forwarded to where the run stopped -------------
     dataset = RawVideoFrames(
@@ -157,12 +110,16 @@ def train_tokenizer(
         seed=settings.seed,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
-        skip_per_worker=_skip_per_worker(
+        skip_per_worker=skip_per_worker(
             progress.step * settings.grad_accum, settings.num_workers, settings.batch_videos
         ),
     )
     loader = DataLoader(
-        dataset, batch_size=settings.batch_videos, num_workers=settings.num_workers, collate_fn=batch_frames
+        dataset,
+        batch_size=settings.batch_videos,
+        num_workers=settings.num_workers,
+        collate_fn=batch_frames,
+        generator=torch.Generator().manual_seed(settings.seed),  # leaves the global RNG as resumed
     )
     batches = iter(loader)
 
@@ -275,23 +232,9 @@ def train_tokenizer(
 
 
 def save(accelerator: Accelerator, model: VQGAN, disc, out_dir: Path, summary: dict) -> None:
-    """The resumable training state, then the checkpoint later stages load.
-
-    The state is written beside the old one and swapped in by renames, so a run
-    killed while saving still finds a whole state to resume from.
-    """
-    state_dir = out_dir / "train_state"
-    fresh, old = state_dir.with_suffix(".tmp"), state_dir.with_suffix(".old")
+    """The resumable training state, then the checkpoint later stages load."""
+    save_state(accelerator, out_dir)
     if accelerator.is_main_process:
-        shutil.rmtree(fresh, ignore_errors=True)  # left by a save that was killed
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(fresh))
-    accelerator.wait_for_everyone()  # every rank's RNG state is in before the swap
-    if accelerator.is_main_process:
-        if state_dir.exists():
-            state_dir.rename(old)
-        fresh.rename(state_dir)
-        shutil.rmtree(old, ignore_errors=True)
         Tokenizer(model.config, model).save_pretrained(out_dir, discriminator=disc)
         if summary:
             (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -40,6 +40,12 @@ def _encode(cfg: PipelineConfig) -> StageResult:
     return run_encode(cfg)
 
 
+def _train_dynamics(cfg: PipelineConfig) -> StageResult:
+    from jobs.stages.train_dynamics import run_train_dynamics
+
+    return run_train_dynamics(cfg)
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
@@ -53,7 +59,12 @@ STAGES: dict[str, Stage] = {
             _train_tokenizer,
         ),
         Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4, _encode),
-        Stage("train-dynamics", "Train the spatial-temporal transformer on streamed latents.", 5),
+        Stage(
+            "train-dynamics",
+            "Train the spatial-temporal transformer on streamed latents.",
+            5,
+            _train_dynamics,
+        ),
         Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6),
     ]
 }

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
+from common.files import file_identity
 from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.frames import raw_shard_uris
-from tokenizer.tokenizer import file_identity
 from tokenizer.train import FrameSource, train_tokenizer
 
 

@@ -1,0 +1,272 @@
+"""The Spatial-Temporal Transformer over VQGAN codes.
+
+Codes [B, T, h, w] are embedded with the tokenizer's frozen codebook vectors.
+Each layer attends spatially (all latent pixels of one frame), then temporally
+and causally (one latent pixel across frames), then a feed-forward block, then
+a Gaussian layer: a convolution over the latent grid gives a mean and a
+log-variance, a reparameterised sample goes on to the next layer, and the
+layer's KL to a standard normal is added to the loss. The model predicts a
+whole next frame per step; a start frame precedes the sequence so frame 0 is
+predicted too.
+
+Padding: a clip shorter than the batch's longest has its tail masked out of
+the loss. Causality already keeps the padded frames from reaching any real
+frame's output (they come later), and the spatial attention and the Gaussian
+convolution work within one frame, so no other mask is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynamics.settings import STTransformerConfig
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), summed over the last dimension."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over the h*w latent pixels of each frame, frames independent."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, frames, pixels, width = x.shape
+        q, k, v = self.qkv(x).view(batch * frames, pixels, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, frames, pixels, width))
+
+
+class TemporalAttention(nn.Module):
+    """Causal self-attention over frames, for each latent pixel on its own."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, frames, pixels, _ = x.shape
+        qkv = self.qkv(x).permute(0, 2, 1, 3).reshape(batch * pixels, frames, 3, self.n_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B*N, heads, T, head_dim]
+        return q, k, v
+
+    def _merge(self, out: torch.Tensor, batch: int, pixels: int) -> torch.Tensor:
+        frames = out.shape[2]
+        out = out.transpose(1, 2).reshape(batch, pixels, frames, -1).permute(0, 2, 1, 3)
+        return self.proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True), x.shape[0], x.shape[2])
+
+    def step(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """One new frame x [B, 1, N, d] attending to itself and the cached past frames."""
+        q, k, v = self._heads(x)
+        cache.keys = k if cache.keys is None else torch.cat([cache.keys, k], dim=2)
+        cache.values = v if cache.values is None else torch.cat([cache.values, v], dim=2)
+        out = F.scaled_dot_product_attention(q, cache.keys, cache.values)
+        return self._merge(out, x.shape[0], x.shape[2])
+
+
+class GaussianLayer(nn.Module):
+    """Mean and log-variance from a convolution over the latent grid; a sample goes on."""
+
+    def __init__(self, cfg: STTransformerConfig, grid: tuple[int, int]):
+        super().__init__()
+        self.grid = grid
+        self.limits = (cfg.logvar_min, cfg.logvar_max)
+        self.conv = nn.Conv2d(
+            cfg.d_model, 2 * cfg.d_model, cfg.gaussian_kernel, padding=cfg.gaussian_kernel // 2
+        )
+        # start as a near-identity with little noise: mean = x, std = e^-3
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        with torch.no_grad():
+            self.conv.bias[cfg.d_model :] = -6.0
+
+    def forward(
+        self, x: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, frames, pixels, width = x.shape
+        height, grid_width = self.grid
+        maps = x.reshape(batch * frames, height, grid_width, width).permute(0, 3, 1, 2)
+        delta, logvar = (
+            self.conv(maps).permute(0, 2, 3, 1).reshape(batch, frames, pixels, 2 * width).chunk(2, -1)
+        )
+        mean = x + delta  # the mean is a correction of the input: a residual, easy to train
+        logvar = logvar.clamp(*self.limits)
+        kl = gaussian_kl(mean, logvar).mean(-1)  # [B, T]: per latent pixel, averaged over the frame
+        if deterministic:
+            return mean, kl
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + (0.5 * logvar).exp() * noise, kl
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: STTransformerConfig, grid: tuple[int, int]):
+        super().__init__()
+        d = cfg.d_model
+        self.norm_spatial, self.spatial = nn.LayerNorm(d), SpatialAttention(d, cfg.n_heads)
+        self.norm_temporal, self.temporal = nn.LayerNorm(d), TemporalAttention(d, cfg.n_heads)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
+        self.gaussian = GaussianLayer(cfg, grid)
+
+    def forward(self, x, deterministic=False, generator=None):
+        x = x + self.spatial(self.norm_spatial(x))
+        x = x + self.temporal(self.norm_temporal(x))
+        x = x + self.ff(self.norm_ff(x))
+        return self.gaussian(x, deterministic, generator)
+
+    def step(self, x, cache: LayerCache, deterministic=False, generator=None):
+        x = x + self.spatial(self.norm_spatial(x))
+        x = x + self.temporal.step(self.norm_temporal(x), cache)
+        x = x + self.ff(self.norm_ff(x))
+        return self.gaussian(x, deterministic, generator)
+
+
+@dataclass
+class LayerCache:
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+@dataclass
+class KVCache:
+    """Temporal keys and values of the frames seen so far, one entry per layer."""
+
+    layers: list[LayerCache] = field(default_factory=list)
+    length: int = 0
+
+
+class STTransformer(nn.Module):
+    def __init__(self, cfg: STTransformerConfig, codebook: torch.Tensor, grid: tuple[int, int]):
+        super().__init__()
+        self.config, self.grid = cfg, tuple(grid)
+        pixels = grid[0] * grid[1]
+        codebook_size, code_dim = codebook.shape
+        self.register_buffer("codebook", F.normalize(codebook.float(), dim=-1))  # frozen
+        self.embed = nn.Linear(code_dim, cfg.d_model)
+        self.spatial_position = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
+        self.temporal_position = nn.Parameter(torch.randn(cfg.max_frames, cfg.d_model) * 0.02)
+        self.start_frame = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, code_dim if cfg.head == "regression" else codebook_size)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.shape[0]
+
+    def _embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, T, h, w] -> [B, T, h*w, d]."""
+        return self.embed(self.codebook[codes.flatten(2)])
+
+    def predict(
+        self, codes: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions for every frame of codes [B, T, h, w] from the frames before it.
+
+        Returns the head's output [B, T, h*w, code_dim or codebook_size] and the
+        summed KL of the Gaussian layers [B, T].
+        """
+        batch, frames = codes.shape[:2]
+        if frames > self.config.max_frames:
+            raise ValueError(
+                f"{frames} frames, but the model has {self.config.max_frames} temporal positions"
+            )
+        start = self.start_frame.expand(batch, 1, -1, -1)
+        x = torch.cat([start, self._embed(codes[:, :-1])], dim=1)
+        x = x + self.temporal_position[:frames, None] + self.spatial_position
+        kl = torch.zeros(batch, frames, device=codes.device)
+        for block in self.blocks:
+            x, layer_kl = block(x, deterministic, generator)
+            kl = kl + layer_kl
+        return self.head(self.norm(x)), kl
+
+    def forward(
+        self, codes: torch.Tensor, lengths: torch.Tensor | None = None, deterministic: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The training objective: next-frame error (MSE to code vectors, or cross-entropy)
+        plus the weighted KL, both over the real (unpadded) frames only. It is `forward`
+        so that DistributedDataParallel sees it and synchronises the gradients."""
+        out, kl = self.predict(codes, deterministic)
+        frames = codes.shape[1]
+        valid = torch.ones(codes.shape[:2], dtype=torch.bool, device=codes.device)
+        if lengths is not None:
+            valid = torch.arange(frames, device=codes.device)[None] < lengths[:, None]
+        targets = codes.flatten(2)
+        if self.config.head == "regression":
+            per_frame = (out.float() - self.codebook[targets]).pow(2).mean(-1).mean(-1)
+        else:
+            per_frame = F.cross_entropy(out.float().flatten(0, 2), targets.flatten(), reduction="none")
+            per_frame = per_frame.view(targets.shape).mean(-1)
+        weight = valid.float()
+        main = (per_frame * weight).sum() / weight.sum()
+        kl_mean = (kl * weight).sum() / weight.sum()
+        name = "mse" if self.config.head == "regression" else "ce"
+        return {"loss": main + self.config.kl_weight * kl_mean, name: main.detach(), "kl": kl_mean.detach()}
+
+    def new_cache(self) -> KVCache:
+        return KVCache([LayerCache() for _ in self.blocks])
+
+    def step(
+        self,
+        frame_codes: torch.Tensor | None,
+        cache: KVCache,
+        batch: int | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Feed one frame (None: the start frame) and get the prediction of the next.
+
+        The i-th call (from 0) sees input position i, as the full forward does:
+        step(None) predicts frame 0, step(frame 0) predicts frame 1, and so on.
+        Returns [B, h*w, code_dim or codebook_size].
+        """
+        position = cache.length
+        if position >= self.config.max_frames:
+            raise ValueError(f"the cache is full ({self.config.max_frames} temporal positions)")
+        if frame_codes is None:
+            x = self.start_frame.expand(batch or 1, 1, -1, -1)
+        else:
+            x = self._embed(frame_codes[:, None])
+        x = x + self.temporal_position[position] + self.spatial_position
+        for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
+            x, _ = block.step(x, layer_cache, deterministic, generator)
+        cache.length += 1
+        return self.head(self.norm(x))[:, 0]
+
+    def to_codes(
+        self,
+        out: torch.Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Head output [B, h*w, *] -> codes [B, h, w]: nearest code (regression), or
+        argmax / temperature sampling with optional top-k (categorical)."""
+        if self.config.head == "regression":
+            codes = (F.normalize(out.float(), dim=-1) @ self.codebook.T).argmax(-1)
+        elif temperature <= 0:
+            codes = out.argmax(-1)
+        else:
+            logits = out.float() / temperature
+            if top_k:
+                threshold = logits.topk(top_k, dim=-1).values[..., -1:]
+                logits = logits.masked_fill(logits < threshold, float("-inf"))
+            probs = logits.softmax(-1).flatten(0, 1)
+            codes = torch.multinomial(probs, 1, generator=generator).view(out.shape[:2])
+        return codes.view(out.shape[0], *self.grid)

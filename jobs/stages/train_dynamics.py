@@ -1,0 +1,98 @@
+"""`stvideo train-dynamics`: the Spatial-Temporal Transformer, trained on latents.zarr.
+
+In this process by default; with `ray.train_workers: N` the same training
+function runs in N Ray Train workers (`TorchTrainer`), which is how it spreads
+over a cluster's nodes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from jobs import tracking
+from jobs.config import PipelineConfig
+from jobs.stages.base import StageInputError, StageResult
+from pipeline import storage
+from pipeline.latents import LatentStoreError
+
+
+def _ray_train_worker(config: dict) -> None:
+    """Runs inside each Ray Train worker; Ray Train has set up the process group."""
+    import ray.train
+
+    from dynamics.train import train_dynamics
+
+    summary = train_dynamics(config["settings"], config["latents"], config["tokenizer"], config["out_dir"])
+    context = ray.train.get_context()
+    ray.train.report(
+        {**summary, "world_rank": context.get_world_rank(), "world_size": context.get_world_size()}
+    )
+
+
+def run_train_dynamics(cfg: PipelineConfig) -> StageResult:
+    from dynamics.checkpoint import DynamicsCheckpointError
+    from dynamics.train import train_dynamics
+
+    if not storage.is_local(cfg.root):
+        raise StageInputError(
+            f"root: given {cfg.root!r}; train-dynamics writes its checkpoint to a local root"
+        )
+    root = tracking.local_root(cfg)
+    latents = str(root / "latents.zarr")
+    tokenizer_dir = cfg.encode.tokenizer or str(root / "tokenizer")
+    out_dir = root / "dynamics"
+    started = time.perf_counter()
+    try:
+        if cfg.ray.train_workers:
+            summary = _train_on_ray(cfg, latents, tokenizer_dir, str(out_dir))
+        else:
+            summary = train_dynamics(
+                cfg.dynamics, latents, tokenizer_dir, out_dir, log_metrics=tracking.log_metrics
+            )
+    except (LatentStoreError, DynamicsCheckpointError) as err:
+        raise StageInputError(f"{err}; run `stvideo encode` with this tokenizer first") from None
+    result = StageResult(
+        stage="train-dynamics",
+        inputs={"latents": latents, "tokenizer": tokenizer_dir},
+        outputs={"dynamics": str(out_dir)},
+        metrics={**summary, "seconds": time.perf_counter() - started},
+        summary=f"train-dynamics: checkpoint {out_dir}",
+    )
+    if "world_size" in summary:
+        result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
+    if summary:
+        loss_key = "val_mse" if "val_mse" in summary else "val_ce"
+        result.summary += (
+            f"; {loss_key} {summary[loss_key]:.4f}, val_kl {summary['val_kl']:.3g}"
+            f", {summary['tokens_per_s']:.0f} tokens/s"
+        )
+    return result
+
+
+def _train_on_ray(cfg: PipelineConfig, latents: str, tokenizer_dir: str, out_dir: str) -> dict:
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.ray_runtime import ray_session
+
+    with ray_session(cfg.ray):
+        trainer = TorchTrainer(
+            _ray_train_worker,
+            train_loop_config={
+                "settings": cfg.dynamics,
+                "latents": latents,
+                "tokenizer": tokenizer_dir,
+                "out_dir": out_dir,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.ray.train_workers, use_gpu=torch.cuda.is_available()
+            ),
+            run_config=RunConfig(
+                name="train-dynamics", storage_path=str(tracking.local_root(cfg) / "ray_results")
+            ),
+        )
+        result = trainer.fit()
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
+    metrics.pop("world_rank", None)
+    return metrics  # world_size: how many workers trained together

@@ -1,0 +1,132 @@
+"""The Spatial-Temporal Transformer's structure: causality, what mixes where, the
+Gaussian layer, and the cached step path."""
+
+import pytest
+import torch
+
+from dynamics.model import GaussianLayer, STTransformer, gaussian_kl
+from dynamics.settings import STTransformerConfig
+
+GRID, CODES = (3, 4), 16
+
+
+def model(head="regression", **changes) -> STTransformer:
+    torch.manual_seed(0)
+    cfg = STTransformerConfig(
+        **{"d_model": 32, "n_layers": 2, "n_heads": 4, "head": head, "max_frames": 12, **changes}
+    )
+    return STTransformer(cfg, torch.randn(CODES, 8), GRID).eval()
+
+
+def codes(batch=2, frames=6, seed=0):
+    return torch.randint(0, CODES, (batch, frames, *GRID), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("head", ["regression", "categorical"])
+def test_changing_later_frames_never_changes_earlier_outputs(head):
+    net = model(head)
+    a = codes()
+    for t in range(a.shape[1]):
+        b = a.clone()
+        b[:, t:] = codes(seed=t + 1)[:, t:]
+        out_a, _ = net.predict(a, deterministic=True)
+        out_b, _ = net.predict(b, deterministic=True)
+        # output t predicts frame t from frames < t: it may not see frame t or later
+        assert torch.allclose(out_a[:, : t + 1], out_b[:, : t + 1], atol=1e-5), t
+        if t + 1 < a.shape[1]:
+            assert not torch.allclose(out_a[:, t + 1 :], out_b[:, t + 1 :], atol=1e-5)
+
+
+def test_spatial_attention_mixes_only_within_a_frame():
+    net = model()
+    block = net.blocks[0]
+    x = torch.randn(2, 5, 12, 32)
+    y = x.clone()
+    y[:, 2, 7] += 1.0  # one latent pixel of frame 2
+    changed = (block.spatial(x) - block.spatial(y)).abs().sum(-1) > 1e-6
+    assert changed[:, 2].all()  # every pixel of frame 2 sees it
+    assert not changed[:, [0, 1, 3, 4]].any()  # no other frame does
+
+
+def test_temporal_attention_mixes_only_within_a_latent_pixel_and_only_forward():
+    net = model()
+    block = net.blocks[0]
+    x = torch.randn(2, 5, 12, 32)
+    y = x.clone()
+    y[:, 2, 7] += 1.0  # latent pixel 7 at frame 2
+    changed = (block.temporal(x) - block.temporal(y)).abs().sum(-1) > 1e-6
+    assert changed[:, 2:, 7].all()  # the same pixel, from frame 2 on
+    assert not changed[:, :2].any()  # causal: never earlier frames
+    others = torch.ones(12, dtype=torch.bool)
+    others[7] = False
+    assert not changed[:, :, others].any()  # never another pixel
+
+
+def test_gaussian_layer_kl_and_sampling():
+    assert torch.equal(gaussian_kl(torch.zeros(3, 5), torch.zeros(3, 5)), torch.zeros(3))
+    assert (gaussian_kl(torch.ones(3, 5), torch.zeros(3, 5)) > 0).all()
+    layer = GaussianLayer(STTransformerConfig(d_model=8, n_heads=2), GRID)
+    x = torch.randn(2, 3, 12, 8)
+    a, kl_a = layer(x, generator=torch.Generator().manual_seed(1))
+    b, _ = layer(x, generator=torch.Generator().manual_seed(2))
+    c, _ = layer(x, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(a, b) and torch.equal(a, c)  # stochastic, and reproducible by seed
+    d1, kl_d = layer(x, deterministic=True)
+    d2, _ = layer(x, deterministic=True)
+    assert torch.equal(d1, d2) and torch.equal(d1, x)  # starts as identity on the mean path
+    assert kl_a.shape == (2, 3) and torch.equal(kl_a, kl_d)
+
+
+@pytest.mark.parametrize("head", ["regression", "categorical"])
+def test_cached_steps_equal_the_full_forward(head):
+    net = model(head)
+    clip = codes(batch=3, frames=7)
+    full, _ = net.predict(clip, deterministic=True)
+    cache = net.new_cache()
+    steps = [net.step(None, cache, batch=3, deterministic=True)]
+    for t in range(clip.shape[1] - 1):
+        steps.append(net.step(clip[:, t], cache, deterministic=True))
+    assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
+    assert cache.length == 7
+
+
+def test_padding_masks_the_loss_and_lengths_change_nothing_before_them():
+    net = model()
+    clip = codes(batch=2, frames=6)
+    lengths = torch.tensor([6, 3])
+    padded = clip.clone()
+    padded[1, 3:] = codes(seed=9)[1, 3:]  # garbage after the real 3 frames
+    a = net(clip, lengths, deterministic=True)
+    b = net(padded, lengths, deterministic=True)
+    assert torch.allclose(a["loss"], b["loss"], atol=1e-6)
+    assert not torch.allclose(net(clip, deterministic=True)["loss"], net(padded, deterministic=True)["loss"])
+
+
+def test_sampling_helpers():
+    regression, categorical = model("regression"), model("categorical")
+    out = regression.codebook[torch.tensor([[3, 5, 7] * 4])] * 2.5  # scaled code vectors
+    assert regression.to_codes(out).flatten().tolist() == [3, 5, 7] * 4
+    logits = torch.full((1, 12, CODES), -10.0)
+    logits[..., 4] = 10.0
+    assert (categorical.to_codes(logits) == 4).all()
+    assert (categorical.to_codes(logits, temperature=1.0, top_k=1) == 4).all()
+    flat = torch.zeros(1, 12, CODES)
+    draws = {
+        tuple(categorical.to_codes(flat, 1.0, generator=torch.Generator().manual_seed(s)).flatten().tolist())
+        for s in range(3)
+    }
+    assert len(draws) == 3
+
+
+def test_loss_decreases_when_overfitting_a_few_clips():
+    for head in ("regression", "categorical"):
+        net = model(head).train()
+        clip = codes(batch=4, frames=6)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+        first = float(net(clip)["loss"].detach())
+        for _ in range(60):
+            loss = net(clip)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert float(net(clip, deterministic=True)["loss"]) < 0.5 * first, head

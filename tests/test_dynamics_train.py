@@ -1,0 +1,223 @@
+"""Training the dynamics model from a real latent store: resume, no pixels, several processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dynamics.checkpoint import load_dynamics
+from dynamics.settings import DynamicsSettings, STTransformerConfig
+from dynamics.train import train_dynamics
+from pipeline.latents import LatentStore, LatentStoreError
+from pipeline.splits import TRAIN, VAL
+from tests.conftest import REPO
+from tokenizer.settings import VQGANConfig
+from tokenizer.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow
+FRAMES, GRID = 8, (4, 4)
+
+
+@pytest.fixture(scope="module")
+def latent_root(tmp_path_factory):
+    """A tokenizer checkpoint and a store of 24 clips encoded 'by' it (codes: moving stripes)."""
+    root = tmp_path_factory.mktemp("latent-root")
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(
+        VQGANConfig(frame_size=16, base_channels=8, channel_mults=(1, 1, 2), codebook_size=32)
+    )
+    identity = tokenizer.save_pretrained(root / "tokenizer")
+    store = LatentStore.create(
+        str(root / "latents.zarr"),
+        24,
+        FRAMES,
+        GRID,
+        4,
+        {
+            "tokenizer_identity": identity,
+            "codebook_size": 32,
+            "clip_stride": FRAMES,
+            "fps": 10.0,
+            "frame_size": 16,
+        },
+    )
+    for shard in range(store.num_shards):
+        start, stop = store.shard_range(shard)
+        clips = []
+        for index in range(start, stop):
+            t = np.arange(FRAMES)[:, None, None]
+            x = np.arange(GRID[1])[None, None, :]
+            codes = ((x + t * (1 + index % 3)) % 32).astype(np.uint16) * np.ones((1, GRID[0], 1), np.uint16)
+            codes[:, 0, 0] = index  # which clip this is
+            clips.append(codes)
+        splits = np.array([VAL if i % 6 == 5 else TRAIN for i in range(start, stop)], dtype=np.uint8)
+        store.write_shard(
+            shard,
+            np.stack(clips),
+            [f"v{i}" for i in range(start, stop)],
+            np.zeros(stop - start, np.int32),
+            splits,
+        )
+    store.finish()
+    return root
+
+
+def settings(**changes) -> DynamicsSettings:
+    base = dict(
+        model=STTransformerConfig(d_model=32, n_layers=2, n_heads=4, max_frames=8),
+        max_steps=8,
+        batch_size=3,
+        min_frames=4,
+        warmup_steps=1,
+        eval_every=100,
+        eval_batches=2,
+        checkpoint_every=2,
+        log_every=1,
+        mixed_precision="no",
+    )
+    return DynamicsSettings(**{**base, **changes})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_training_writes_a_checkpoint_that_names_its_tokenizer(latent_root, tmp_path):
+    logged = {}
+    summary = train_dynamics(
+        settings(max_steps=12, lr=3e-3),
+        str(latent_root / "latents.zarr"),
+        latent_root / "tokenizer",
+        tmp_path / "dyn",
+        log_metrics=lambda m, step: logged.setdefault(step, m),
+    )
+    model, config = load_dynamics(tmp_path / "dyn")
+    assert config["tokenizer_identity"] == Tokenizer.from_pretrained(latent_root / "tokenizer").identity
+    assert config["grid"] == [4, 4] and config["clip_frames"] == FRAMES
+    assert {"val_loss", "val_mse", "val_kl", "tokens_per_s"} <= set(summary)
+    assert logged[12]["mse"] < logged[1]["mse"]
+    assert {"loss", "mse", "kl", "lr", "tokens_per_s"} <= set(logged[1])
+
+
+def test_refuses_latents_of_another_tokenizer(latent_root, tmp_path):
+    other = tmp_path / "other-tokenizer"
+    Tokenizer(
+        VQGANConfig(frame_size=16, base_channels=8, channel_mults=(1, 1, 2), codebook_size=32)
+    ).save_pretrained(other)
+    with pytest.raises(LatentStoreError, match="encoded with tokenizer"):
+        train_dynamics(settings(), str(latent_root / "latents.zarr"), other, tmp_path / "dyn")
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(latent_root, tmp_path):
+    latents, tokenizer = str(latent_root / "latents.zarr"), latent_root / "tokenizer"
+    train_dynamics(settings(), latents, tokenizer, tmp_path / "straight")
+
+    def stop_at_5(metrics, step):
+        if step == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_dynamics(settings(), latents, tokenizer, tmp_path / "resumed", log_metrics=stop_at_5)
+    steps = []
+    train_dynamics(
+        settings(), latents, tokenizer, tmp_path / "resumed", log_metrics=lambda m, s: steps.append(s)
+    )
+    assert steps[0] == 5  # the last checkpoint was step 4
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
+
+
+def test_a_training_step_needs_no_video_decoder_and_no_tokenizer_decoder(latent_root, tmp_path):
+    code = f"""
+import sys
+for name in ("decord", "av", "tokenizer.model", "tokenizer.tokenizer", "pipeline.video", "pipeline.frames"):
+    sys.modules[name] = None  # importing any of them now fails
+from dynamics.settings import DynamicsSettings, STTransformerConfig
+from dynamics.train import train_dynamics
+summary = train_dynamics(
+    DynamicsSettings(model=STTransformerConfig(d_model=32, n_layers=1, n_heads=2, max_frames=8), max_steps=2,
+                     batch_size=2, warmup_steps=1, eval_every=2, eval_batches=1, checkpoint_every=2),
+    {str(latent_root / "latents.zarr")!r}, {str(latent_root / "tokenizer")!r}, {str(tmp_path / "dyn")!r})
+assert summary["val_loss"] > 0
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_train_and_split_the_clips(latent_root, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(REPO / "tests" / "helpers" / "two_rank_dynamics.py"),
+        str(tmp_path),
+        str(latent_root / "latents.zarr"),
+        str(latent_root / "tokenizer"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0 = json.loads((tmp_path / "clips-0.json").read_text())
+    rank1 = json.loads((tmp_path / "clips-1.json").read_text())
+    assert not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == [i for i in range(24) if i % 6 != 5]  # every training clip, once
+    assert json.loads((tmp_path / "summary.json").read_text())["world_size"] == 2
+    load_dynamics(tmp_path / "dynamics")
+
+
+def test_the_same_loop_runs_in_ray_train_workers(latent_root, tmp_path):
+    import shutil
+
+    from tests.conftest import run_stvideo
+
+    root = tmp_path / "root"
+    shutil.copytree(latent_root, root)
+    result = run_stvideo(
+        "train-dynamics",
+        "--set",
+        f"root={root}",
+        "--set",
+        "ray.train_workers=2",
+        "--set",
+        "ray.num_cpus=2",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "dynamics.max_steps=3",
+        "--set",
+        "dynamics.batch_size=2",
+        "--set",
+        "dynamics.eval_every=3",
+        "--set",
+        "dynamics.eval_batches=1",
+        "--set",
+        "dynamics.checkpoint_every=3",
+        "--set",
+        "dynamics.model.d_model=32",
+        "--set",
+        "dynamics.model.n_layers=1",
+        "--set",
+        "dynamics.model.max_frames=8",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "val_mse" in result.stdout and "(2 Ray Train workers)" in result.stdout
+    model, config = load_dynamics(root / "dynamics")
+    assert config["grid"] == [4, 4]
