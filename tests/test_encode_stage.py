@@ -11,7 +11,7 @@ import zarr
 from pipeline.latents import MISSING, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
-from tests.conftest import build_raw, kill_when, run_stvideo
+from tests.conftest import REPO, build_raw, kill_when, run_stvideo
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -129,3 +129,27 @@ def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
     for index in (0, 7, 225, 239):  # early clips (before the kill) and late ones (after the resume)
         expected = tokenizer.encode(grey_frames(samples[sources[index]]["mp4"]))
         assert torch.equal(torch.from_numpy(store.codes[index].astype(np.int64)), expected), index
+
+
+def test_ingest_and_encode_into_s3_through_a_local_server(s3_server, tmp_path):
+    """The stages read and write `s3://` roots through fsspec (moto's S3 server on 127.0.0.1)."""
+    local = tmp_path / "local"
+    tokenizer = make_root(local, num_videos=2)  # only its tokenizer is used
+    root = f"{s3_server}/tiny"
+    common = [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "data.moving_mnist.num_videos=12",
+    ]
+    ingest = run_stvideo("ingest", *common)
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    encode = run_stvideo("encode", *common, "--set", f"encode.tokenizer={local / 'tokenizer'}")
+    assert encode.returncode == 0, encode.stderr[-3000:]
+    store = open_latents(f"{root}/latents.zarr", tokenizer_identity=tokenizer.identity)
+    assert store.num_clips == 12 and MISSING not in store.group["split"][:]
+    assert sorted(store.group["source"][:]) == [f"mmnist-s0-{i:07d}" for i in range(12)]

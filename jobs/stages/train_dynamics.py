@@ -7,7 +7,9 @@ over a cluster's nodes.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from jobs import tracking
 from jobs.config import PipelineConfig
@@ -24,9 +26,10 @@ def _ray_train_worker(config: dict) -> None:
 
     summary = train_dynamics(config["settings"], config["latents"], config["tokenizer"], config["out_dir"])
     context = ray.train.get_context()
-    ray.train.report(
-        {**summary, "world_rank": context.get_world_rank(), "world_size": context.get_world_size()}
-    )
+    if context.get_world_rank() == 0:
+        # Ray Train returns no metrics unless a checkpoint is reported: hand them over in a file
+        report = {**summary, "world_size": context.get_world_size()}
+        (Path(config["out_dir"]) / "ray_train.json").write_text(json.dumps(report))
 
 
 def run_train_dynamics(cfg: PipelineConfig) -> StageResult:
@@ -92,7 +95,5 @@ def _train_on_ray(cfg: PipelineConfig, latents: str, tokenizer_dir: str, out_dir
                 name="train-dynamics", storage_path=str(tracking.local_root(cfg) / "ray_results")
             ),
         )
-        result = trainer.fit()
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    metrics.pop("world_rank", None)
-    return metrics  # world_size: how many workers trained together
+        trainer.fit()
+    return json.loads((Path(out_dir) / "ray_train.json").read_text())
