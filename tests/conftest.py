@@ -120,6 +120,28 @@ def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: 
     return len(list(folder.glob(pattern)))
 
 
+def torchrun_two(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run tests/helpers/SCRIPT under torchrun with 2 processes on 127.0.0.1 (gloo on a CPU)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(REPO / "tests" / "helpers" / script),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
 def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}

@@ -1,8 +1,6 @@
 """Training the dynamics model from a real latent store: resume, no pixels, several processes."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
@@ -16,7 +14,7 @@ from dynamics.settings import DynamicsSettings, STTransformerConfig
 from dynamics.train import train_dynamics
 from pipeline.latents import LatentStore, LatentStoreError
 from pipeline.splits import TRAIN, VAL
-from tests.conftest import REPO
+from tests.conftest import REPO, torchrun_two
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -154,26 +152,12 @@ assert summary["val_loss"] > 0
 
 
 def test_two_processes_train_and_split_the_clips(latent_root, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        str(REPO / "tests" / "helpers" / "two_rank_dynamics.py"),
+    result = torchrun_two(
+        "two_rank_dynamics.py",
         str(tmp_path),
         str(latent_root / "latents.zarr"),
         str(latent_root / "tokenizer"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     rank0 = json.loads((tmp_path / "clips-0.json").read_text())
     rank1 = json.loads((tmp_path / "clips-1.json").read_text())

@@ -1,10 +1,6 @@
 """Training the tokenizer on real shards: discriminator switch-on, resume, two processes."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +9,7 @@ from safetensors.torch import load_file
 from pipeline.frames import RawVideoFrames
 from pipeline.shards import iter_samples
 from pipeline.splits import TRAIN, split_of
-from tests.conftest import REPO
+from tests.conftest import torchrun_two
 from tokenizer.settings import TokenizerSettings, VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 from tokenizer.train import FrameSource, train_tokenizer
@@ -127,25 +123,7 @@ def test_readers_split_one_epoch_exactly(raw_shards):
 
 
 def test_two_processes_see_each_video_once_per_epoch_and_train(raw_shards, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        str(REPO / "tests" / "helpers" / "two_ranks.py"),
-        str(tmp_path),
-        *raw_shards,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    result = torchrun_two("two_ranks.py", str(tmp_path), *raw_shards)
     assert result.returncode == 0, result.stderr[-4000:]
     rank0 = json.loads((tmp_path / "keys-0.json").read_text())
     rank1 = json.loads((tmp_path / "keys-1.json").read_text())
