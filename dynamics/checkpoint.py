@@ -96,5 +96,5 @@ def load_dynamics(path: str | Path, map_location: str = "cpu") -> tuple[STTransf
         raise DynamicsCheckpointError(
             f"{weights}: weights do not match config.json ({str(err)[:300]})"
         ) from None
-    model.eval()
+    model.to(map_location).eval()
     return model, config

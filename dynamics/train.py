@@ -67,6 +67,11 @@ def train_dynamics(
         optimizer, warmup_cosine(settings.warmup_steps, settings.max_steps)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    # every rank starts from the same weights (seeded above) but draws its own Gaussian-layer noise
+    torch.manual_seed(settings.seed + accelerator.process_index)
+    # a missing split must fail on every rank now, not on rank 0 at the first evaluation
+    if not (store.group["split"][:] == VAL).any():
+        raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
     progress = Progress()
     accelerator.register_for_checkpointing(schedule, progress)
     if resume(accelerator, out_dir) and main:

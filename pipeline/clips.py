@@ -7,6 +7,7 @@ which worker decodes it or when.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,15 +64,24 @@ def video_bytes(row: dict) -> bytes:
     raise ValueError("no video field in the sample")
 
 
-def decode_clips(
+def iter_clips(
     data: bytes, plan: VideoPlan, clip_frames: int, frame_size: int, channels: int
-) -> np.ndarray:
-    """All clips of one video as uint8 [clips, T, C, size, size], decoding each needed frame once."""
+) -> Iterator[np.ndarray]:
+    """One video's clips, each uint8 [T, C, size, size]. Every needed frame is decoded once,
+    here and now (so a damaged video fails before anything is yielded); clips are then cut
+    one at a time, so overlapping windows never multiply the memory."""
     windows = [list(range(start, start + clip_frames * plan.step, plan.step)) for start in plan.starts]
     needed = sorted({index for window in windows for index in window})
     frames = read_frames(data, size=frame_size, indices=needed)
     if channels == 1:
         frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    frames = frames.transpose(0, 3, 1, 2)
     position = {index: offset for offset, index in enumerate(needed)}
-    clips = np.stack([frames[[position[index] for index in window]] for window in windows])
-    return np.ascontiguousarray(clips.transpose(0, 1, 4, 2, 3))
+    return (np.ascontiguousarray(frames[[position[index] for index in window]]) for window in windows)
+
+
+def decode_clips(
+    data: bytes, plan: VideoPlan, clip_frames: int, frame_size: int, channels: int
+) -> np.ndarray:
+    """All clips of one video as uint8 [clips, T, C, size, size]."""
+    return np.stack(list(iter_clips(data, plan, clip_frames, frame_size, channels)))

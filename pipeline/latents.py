@@ -245,6 +245,16 @@ class LatentClips(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers, worker
 
+    def _whole_shards_feed_everyone(self, store: LatentStore, splits: np.ndarray, readers: int) -> bool:
+        """Whole shards per reader only if every reader then gets clips of the split: a reader
+        with none would spin forever on a repeating stream while the other ranks wait on it."""
+        if self.num_shards < readers:
+            return False
+        wanted = [
+            int((splits[slice(*store.shard_range(s))] == self.split).sum()) for s in range(self.num_shards)
+        ]
+        return all(sum(wanted[r::readers]) > 0 for r in range(readers))
+
     def _shard_clips(
         self, store: LatentStore, splits: np.ndarray, shard: int, reader: int, readers: int, whole: bool
     ) -> list:
@@ -268,8 +278,10 @@ class LatentClips(IterableDataset):
     def _stream(self, reader: int, readers: int) -> Iterator[torch.Tensor]:
         store = open_latents(self.uri, storage_options=self.storage_options)
         splits = store.group["split"][:]  # one byte a clip: read once, not once a shard
-        whole = self.num_shards >= readers
+        whole = self._whole_shards_feed_everyone(store, splits, readers)
         shards = list(range(self.num_shards))[reader::readers] if whole else list(range(self.num_shards))
+        if not (splits == self.split).any():
+            raise LatentStoreError(f"{self.uri}: no clips of split {self.split}")
         epoch = self.epoch
         while True:
             rng = np.random.default_rng([self.seed, epoch, reader])

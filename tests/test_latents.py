@@ -178,3 +178,18 @@ def test_s3_round_trip_against_a_local_server(s3_server):
     assert open_latents(uri).done_shards() == {0, 1, 2}
     assert clip_ids(LatentClips(uri)) == list(range(12))
     assert np.array_equal(zarr.open_group(uri, mode="r")["codes"][5], clip_codes(5))
+
+
+def test_no_reader_is_left_without_clips(tmp_path):
+    """Whole shards per reader would give reader 1 only validation clips; it must not starve (and
+    spin forever on a repeating stream while the other rank waits for it)."""
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=8, per_shard=4, splits=[TRAIN] * 4 + [VAL] * 4)
+    seen = []
+    for rank in range(2):
+        clips = list(LatentClips(uri, TRAIN, rank=rank, world_size=2))
+        assert clips, rank
+        seen += clips
+    assert clip_ids(seen) == [0, 1, 2, 3]
+    with pytest.raises(LatentStoreError, match="no clips of split 2"):
+        next(iter(LatentClips(uri, TEST)))

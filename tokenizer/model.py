@@ -6,6 +6,8 @@ Frames enter as float [B, C, H, W] in [-1, 1]; codes are integer [B, h, w].
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -15,7 +17,10 @@ from tokenizer.settings import VQGANConfig
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(32, max(1, channels // 4)), num_channels=channels, eps=1e-6)
+    # up to 32 groups of at least 4 channels, and always a divisor of the width
+    return nn.GroupNorm(
+        num_groups=math.gcd(channels, min(32, max(1, channels // 4))), num_channels=channels, eps=1e-6
+    )
 
 
 class ResBlock(nn.Module):

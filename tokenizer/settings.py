@@ -37,6 +37,10 @@ class VQGANConfig:
                 f"channel_mults: given {len(self.channel_mults)} levels (x{self.downsample}), "
                 "expected 3, 4 or 5 levels (downsampling x4, x8 or x16)"
             )
+        if self.frame_size < 16:
+            raise ValueError(
+                f"frame_size: given {self.frame_size}, expected at least 16 (the patch discriminator)"
+            )
         if self.frame_size % self.downsample:
             raise ValueError(f"frame_size: given {self.frame_size}, expected a multiple of {self.downsample}")
         if not 2 <= self.codebook_size <= MAX_CODEBOOK:

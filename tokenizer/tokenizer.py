@@ -114,5 +114,5 @@ class Tokenizer(torch.nn.Module):
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
             )
         model.load_state_dict(state)
-        model.eval()
+        model.to(map_location).eval()
         return cls(arch, model, identity=file_identity(weights_path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,7 +23,7 @@ from jobs.config import PipelineConfig
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.clips import VideoPlan, decode_clips, plan_clips, video_bytes
+from pipeline.clips import VideoPlan, iter_clips, plan_clips, video_bytes
 from pipeline.latents import MISSING, LatentStore, LatentStoreError, open_latents
 from pipeline.splits import split_of
 from tokenizer.tokenizer import CheckpointError, Tokenizer
@@ -39,21 +40,27 @@ class ClipDecoder:
         self.plans, self.clip_frames = plans, clip_frames
         self.frame_size, self.channels = frame_size, channels
 
-    def __call__(self, row: dict) -> list[dict]:
+    def __call__(self, row: dict) -> Iterator[dict]:
         plan = self.plans.get(row["__key__"])
         if plan is None:  # all its clips are in shards an earlier run wrote
-            return []
+            return
         error = ""
         try:
-            clips = decode_clips(video_bytes(row), plan, self.clip_frames, self.frame_size, self.channels)
+            clips = iter_clips(video_bytes(row), plan, self.clip_frames, self.frame_size, self.channels)
         except Exception as err:  # a damaged video: recorded, the rest of the store is unaffected
             error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
-            shape = (len(plan.starts), self.clip_frames, self.channels, self.frame_size, self.frame_size)
-            clips = np.zeros(shape, dtype=np.uint8)
-        return [
-            {"clip": plan.first_clip + i, "key": plan.key, "start": start, "frames": clips[i], "error": error}
-            for i, start in enumerate(plan.starts)
-        ]
+            blank = np.zeros(
+                (self.clip_frames, self.channels, self.frame_size, self.frame_size), dtype=np.uint8
+            )
+            clips = (blank for _ in plan.starts)
+        for i, (start, clip) in enumerate(zip(plan.starts, clips, strict=True)):
+            yield {
+                "clip": plan.first_clip + i,
+                "key": plan.key,
+                "start": start,
+                "frames": clip,
+                "error": error,
+            }
 
 
 class TokenizerEncoder:
@@ -112,6 +119,8 @@ def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -
         "frame_size": tokenizer.config.frame_size,
         "channels": tokenizer.config.in_channels,
         "clip_stride": cfg.encode.clip_stride or cfg.data.clip_frames,
+        "clip_frames": cfg.data.clip_frames,
+        "grid": list(tokenizer.grid),
         "fps": cfg.encode.fps,
         "raw_fingerprint": raw_fingerprint,
         "split_fractions": [cfg.data.val_fraction, cfg.data.test_fraction],
@@ -206,7 +215,7 @@ def run_encode(cfg: PipelineConfig) -> StageResult:
                     num_gpus=gpus,
                 )
             )
-            total = sum(len(p.starts) for p in pending)
+            total = sum(buffer.remaining for buffer in buffers.values())
             with (
                 ThreadPoolExecutor(max_workers=2) as writers,
                 tqdm(total=total, desc="encode", unit="clip") as bar,
@@ -222,7 +231,7 @@ def run_encode(cfg: PipelineConfig) -> StageResult:
                         strict=True,
                     ):
                         shard = shard_of(int(clip))
-                        if shard in done:
+                        if shard not in buffers:
                             continue  # a video spanning a written and an unwritten shard
                         buffer = buffers[shard]
                         if buffer.add(
@@ -251,7 +260,7 @@ def run_encode(cfg: PipelineConfig) -> StageResult:
         "shards_skipped": len(done),
         "seconds": seconds,
     }
-    encoded = sum(len(p.starts) for p in pending)
+    encoded = sum(stop - start for start, stop in map(store.shard_range, set(range(store.num_shards)) - done))
     if encoded:
         metrics["clips_per_s"] = encoded / seconds
     summary = (

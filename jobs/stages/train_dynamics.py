@@ -65,9 +65,8 @@ def run_train_dynamics(cfg: PipelineConfig) -> StageResult:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
     if summary:
         loss_key = "val_mse" if "val_mse" in summary else "val_ce"
-        result.summary += (
-            f"; {loss_key} {summary[loss_key]:.4f}, val_kl {summary['val_kl']:.3g}"
-            f", {summary['tokens_per_s']:.0f} tokens/s"
+        result.summary += f"; {loss_key} {summary[loss_key]:.4f}, val_kl {summary['val_kl']:.3g}" + (
+            f", {summary['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in summary else ""
         )
     return result
 

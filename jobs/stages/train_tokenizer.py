@@ -45,6 +45,6 @@ def run_train_tokenizer(cfg: PipelineConfig) -> StageResult:
         result.summary += (
             f"; val PSNR {summary['psnr']:.2f} dB (mean frame: {summary['psnr_mean_frame']:.2f} dB)"
             f", SSIM {summary['ssim']:.3f}, codebook usage {summary['usage']:.0%}"
-            f", {summary['frames_per_s']:.0f} frames/s"
+            + (f", {summary['frames_per_s']:.0f} frames/s" if "frames_per_s" in summary else "")
         )
     return result
