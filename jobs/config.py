@@ -141,7 +141,22 @@ class EncodeConfig(Section):
 
 
 class GenerateConfig(Section):
-    """Filled in by the generate stage (issue 6)."""
+    name: str = Field("default", description="output folder under <root>/generations/")
+    split: Literal["train", "val", "test"] = "test"
+    prompt_frames: int = Field(10, ge=1, description="P: frames given to the model")
+    generate_frames: int = Field(
+        10, ge=1, description="K: frames to generate (may exceed the training length)"
+    )
+    samples: int = Field(1, ge=1, description="S: samples per prompt (the Gaussian layers are stochastic)")
+    temperature: float = Field(0.0, ge=0, description="categorical head: 0 = argmax")
+    top_k: int | None = Field(None, ge=1)
+    seed: int = 0
+    deterministic: bool = Field(False, description="Gaussian layers pass their means")
+    max_clips: int | None = Field(64, ge=1, description="clips of the split to continue; null: all")
+    batch_size: int = Field(8, ge=1)
+    num_actors: int = Field(1, ge=1)
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per actor, when the cluster has GPUs")
+    preview_clips: int = Field(6, ge=1, description="clips in the preview grid")
 
 
 class TrackingConfig(Section):

@@ -40,3 +40,34 @@ def gif_bytes(frames: np.ndarray, fps: float, scale: int = 1) -> bytes:
     duration = max(20, round(1000 / fps))
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
     return buffer.getvalue()
+
+
+def to_rgb(frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, C, H, W] (C = 1 or 3) -> [T, H, W, 3]."""
+    frames = frames.transpose(0, 2, 3, 1)
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def mark(frames: np.ndarray, colour=(230, 40, 40), width: int = 2) -> np.ndarray:
+    """A coloured border on frames [T, H, W, 3]: how the preview shows generated frames."""
+    frames = frames.copy()
+    frames[:, :width], frames[:, -width:] = colour, colour
+    frames[:, :, :width], frames[:, :, -width:] = colour, colour
+    return frames
+
+
+def continuation_grid(
+    generated: list[np.ndarray], truths: list[np.ndarray], prompt_frames: int
+) -> np.ndarray:
+    """One row per clip: prompt (held) | prompt + generated (generated frames framed in red) | ground truth.
+
+    `generated` and `truths` are uint8 [T, C, H, W] per clip; returns a video [T, H', W', 3].
+    """
+    cells = []
+    for produced, truth in zip(generated, truths, strict=True):
+        produced = to_rgb(produced)
+        prompt = produced[:prompt_frames]
+        held = np.concatenate([prompt, np.repeat(prompt[-1:], len(produced) - prompt_frames, axis=0)])
+        continued = np.concatenate([prompt, mark(produced[prompt_frames:])])
+        cells += [held, continued, to_rgb(truth)]
+    return tile_videos(cells, columns=3)

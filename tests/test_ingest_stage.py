@@ -6,6 +6,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zarr
 
 from tests.conftest import REPO, kill_when, run_stvideo
 
@@ -167,6 +168,29 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
     assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
     assert encode.data.metrics["clips_missing"] == 0
+
+    # dynamics and generate: a checkpoint naming the tokenizer, continuations that play, scores
+    dynamics = runs["train-dynamics"]
+    assert dynamics.data.metrics["val_mse"] > 0 and dynamics.data.metrics["tokens_per_s"] > 0
+    out = root / "generations" / "default"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_step"]) == {"model", "model_best", "copy_last", "reconstruction"}
+    assert all(len(metrics["per_step"]["model"][m]) == 10 for m in ("mse", "mae", "psnr", "ssim"))
+    assert metrics["mean"]["reconstruction"]["mse"] < metrics["mean"]["copy_last"]["mse"]
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert (
+        len(videos)
+        == metrics["clips"]
+        == zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"].shape[0]
+    )
+    import av
+
+    with av.open(str(videos[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 20  # P + K frames
+    assert (out / "preview.gif").stat().st_size > 0 and (out / "preview.mp4").stat().st_size > 0
+    generate = runs["generate"]
+    assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
+    assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
 
 
 def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):

@@ -24,10 +24,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from common.metrics import mse_per_frame, perplexity, psnr_per_frame, ssim_per_frame
 from common.training import Progress, make_accelerator, resume, save_state, skip_per_worker, warmup_cosine
 from pipeline.frames import RawVideoFrames, batch_frames
 from pipeline.splits import TRAIN, VAL
-from tokenizer.metrics import mse_per_frame, perplexity, psnr_per_frame, ssim_per_frame
 from tokenizer.model import (
     VQGAN,
     PatchDiscriminator,

@@ -46,6 +46,12 @@ def _train_dynamics(cfg: PipelineConfig) -> StageResult:
     return run_train_dynamics(cfg)
 
 
+def _generate(cfg: PipelineConfig) -> StageResult:
+    from jobs.stages.generate import run_generate
+
+    return run_generate(cfg)
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
@@ -65,7 +71,7 @@ STAGES: dict[str, Stage] = {
             5,
             _train_dynamics,
         ),
-        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6),
+        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6, _generate),
     ]
 }
 
