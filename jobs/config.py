@@ -141,7 +141,12 @@ class EncodeConfig(Section):
 
 
 class GenerateConfig(Section):
+    _absolute_videos = field_validator("videos")(classmethod(lambda cls, value: absolute_local(value)))
+
     name: str = Field("default", description="output folder under <root>/generations/")
+    videos: str | None = Field(
+        None, description="continue these videos (a folder, glob or file) instead of a split of latents.zarr"
+    )
     split: Literal["train", "val", "test"] = "test"
     prompt_frames: int = Field(10, ge=1, description="P: frames given to the model")
     generate_frames: int = Field(

@@ -1,4 +1,3 @@
-
 import pytest
 
 from jobs.config import ConfigError, PipelineConfig, load_config

@@ -5,6 +5,7 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -191,6 +192,56 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     generate = runs["generate"]
     assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
     assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
+
+    # the same seed gives the same continuations whatever the batching and the number of actors
+    config = [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+    ]
+    again = run_stvideo(
+        "generate",
+        *config,
+        "--set",
+        "generate.name=two-actors",
+        "--set",
+        "generate.num_actors=2",
+        "--set",
+        "generate.batch_size=3",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]
+    second = zarr.open_group(str(root / "generations" / "two-actors" / "codes.zarr"), mode="r")["codes"][:]
+    assert np.array_equal(first, second)
+
+
+def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):
+    """Brought videos are encoded on the way in; one shorter than the prompt is rejected, the rest go on."""
+    root = tmp_path / "tiny"
+    config = [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+    ]
+    built = run_stvideo("run", *config, "--stages", "ingest,train-tokenizer,encode,train-dynamics")
+    assert built.returncode == 0, built.stderr[-3000:]
+    folder = video_folder["path"]
+    result = run_stvideo(
+        "generate", *config, "--set", f"generate.videos={folder}/*.mp4", "--set", "generate.name=mine"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "generations" / "mine" / "metrics.json").read_text())
+    reasons = {r["clip"]: r["reason"] for r in metrics["rejected"]}
+    # square.mp4 (24 frames) goes on; the broken files and short.mp4 (8 frames < 10 prompt frames) do not
+    assert metrics["clips"] == 1 and (root / "generations" / "mine" / "videos" / "square.mp4").exists()
+    assert "fewer than the 10 prompt frames" in reasons["short"]
+    assert {"empty", "notes", "truncated", "damaged", "dangling", "short"} <= set(reasons)
 
 
 def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):

@@ -33,7 +33,12 @@ REFERENCES = ("model", "model_best", "copy_last", "reconstruction")
 
 
 class ClipGenerator:
-    """Ray Data actor: rolls out, decodes, scores and writes a batch of clips."""
+    """Ray Data actor: rolls out, decodes, scores and writes a batch of clips.
+
+    A row is either a clip of the latent store (`codes`, and its source video's
+    `key` and `start` in the raw shards for the truth) or a video a user brought
+    (`path`: decoded and encoded here; its own frames are the truth).
+    """
 
     def __init__(self, dynamics_dir: str, tokenizer_dir: str, raw_index: dict, settings: dict, out_dir: str):
         import torch
@@ -49,7 +54,7 @@ class ClipGenerator:
         self.shard_cache: dict[str, dict] = {}
 
     def _true_frames(self, key: str, start: int, frames: int):
-        """The clip's real frames, decoded from its raw shard at the tokenizer's size."""
+        """A store clip's real frames, decoded from its raw shard at the tokenizer's size."""
         import torch
 
         from pipeline.clips import VideoPlan, iter_clips, video_bytes
@@ -60,12 +65,70 @@ class ClipGenerator:
             self.shard_cache = {shard: {s["__key__"]: s for s in iter_samples(shard)}}  # one shard at a time
         plan = VideoPlan(key, shard, 0, (start,), step)
         config = self.tokenizer.config
-        [clip] = iter_clips(
-            video_bytes(self.shard_cache[shard][key]), plan, frames, config.frame_size, config.in_channels
-        )
+        data = video_bytes(self.shard_cache[shard][key])
+        [clip] = iter_clips(data, plan, frames, config.frame_size, config.in_channels)
         return torch.from_numpy(clip)
 
+    def _user_video(self, path: str):
+        """A brought video's first P + K frames (uint8 [T, C, H, W]) and their codes."""
+        import fsspec
+        import torch
+
+        from pipeline.video import probe_video, read_frames
+
+        with fsspec.open(path, "rb") as handle:
+            data = handle.read()
+        info = probe_video(data)  # raises RejectedVideo with a reason
+        need = self.settings["prompt_frames"]
+        if info.num_frames < need:
+            raise ValueError(f"only {info.num_frames} frames, fewer than the {need} prompt frames")
+        count = min(info.num_frames, need + self.settings["generate_frames"])
+        frames = read_frames(data, size=self.tokenizer.config.frame_size, indices=list(range(count)))
+        if self.tokenizer.config.in_channels == 1:
+            frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+        truth = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+        return truth, self.tokenizer.encode(truth).cpu()
+
     def __call__(self, batch: dict) -> dict:
+        rows: dict[str, list] = {
+            "clip": [],
+            "name": [],
+            "codes": [],
+            "scores": [],
+            "preview": [],
+            "error": [],
+        }
+        for index, clip_id in enumerate(batch["clip"]):
+            name, error, generated, scores, preview = str(batch["name"][index]), "", None, {}, ""
+            try:
+                if "path" in batch:
+                    truth, codes = self._user_video(str(batch["path"][index]))
+                else:
+                    import torch
+
+                    codes = torch.from_numpy(batch["codes"][index].astype(np.int64))
+                    truth = self._true_frames(
+                        str(batch["key"][index]), int(batch["start"][index]), len(codes)
+                    )
+                generated, scores, preview = self._continue(int(clip_id), name, codes, truth)
+            except Exception as err:  # one bad input is reported, the rest of the batch goes on
+                error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            shape = (
+                self.settings["samples"],
+                self.settings["prompt_frames"] + self.settings["generate_frames"],
+            )
+            rows["clip"].append(int(clip_id))
+            rows["name"].append(name)
+            rows["codes"].append(
+                generated if generated is not None else np.zeros((*shape, *self.model.grid), np.uint16)
+            )
+            rows["scores"].append(json.dumps(scores))
+            rows["preview"].append(preview)
+            rows["error"].append(error)
+        return {key: np.stack(value) if key == "codes" else np.array(value) for key, value in rows.items()}
+
+    def _continue(self, clip_id: int, name: str, codes, truth):
+        """Roll one clip out S times, decode, score against the truth, write its mp4."""
         import torch
 
         from dynamics.evaluate import copy_last_scores, frame_scores
@@ -75,63 +138,48 @@ class ClipGenerator:
 
         s = self.settings
         prompt_frames, steps, samples = s["prompt_frames"], s["generate_frames"], s["samples"]
-        rows: dict[str, list] = {"clip": [], "codes": [], "scores": [], "preview": []}
-        for clip_id, codes, key, start in zip(
-            batch["clip"], batch["codes"], batch["key"], batch["start"], strict=True
-        ):
-            codes = torch.from_numpy(codes.astype(np.int64))
-            prompt = codes[None, :prompt_frames]
-            # one generator per clip and sample: the same seed gives the same output whatever the batching
-            generated = torch.cat(
-                [
-                    rollout(
-                        self.model,
-                        prompt,
-                        steps,
-                        temperature=s["temperature"],
-                        top_k=s["top_k"],
-                        deterministic=s["deterministic"],
-                        generator=torch.Generator().manual_seed(
-                            s["seed"] * 1_000_003 + int(clip_id) * 101 + sample
-                        ),
-                    )
-                    for sample in range(samples)
-                ]
-            )  # [S, P + K, h, w]
-            decoded = torch.stack(
-                [self.tokenizer.decode(sample).cpu() for sample in generated]
-            )  # [S, P+K, C, H, W]
-            truth = self._true_frames(str(key), int(start), codes.shape[0])  # [T, C, H, W]
-            horizon = min(steps, codes.shape[0] - prompt_frames)  # steps that have ground truth
+        prompt = codes[None, :prompt_frames]
+        # one generator per clip and sample: the same seed gives the same output whatever the batching
+        generated = torch.cat(
+            [
+                rollout(
+                    self.model,
+                    prompt,
+                    steps,
+                    temperature=s["temperature"],
+                    top_k=s["top_k"],
+                    deterministic=s["deterministic"],
+                    generator=torch.Generator().manual_seed(s["seed"] * 1_000_003 + clip_id * 101 + sample),
+                )
+                for sample in range(samples)
+            ]
+        )  # [S, P + K, h, w]
+        decoded = torch.stack(
+            [self.tokenizer.decode(sample).cpu() for sample in generated]
+        )  # [S, P+K, C, H, W]
+        horizon = min(steps, len(truth) - prompt_frames)  # steps that have ground truth
+        scores = {}
+        if horizon > 0:
             future = truth[prompt_frames : prompt_frames + horizon]
-            scores = {}
-            if horizon > 0:
-                per_sample = [
-                    frame_scores(d[prompt_frames : prompt_frames + horizon], future) for d in decoded
-                ]
-                best = min(range(samples), key=lambda i: float(per_sample[i]["mse"].mean()))
-                scores["model"] = {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in METRICS}
-                scores["model_best"] = per_sample[best]
-                scores["copy_last"] = copy_last_scores(truth[prompt_frames - 1 : prompt_frames], future)
-                recon = self.tokenizer.decode(codes[prompt_frames : prompt_frames + horizon]).cpu()
-                scores["reconstruction"] = frame_scores(recon, future)
-            scores = {ref: {m: v.tolist() for m, v in values.items()} for ref, values in scores.items()}
-            video = encode_mp4(to_rgb(decoded[0].numpy()), fps=s["fps"], codec="libx264", crf=12)
-            (self.out_dir / "videos" / f"{int(clip_id):06d}.mp4").write_bytes(video)
-            rows["clip"].append(int(clip_id))
-            rows["codes"].append(generated.numpy().astype(np.uint16))
-            rows["scores"].append(json.dumps(scores))
-            wanted = int(clip_id) in s["preview_clips"]
-            rows["preview"].append(
-                json.dumps({"generated": decoded[0].tolist(), "truth": truth.tolist()}) if wanted else ""
-            )
-        return {key: np.array(value) if key != "codes" else np.stack(value) for key, value in rows.items()}
+            per_sample = [frame_scores(d[prompt_frames : prompt_frames + horizon], future) for d in decoded]
+            best = min(range(samples), key=lambda i: float(per_sample[i]["mse"].mean()))
+            scores["model"] = {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in METRICS}
+            scores["model_best"] = per_sample[best]
+            scores["copy_last"] = copy_last_scores(truth[prompt_frames - 1 : prompt_frames], future)
+            recon = self.tokenizer.decode(codes[prompt_frames : prompt_frames + horizon]).cpu()
+            scores["reconstruction"] = frame_scores(recon, future)
+        scores = {ref: {m: v.tolist() for m, v in values.items()} for ref, values in scores.items()}
+        video = encode_mp4(to_rgb(decoded[0].numpy()), fps=s["fps"], codec="libx264", crf=12)
+        (self.out_dir / "videos" / f"{name}.mp4").write_bytes(video)
+        preview = ""
+        if clip_id in s["preview_clips"]:
+            preview = json.dumps({"generated": decoded[0].tolist(), "truth": truth.tolist()})
+        return generated.numpy().astype(np.uint16), scores, preview
 
 
 def run_generate(cfg: PipelineConfig) -> StageResult:
     from common.files import file_identity
     from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
-    from pipeline.clips import frame_step
     from pipeline.preview import continuation_grid, gif_bytes
     from pipeline.video import encode_mp4
 
@@ -146,31 +194,13 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         store = open_latents(latents_uri, tokenizer_identity=dyn_config["tokenizer_identity"])
     except (DynamicsCheckpointError, LatentStoreError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
-    clip_frames = int(store.attrs["clip_frames"])
-    if gen.prompt_frames >= clip_frames:
-        raise StageInputError(
-            f"generate.prompt_frames: given {gen.prompt_frames}, "
-            f"expected fewer than the clips' {clip_frames} frames"
-        )
-    split_code = {name: code for code, name in SPLIT_NAMES.items()}[gen.split]
-    chosen = np.flatnonzero(store.group["split"][:] == split_code)
-    if gen.max_clips:
-        chosen = chosen[: gen.max_clips]
-    if len(chosen) == 0:
-        raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
-
-    manifest = storage.read_json(storage.join(cfg.root, "raw", "manifest.json"))
-    raw_index = {
-        video["key"]: (
-            storage.join(cfg.root, "raw", shard["name"]),
-            frame_step(video["fps"], store.attrs["fps"]),
-        )
-        for shard in manifest["shards"]
-        for video in shard["videos"]
-    }
+    if gen.videos:
+        items, raw_index = _brought_videos(gen.videos, cfg.data.extensions), {}
+    else:
+        items, raw_index = _store_clips(cfg, store)
     out_dir = root / "generations" / gen.name
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
-    preview_ids = [int(i) for i in chosen[: gen.preview_clips]]
+    preview_ids = [item["clip"] for item in items[: gen.preview_clips]]
     settings = {
         "prompt_frames": gen.prompt_frames,
         "generate_frames": gen.generate_frames,
@@ -183,12 +213,6 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         "preview_clips": preview_ids,
     }
     started = time.perf_counter()
-    codes_all = store.codes.get_orthogonal_selection((chosen,))
-    sources, starts = store.group["source"][:], store.group["start_frame"][:]
-    items = [
-        {"clip": int(i), "codes": codes_all[n], "key": str(sources[i]), "start": int(starts[i])}
-        for n, i in enumerate(chosen)
-    ]
     results: dict[int, dict] = {}
     with ray_session(cfg.ray):
         import ray
@@ -206,14 +230,30 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         )
         with tqdm(total=len(items), desc="generate", unit="clip") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for clip, codes, scores, preview in zip(
-                    batch["clip"], batch["codes"], batch["scores"], batch["preview"], strict=True
+                for row in zip(
+                    *(batch[k] for k in ("clip", "name", "codes", "scores", "preview", "error")), strict=True
                 ):
-                    results[int(clip)] = {"codes": codes, "scores": json.loads(scores), "preview": preview}
+                    clip, name, codes, scores, preview, error = row
+                    results[int(clip)] = {
+                        "name": str(name),
+                        "codes": codes,
+                        "scores": json.loads(scores),
+                        "preview": preview,
+                        "error": str(error),
+                    }
                     bar.update(1)
     seconds = time.perf_counter() - started
 
-    ids = sorted(results)
+    rejected = [
+        {"clip": results[i]["name"], "reason": results[i]["error"]}
+        for i in sorted(results)
+        if results[i]["error"]
+    ]
+    ids = sorted(i for i in results if not results[i]["error"])
+    if not ids:
+        raise StageInputError(
+            f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
+        )
     group = zarr.open_group(str(out_dir / "codes.zarr"), mode="w")
     group.create_array(
         "codes",
@@ -221,6 +261,7 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         chunks=(1, *results[ids[0]]["codes"].shape),
     )
     group.create_array("clip", data=np.array(ids, dtype=np.int64))
+    group.create_array("name", data=np.array([results[i]["name"] for i in ids], dtype=str))
     group.attrs.update(
         {
             **settings,
@@ -233,6 +274,7 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
     metrics = _aggregate([results[i]["scores"] for i in ids])
     metrics.update(
         {
+            "rejected": rejected,
             "clips": len(ids),
             "prompt_frames": gen.prompt_frames,
             "generate_frames": gen.generate_frames,
@@ -242,7 +284,7 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    previews = [json.loads(results[i]["preview"]) for i in preview_ids if results[i]["preview"]]
+    previews = [json.loads(results[i]["preview"]) for i in preview_ids if results.get(i, {}).get("preview")]
     grid = continuation_grid(
         [np.array(p["generated"], dtype=np.uint8) for p in previews],
         [np.array(p["truth"], dtype=np.uint8) for p in previews],
@@ -268,6 +310,8 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         )
     summary = f"generate: {len(ids)} clips, {gen.prompt_frames} prompt -> {gen.generate_frames} frames"
     summary += f", in {out_dir}"
+    if rejected:
+        summary += f"; {len(rejected)} rejected (see metrics.json)"
     if "model" in metrics["mean"]:
         mean = metrics["mean"]
         summary += (
@@ -282,6 +326,58 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         metrics={**headline, "clips": len(ids), "seconds": seconds},
         summary=summary,
     )
+
+
+def _store_clips(cfg: PipelineConfig, store) -> tuple[list[dict], dict]:
+    """Clips of one split of the latent store, and where each one's true frames are."""
+    from pipeline.clips import frame_step
+
+    gen = cfg.generate
+    clip_frames = int(store.attrs["clip_frames"])
+    if gen.prompt_frames >= clip_frames:
+        raise StageInputError(
+            f"generate.prompt_frames: given {gen.prompt_frames}, "
+            f"expected fewer than the clips' {clip_frames} frames"
+        )
+    split_code = {name: code for code, name in SPLIT_NAMES.items()}[gen.split]
+    chosen = np.flatnonzero(store.group["split"][:] == split_code)[: gen.max_clips or None]
+    if len(chosen) == 0:
+        raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
+    manifest = storage.read_json(storage.join(cfg.root, "raw", "manifest.json"))
+    raw_index = {
+        video["key"]: (
+            storage.join(cfg.root, "raw", shard["name"]),
+            frame_step(video["fps"], store.attrs["fps"]),
+        )
+        for shard in manifest["shards"]
+        for video in shard["videos"]
+    }
+    codes = store.codes.get_orthogonal_selection((chosen,))
+    sources, starts = store.group["source"][:], store.group["start_frame"][:]
+    items = [
+        {
+            "clip": int(i),
+            "name": f"{int(i):06d}",
+            "codes": codes[n],
+            "key": str(sources[i]),
+            "start": int(starts[i]),
+        }
+        for n, i in enumerate(chosen)
+    ]
+    return items, raw_index
+
+
+def _brought_videos(path: str, extensions: list[str]) -> list[dict]:
+    """Videos a user points at (a folder, a glob or a file): encoded with the tokenizer on the way in."""
+    from pipeline.sources import FolderSource
+
+    try:
+        listed = FolderSource(path, tuple(extensions)).items()
+    except OSError as err:
+        raise StageInputError(f"generate.videos: given {path!r}; cannot be read ({err})") from None
+    if not listed:
+        raise StageInputError(f"generate.videos: given {path!r}; expected video files, found none")
+    return [{"clip": i, "name": item.key, "path": item.ref} for i, item in enumerate(listed)]
 
 
 def _aggregate(per_clip: list[dict]) -> dict:
