@@ -317,7 +317,7 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         summary += (
             f"; MSE per frame {mean['model']['mse']:.1f} (copy-last {mean['copy_last']['mse']:.1f}, "
             f"reconstruction bound {mean['reconstruction']['mse']:.1f}), SSIM {mean['model']['ssim']:.3f}; "
-            f"preview {out_dir / 'preview.gif'}"
+            f"preview {out_dir / 'preview.gif'}, metrics {out_dir / 'metrics.json'}"
         )
     return StageResult(
         stage="generate",
