@@ -17,6 +17,10 @@ import torch
 from dynamics.model import STTransformer
 
 
+def _window(model: STTransformer, context: int | None) -> int:
+    return min(context or model.config.max_frames, model.config.max_frames)
+
+
 def _sample(model: STTransformer, out, temperature, top_k, generator) -> torch.Tensor:
     return model.to_codes(out, temperature=temperature, top_k=top_k, generator=generator)
 
@@ -37,7 +41,7 @@ def rollout(
     `context` caps the temporal positions used (default: the model's); past it,
     the window slides and the cache is rebuilt from the last `context - 1` frames.
     """
-    window = min(context or model.config.max_frames, model.config.max_frames)
+    window = _window(model, context)
     if prompt.shape[1] + 1 > window:
         raise ValueError(
             f"a prompt of {prompt.shape[1]} frames needs {prompt.shape[1] + 1} positions; "
@@ -74,7 +78,7 @@ def rollout_uncached(
     context: int | None = None,
 ) -> torch.Tensor:
     """The same rollout, re-running the full sequence (up to the window) for each new frame."""
-    window = min(context or model.config.max_frames, model.config.max_frames)
+    window = _window(model, context)
     sequence = prompt
     for _ in range(steps):
         # to predict frame t the model needs inputs [start, ..., frame t-1]: t positions

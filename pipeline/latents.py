@@ -19,7 +19,6 @@ This module never imports the tokenizer or any video code.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -308,8 +307,3 @@ def _take_random(buffer: list, rng: np.random.Generator):
     index = int(rng.random() * len(buffer))
     buffer[index], buffer[-1] = buffer[-1], buffer[index]
     return buffer.pop()
-
-
-def describe(store: LatentStore) -> str:
-    attrs = store.attrs
-    return json.dumps({k: attrs[k] for k in REQUIRED_ATTRS if k in attrs})

@@ -54,6 +54,13 @@ class SelfAttention(nn.Module):
         return x + self.proj(rearrange(out, "b 1 (h w) c -> b c h w", h=height, w=width))
 
 
+def level_blocks(in_channels: int, width: int, count: int) -> list[nn.Module]:
+    """One resolution level: `count` residual blocks to `width` (a 1x1 conv when there are none)."""
+    if count == 0:
+        return [nn.Conv2d(in_channels, width, 1)] if in_channels != width else []
+    return [ResBlock(in_channels if index == 0 else width, width) for index in range(count)]
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -62,12 +69,8 @@ class Encoder(nn.Module):
         current = widths[0]
         blocks = cfg.res_blocks_per_level
         for level, width in enumerate(widths):
-            if current != width and blocks[level] == 0:
-                layers.append(nn.Conv2d(current, width, 1))
-                current = width
-            for _ in range(blocks[level]):
-                layers.append(ResBlock(current, width))
-                current = width
+            layers += level_blocks(current, width, blocks[level])
+            current = width
             if level < len(widths) - 1:
                 layers.append(nn.Conv2d(current, current, 3, stride=2, padding=1))
         layers += [ResBlock(current, current)]
@@ -94,12 +97,8 @@ class Decoder(nn.Module):
         layers += [ResBlock(current, current)]
         blocks = cfg.res_blocks_per_level[::-1]
         for level, width in enumerate(widths):
-            if current != width and blocks[level] == 0:
-                layers.append(nn.Conv2d(current, width, 1))
-                current = width
-            for _ in range(blocks[level]):
-                layers.append(ResBlock(current, width))
-                current = width
+            layers += level_blocks(current, width, blocks[level])
+            current = width
             if level < len(widths) - 1:
                 layers += [
                     nn.Upsample(scale_factor=2, mode="nearest"),
