@@ -162,6 +162,21 @@ class GenerateConfig(Section):
     num_actors: int = Field(1, ge=1)
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor, when the cluster has GPUs")
     preview_clips: int = Field(6, ge=1, description="clips in the preview grid")
+    protocols: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="further (prompt, generated) frame counts scored on the same clips, e.g. [[15, 5]]",
+    )
+    @field_validator("protocols")
+    @classmethod
+    def _positive_protocols(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for index, (prompt_frames, generate_frames) in enumerate(value):
+            if prompt_frames < 1 or generate_frames < 1:
+                raise problem(str(index), [prompt_frames, generate_frames], "positive frame counts")
+        return value
+
+    mean_frame_videos: int = Field(
+        200, ge=1, description="train-split videos averaged into the mean-frame reference"
+    )
 
 
 class TrackingConfig(Section):
@@ -178,6 +193,42 @@ class RayConfig(Section):
     )
 
 
+class StageResources(Section):
+    """What Ray reserves for one stage's job driver (`entrypoint_num_cpus`, `entrypoint_num_gpus`)."""
+
+    # 0 by default: a stage that fans out needs its cluster's CPUs for its own tasks
+    num_cpus: float = Field(0, ge=0, description="CPUs the driver holds")
+    num_gpus: float = Field(0, ge=0, description="GPUs the driver holds (training runs in the driver)")
+    memory: int | None = Field(None, ge=1, description="bytes of memory the driver holds")
+
+
+class SubmitResources(Section):
+    ingest: StageResources = Field(default_factory=StageResources)
+    train_tokenizer: StageResources = Field(default_factory=StageResources)
+    encode: StageResources = Field(default_factory=StageResources)
+    train_dynamics: StageResources = Field(default_factory=StageResources)
+    generate: StageResources = Field(default_factory=StageResources)
+
+    def of(self, stage: str) -> StageResources:
+        return getattr(self, stage.replace("-", "_"))
+
+
+class SubmitConfig(Section):
+    """`stvideo submit`: each stage as its own Ray job through the Jobs API."""
+
+    address: str | None = Field(
+        None, description="Jobs API, http://HOST:8265; default: http://127.0.0.1:8265"
+    )
+    python: str | None = Field(
+        None, description="interpreter on the cluster that has stvideo installed; default: this one"
+    )
+    working_dir: str | None = Field(None, description="upload this folder as the jobs' working_dir")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
+    resources: SubmitResources = Field(default_factory=SubmitResources)
+    retries: int = Field(8, ge=0, description="resubmissions on the cluster's transient answers")
+    log_tail: int = Field(40, ge=1, description="log lines shown when a stage fails")
+
+
 class PipelineConfig(Section):
     name: str = "stvideo"
     root: str = Field("out/demo", description="output root: a local path or s3://bucket/prefix")
@@ -189,6 +240,7 @@ class PipelineConfig(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    submit: SubmitConfig = Field(default_factory=SubmitConfig)
 
     _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
 
@@ -297,15 +349,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _read_config_text(path: str) -> str:
+    """A local file, or a URI (`stvideo submit` hands its jobs a config stored under the root)."""
+    if "://" in path:
+        from pipeline import storage
+
+        if storage.exists(path):
+            return storage.read_bytes(path).decode()
+    elif Path(path).is_file():
+        return Path(path).read_text()
+    raise ConfigError([f"--config: given {path!r}; expected an existing YAML file"])
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a YAML config (or the defaults when `path` is None), apply overrides, validate."""
     raw: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError([f"--config: given {str(path)!r}; expected an existing YAML file"])
+        text = _read_config_text(str(path))
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

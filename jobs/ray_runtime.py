@@ -21,8 +21,10 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if cfg.address:
-        ray.init(address=cfg.address, logging_level=logging.WARNING)
+    # A Ray job's driver is told its cluster in RAY_ADDRESS; it must join, not start its own.
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
     else:
         # "local" always starts a fresh embedded Ray: a bare init() would join any
         # cluster this machine happens to run (it reads /tmp/ray/ray_current_cluster).

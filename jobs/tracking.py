@@ -14,20 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from jobs import lineage
 from jobs.config import ConfigError, PipelineConfig
 from jobs.stages.base import StageResult
 from pipeline import storage
-
-# The stage's own config sections, logged as its params.
-STAGE_SECTIONS = {
-    "ingest": ("data", "ingest"),
-    "train-tokenizer": ("data", "tokenizer"),
-    "encode": ("data", "encode"),
-    "train-dynamics": ("dynamics",),
-    "generate": ("generate",),
-}
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
@@ -43,15 +34,6 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 def local_root(cfg: PipelineConfig) -> Path:
     """The root as a local folder (it may be written `file:///...`)."""
     return Path(storage.filesystem(cfg.root)[1]).resolve()
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    if isinstance(value, dict):
-        flat: dict[str, str] = {}
-        for key, item in value.items():
-            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: str(value)}
 
 
 def _mlflow():
@@ -92,12 +74,20 @@ def log_text(text: str, artifact_file: str) -> None:
         _mlflow().log_text(text, artifact_file)
 
 
+# `stvideo submit` opens the parent run; each stage's Ray job finds its id here.
+PARENT_RUN_ENV = "STVIDEO_PARENT_RUN_ID"
+# ...and the submission id of the job it runs in (Ray itself only tells a job RAY_ADDRESS).
+SUBMISSION_ENV = "STVIDEO_RAY_SUBMISSION_ID"
+
+
 class Tracker:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         # under torchrun or `accelerate launch` every rank runs the command; one of them tracks
         self.enabled = cfg.tracking.enabled and int(os.environ.get("RANK", "0")) == 0
         self.uri = tracking_uri(cfg) if self.enabled else None
+        self.parent_id: str | None = None
+        self.owns_parent = False  # False inside a submitted stage job: the submitter opened it
 
     def _experiment_id(self) -> str:
         mlflow = _mlflow()
@@ -112,42 +102,65 @@ class Tracker:
         return mlflow.create_experiment(self.cfg.tracking.experiment, artifact_location=artifact_location)
 
     @contextmanager
-    def pipeline_run(self, stages: list[str]) -> Iterator[str | None]:
+    def pipeline_run(self, stages: list[str], tags: dict[str, str] | None = None) -> Iterator[str | None]:
+        """The parent run of one pipeline invocation, or the one a submitting process opened."""
         if not self.enabled:
             yield None
             return
         if storage.is_local(self.cfg.root):
             local_root(self.cfg).mkdir(parents=True, exist_ok=True)
+        if os.environ.get(PARENT_RUN_ENV):
+            self._experiment_id()  # sets the tracking URI
+            self.parent_id = os.environ[PARENT_RUN_ENV]
+            yield self.parent_id
+            return
         mlflow = _mlflow()
         with mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.cfg.name) as run:
-            mlflow.set_tags({"stvideo.stages": ",".join(stages), "stvideo.root": self.cfg.root})
+            mlflow.set_tags(
+                {"stvideo.stages": ",".join(stages), "stvideo.root": self.cfg.root, **(tags or {})}
+            )
+            mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
+            self.parent_id, self.owns_parent = run.info.run_id, True
+            yield self.parent_id
+
+    @contextmanager
+    def stage_run(self, stage: str) -> Iterator[str | None]:
+        """A nested run under the parent, active for the stage's own `log_*` calls."""
+        if not self.enabled:
+            yield None
+            return
+        mlflow = _mlflow()
+        tags = {"stvideo.stage": stage, "stvideo.root": self.cfg.root}
+        if os.environ.get(SUBMISSION_ENV):
+            tags["ray.submission_id"] = os.environ[SUBMISSION_ENV]
+        with mlflow.start_run(
+            run_name=stage,
+            nested=self.owns_parent,
+            parent_run_id=self.parent_id,
+            experiment_id=self._experiment_id(),
+            tags=tags,
+        ) as run:
+            params = lineage.stage_config(self.cfg, stage)
+            mlflow.log_params({key: str(value) for key, value in params.items()})
             mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
             yield run.info.run_id
 
-    @contextmanager
-    def stage_run(self, stage: str) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        mlflow = _mlflow()
-        parent = mlflow.active_run()
-        # A nested run lands in the default experiment unless told the parent's.
-        with mlflow.start_run(run_name=stage, nested=True, experiment_id=parent.info.experiment_id):
-            config = self.cfg.model_dump(mode="json")
-            params = {}
-            for section in STAGE_SECTIONS.get(stage, ()):
-                params.update(flatten(config[section], section))
-            mlflow.log_params(params)
-            mlflow.set_tags({"stvideo.stage": stage, "stvideo.root": self.cfg.root})
-            mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
-            yield
-
-    def record(self, result: StageResult) -> None:
+    def record(self, result: StageResult, manifest: dict | None) -> None:
+        """The stage's metrics and lineage tags, on its nested run."""
         if not active():
             return
         mlflow = _mlflow()
         tags = {f"input.{name}": uri for name, uri in result.inputs.items()}
         tags.update({f"output.{name}": uri for name, uri in result.outputs.items()})
+        if manifest is not None:
+            tags.update(lineage.lineage_tags(manifest))
         mlflow.set_tags(tags)
         if result.metrics:
             mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+
+    def note_skipped(self, stage: str, manifest: dict) -> None:
+        """A skipped stage opens no run; the parent names the run that produced its outputs."""
+        if self.enabled and self.parent_id:
+            _mlflow().MlflowClient().set_tag(
+                self.parent_id, f"stvideo.skipped.{stage}", manifest.get("mlflow_run_id") or "untracked"
+            )

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -18,6 +20,59 @@ from pipeline.video import encode_mp4
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 STVIDEO = [sys.executable, "-m", "jobs.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's reaping is left
+
+
+@contextmanager
+def local_service(script: str, state: Path, env: dict[str, str]) -> Iterator[int]:
+    """Start a service by its infra/local script, yield its PID, stop it by that PID."""
+    path = REPO / "infra" / "local" / script
+    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **env}
+    started = subprocess.run(
+        [str(path), "start", str(state)], env=full_env, capture_output=True, text=True, timeout=180
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((state / script.replace(".sh", ".pid")).read_text())
+    try:
+        yield pid
+    finally:
+        subprocess.run([str(path), "stop", str(state)], env=full_env, timeout=60)
+        assert not alive(pid)
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real Ray head on 127.0.0.1 (infra/local/ray-head.sh), 4 logical CPUs."""
+    port, dashboard = free_port(), free_port()
+    env = {
+        "RAY_PORT": str(port),
+        "RAY_DASHBOARD_PORT": str(dashboard),
+        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
+        "RAY_NUM_CPUS": "4",
+    }
+    with local_service("ray-head.sh", tmp_path / "ray-state", env) as pid:
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "pid": pid}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow server on 127.0.0.1 (infra/local/mlflow-server.sh): sqlite, artifacts on disk."""
+    port = free_port()
+    with local_service("mlflow-server.sh", tmp_path / "mlflow-state", {"MLFLOW_PORT": str(port)}) as pid:
+        yield {"uri": f"http://127.0.0.1:{port}", "pid": pid}
 
 
 def moving_square(num_frames: int = 24, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -94,7 +149,6 @@ def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: 
     """Start `stvideo ARGS`, SIGKILL it and every process it started once `count` files match
     `pattern` in `folder`; return how many matched at the kill."""
     import signal
-    import time
 
     import psutil
 
@@ -122,9 +176,7 @@ def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: 
 
 def torchrun_two(script: str, *args: str) -> subprocess.CompletedProcess:
     """Run tests/helpers/SCRIPT under torchrun with 2 processes on 127.0.0.1 (gloo on a CPU)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -173,9 +225,7 @@ def raw_shards(tmp_path_factory) -> list[str]:
 @pytest.fixture
 def s3_server():
     """moto's S3-compatible server on 127.0.0.1, started and stopped by PID."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -70,10 +70,17 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
         assert torch.equal(tokenizer.decode(stored), tokenizer.decode(tokenizer.encode(frames)))
 
     again = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
-    assert again.returncode == 0 and "5 shards were already written" in again.stdout
+    assert again.returncode == 0 and "encode: skipped, complete for this config" in again.stdout
 
+    # the store is derived data: another layout replaces it rather than mixing into it
     other = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=4"))
-    assert other.returncode == 2 and "encode.overwrite=true" in other.stderr
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "encode: outdated (encode.clips_per_shard)" in other.stdout
+    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].shards == (4, 20, 16, 16)
+    # a store with no stage manifest (its run was killed) of another layout is refused, not mixed into
+    (root / "latents.zarr" / "_stage.json").unlink()
+    mixed = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
+    assert mixed.returncode == 2 and "encode.overwrite=true" in mixed.stderr
 
 
 def test_a_video_that_fails_mid_way_is_rejected_and_the_rest_is_intact(tmp_path):

@@ -50,17 +50,18 @@ def test_folder_ingest_keeps_every_good_video_and_lists_every_bad_one(video_fold
     for name, pattern in bad.items():
         assert re.search(pattern, by_name[name]), (name, by_name[name])
 
-    # a rerun with the same config rebuilds nothing and duplicates nothing
+    # a rerun with the same config is skipped: its stage manifest says it is complete
     before = {p.name: p.stat().st_mtime_ns for p in (root / "raw").glob("shard-*.tar")}
     again = run_stvideo(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 shards were already complete" in again.stdout
+    assert "ingest: skipped, complete for this config and these inputs" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (root / "raw").glob("shard-*.tar")} == before
     assert read_manifest(root) == (manifest, rejects)
 
     # another config under the same root is refused, not mixed in
     changed = run_stvideo(*args[:-2], "--set", "ray.num_cpus=2", "--set", "data.clip_frames=21")
     assert changed.returncode == 2 and "another data/ingest config" in changed.stderr
+    assert "ingest: outdated (data.clip_frames)" in changed.stdout
     assert read_manifest(root) == (manifest, rejects)
     # ...unless the user says to replace them
     replaced = run_stvideo(
@@ -175,7 +176,17 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert dynamics.data.metrics["val_mse"] > 0 and dynamics.data.metrics["tokens_per_s"] > 0
     out = root / "generations" / "default"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["per_step"]) == {"model", "model_best", "copy_last", "reconstruction"}
+    assert set(metrics["per_step"]) == {
+        "model",
+        "model_best",
+        "copy_last",
+        "black",
+        "train_mean",
+        "reconstruction",
+    }
+    # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
+    assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
+    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps"}
     assert all(len(metrics["per_step"]["model"][m]) == 10 for m in ("mse", "mae", "psnr", "ssim"))
     assert metrics["mean"]["reconstruction"]["mse"] < metrics["mean"]["copy_last"]["mse"]
     videos = sorted((out / "videos").glob("*.mp4"))
@@ -191,6 +202,17 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert (out / "preview.gif").stat().st_size > 0 and (out / "preview.mp4").stat().st_size > 0
     generate = runs["generate"]
     assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
+    # every stage recorded its completion, with the run that produced it
+    for stage, folder in [
+        ("ingest", "raw"),
+        ("train-tokenizer", "tokenizer"),
+        ("encode", "latents.zarr"),
+        ("train-dynamics", "dynamics"),
+        ("generate", "generations/default"),
+    ]:
+        recorded = json.loads((root / folder / "_stage.json").read_text())
+        assert recorded["stage"] == stage and recorded["mlflow_run_id"] == runs[stage].info.run_id
+    metrics_finished = recorded["finished_at"]
     assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
 
     # the same seed gives the same continuations whatever the batching and the number of actors
@@ -216,6 +238,16 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     first = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]
     second = zarr.open_group(str(root / "generations" / "two-actors" / "codes.zarr"), mode="r")["codes"][:]
     assert np.array_equal(first, second)
+
+    # a rerun skips every complete stage; a changed generate setting redoes generate alone
+    rerun = run_stvideo("run", *config, "--set", "generate.seed=1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for stage in ("ingest", "train-tokenizer", "encode", "train-dynamics"):
+        assert f"{stage}: skipped, complete for this config and these inputs" in rerun.stdout
+    assert "generate: outdated (generate.seed)" in rerun.stdout
+    assert "generate: redoing from scratch" in rerun.stdout
+    redone = json.loads((root / "generations" / "default" / "_stage.json").read_text())
+    assert redone["config"]["generate.seed"] == 1 and redone["finished_at"] >= metrics_finished
 
 
 def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):

@@ -13,12 +13,7 @@ from jobs.stages.base import StageInputError, StageResult
 class Stage:
     name: str
     help: str
-    issue: int
-    run: Callable[[PipelineConfig], StageResult] | None = None
-
-    @property
-    def built(self) -> bool:
-        return self.run is not None
+    run: Callable[[PipelineConfig], StageResult]
 
 
 def _ingest(cfg: PipelineConfig) -> StageResult:
@@ -55,23 +50,11 @@ def _generate(cfg: PipelineConfig) -> StageResult:
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in [
-        Stage(
-            "ingest", "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.", 2, _ingest
-        ),
-        Stage(
-            "train-tokenizer",
-            "Train the per-frame VQGAN on decoded frames (Accelerate).",
-            3,
-            _train_tokenizer,
-        ),
-        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", 4, _encode),
-        Stage(
-            "train-dynamics",
-            "Train the spatial-temporal transformer on streamed latents.",
-            5,
-            _train_dynamics,
-        ),
-        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", 6, _generate),
+        Stage("ingest", "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.", _ingest),
+        Stage("train-tokenizer", "Train the per-frame VQGAN on decoded frames.", _train_tokenizer),
+        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", _encode),
+        Stage("train-dynamics", "Train the ST-transformer on streamed latents.", _train_dynamics),
+        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", _generate),
     ]
 }
 

@@ -1,0 +1,41 @@
+# Shared by the start/stop scripts here: services are tracked by PID file and
+# stopped by that PID and its process group, never by name.
+
+# alive PID: running and not a zombie waiting to be reaped
+alive() { [ -n "$(ps -o stat= -p "$1" 2>/dev/null | grep -v '^Z')" ]; }
+
+# start_detached PIDFILE LOG CMD...: run CMD in its own session (and process group)
+start_detached() {
+  local pidfile="$1" log="$2"; shift 2
+  setsid "$@" >"$log" 2>&1 &
+  echo $! >"$pidfile"
+}
+
+# wait_ready NAME PIDFILE LOG URL: until URL answers, the process dies, or 60 s pass
+wait_ready() {
+  local name="$1" pidfile="$2" log="$3" url="$4"
+  for _ in $(seq 1 120); do
+    curl -fsS "$url" >/dev/null 2>&1 && return 0
+    if ! alive "$(cat "$pidfile")"; then
+      echo "$name exited; see $log" >&2; tail -20 "$log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+  echo "$name did not become ready in 60 s; see $log" >&2; return 1
+}
+
+# stop_by_pidfile NAME PIDFILE: SIGTERM the leader, then whatever is left of its group
+stop_by_pidfile() {
+  local name="$1" pidfile="$2" pid
+  [ -f "$pidfile" ] || { echo "no $pidfile: nothing to stop"; return 0; }
+  pid="$(cat "$pidfile")"
+  # a leader that alone gets SIGTERM tears down what it started (signalling the
+  # whole group at once can leave it waiting on children that are already gone)
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do alive "$pid" || break; sleep 0.25; done
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  sleep 1
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  echo "$name stopped (pid $pid)"
+}

@@ -1,0 +1,263 @@
+"""`stvideo submit` and `stvideo status`: each stage as its own Ray job, through the Jobs API.
+
+The submitting process opens the MLflow parent run and hands its id to every
+stage's job in the environment; each job runs `stvideo <stage>` on the cluster,
+which opens its nested run and writes the stage manifest. Stages that are
+complete for the config and their inputs are skipped, so a resubmission after a
+failure runs only what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from jobs import lineage
+from jobs.config import PipelineConfig
+from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
+from pipeline import storage
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# What a cluster says while its dashboard or job agents are still starting.
+TRANSIENT = (
+    "no available agent",
+    "try again later",
+    "connection refused",
+    "connection reset",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "503",
+    "502",
+)
+T = TypeVar("T")
+
+
+class SubmitError(Exception):
+    """Submission cannot go on; `log_tail` holds the failing job's last log lines, if any."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def address_of(cfg: PipelineConfig, address: str | None) -> str:
+    return address or cfg.submit.address or DEFAULT_ADDRESS
+
+
+def retrying(action: Callable[[], T], retries: int, what: str, pause: float = 1.0) -> T:
+    """Run `action`, retrying the cluster's transient answers with a growing pause."""
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except Exception as err:  # the Jobs client raises plain RuntimeError/ConnectionError
+            text = str(err).lower()
+            if attempt == retries or not any(marker in text for marker in TRANSIENT):
+                hint = ""
+                if "no available agent" in text:
+                    hint = (
+                        " (the head's job agent never came up: see dashboard_agent.log in its session"
+                        " logs; another Ray on the host may hold its port, --dashboard-agent-listen-port)"
+                    )
+                raise SubmitError(f"{what}: {err}{hint}") from None
+            time.sleep(min(pause * 2**attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
+def connect(address: str, retries: int):
+    from ray.job_submission import JobSubmissionClient
+
+    return retrying(lambda: JobSubmissionClient(address), retries, f"cannot reach the Jobs API at {address}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "stvideo"
+
+
+def _submission_id(cfg: PipelineConfig, stage: str, stamp: str) -> str:
+    return f"stvideo-{_slug(cfg.name)}-{stage}-{stamp}"
+
+
+def _job_config(cfg: PipelineConfig, tracking_uri: str | None, stamp: str) -> str:
+    """Write the resolved config where every job can read it (under root), return its URI."""
+    resolved = cfg.model_copy(deep=True)
+    if tracking_uri:
+        # every job must log to the store the parent run lives in, whatever its own default
+        resolved.tracking.uri = tracking_uri
+    uri = storage.join(cfg.root, "_submissions", stamp, "config.yaml")
+    storage.write_bytes_atomic(uri, resolved.to_yaml().encode())
+    return uri
+
+
+def _entrypoint(cfg: PipelineConfig, args: list[str]) -> str:
+    # the cluster's interpreter by full path: a bare `python` may be another environment
+    return shlex.join([cfg.submit.python or sys.executable, "-m", "jobs.cli", *args])
+
+
+def _runtime_env(cfg: PipelineConfig, parent_run_id: str | None, submission_id: str) -> dict[str, Any]:
+    env = {"PYTHONUNBUFFERED": "1", **cfg.submit.env, SUBMISSION_ENV: submission_id}
+    if parent_run_id:
+        env[PARENT_RUN_ENV] = parent_run_id
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if cfg.submit.working_dir:
+        runtime_env["working_dir"] = cfg.submit.working_dir
+    return runtime_env
+
+
+def _metadata(cfg: PipelineConfig, stage: str, parent_run_id: str | None) -> dict[str, str]:
+    return {
+        "stvideo.name": cfg.name,
+        "stvideo.root": cfg.root,
+        "stvideo.stage": stage,
+        "stvideo.parent_run": parent_run_id or "",
+    }
+
+
+def follow(client, submission_id: str, echo: Callable[[str], None], poll: float = 0.5) -> str:
+    """Stream a job's log lines until it ends; returns its final status."""
+
+    async def tail() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            for line in chunk.splitlines():
+                echo(line)
+
+    try:
+        asyncio.run(tail())
+    except Exception as err:  # a dropped log stream must not lose the job's outcome
+        echo(f"(log stream ended early: {err}; waiting for the job)")
+    while True:
+        status = str(client.get_job_status(submission_id).value)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll)
+
+
+@dataclass
+class Submission:
+    cfg: PipelineConfig
+    address: str
+    stages: list[str]
+    force: bool = False
+    echo: Callable[[str], None] = print
+
+    def run(self) -> str | None:
+        """Submit the stages in order, each after the previous one succeeded; returns the parent run id."""
+        client = connect(self.address, self.cfg.submit.retries)
+        tracker = Tracker(self.cfg)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        tags = {"stvideo.submit.address": self.address}
+        with tracker.pipeline_run(self.stages, tags) as parent_id:
+            config_uri = _job_config(self.cfg, tracker.uri, stamp)
+            for stage in self.stages:
+                self._stage(client, tracker, stage, config_uri, stamp, parent_id)
+        return parent_id
+
+    def _stage(self, client, tracker: Tracker, stage: str, config_uri: str, stamp: str, parent_id) -> None:
+        status = lineage.check(self.cfg, stage)
+        if status.done and not self.force:
+            self.echo(f"== {stage}: skipped, complete for this config and these inputs")
+            tracker.note_skipped(stage, status.manifest)
+            return
+        resources = self.cfg.submit.resources.of(stage)
+        submission_id = _submission_id(self.cfg, stage, stamp)
+        retrying(
+            lambda: client.submit_job(
+                entrypoint=_entrypoint(
+                    self.cfg, [stage, "--config", config_uri, *(["--force"] if self.force else [])]
+                ),
+                submission_id=submission_id,
+                runtime_env=_runtime_env(self.cfg, parent_id, submission_id),
+                metadata=_metadata(self.cfg, stage, parent_id),
+                entrypoint_num_cpus=resources.num_cpus,
+                entrypoint_num_gpus=resources.num_gpus,
+                entrypoint_memory=resources.memory,
+            ),
+            self.cfg.submit.retries,
+            f"submitting {stage}",
+        )
+        self.echo(f"== {stage}: Ray job {submission_id}")
+        started = time.perf_counter()
+        final = follow(client, submission_id, lambda line: self.echo(f"[{stage}] {line}"))
+        if final != "SUCCEEDED":
+            info = client.get_job_info(submission_id)
+            logs = client.get_job_logs(submission_id).splitlines()
+            raise SubmitError(
+                f"{stage}: Ray job {submission_id} {final}: {info.message or ''}".strip(),
+                "\n".join(logs[-self.cfg.submit.log_tail :]),
+            )
+        self.echo(f"== {stage}: SUCCEEDED in {time.perf_counter() - started:.1f}s")
+
+
+def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -> str:
+    """Submit the submission itself as a Ray job, so it goes on without this process."""
+    client = connect(address, cfg.submit.retries)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    config_uri = _job_config(cfg, None, stamp)
+    args = ["submit", "--config", config_uri, "--address", address, *submit_args]
+    submission_id = _submission_id(cfg, "pipeline", stamp)
+    return retrying(
+        lambda: client.submit_job(
+            entrypoint=_entrypoint(cfg, args),
+            submission_id=submission_id,
+            runtime_env=_runtime_env(cfg, None, submission_id),
+            metadata=_metadata(cfg, "pipeline", None),
+        ),
+        cfg.submit.retries,
+        "submitting the pipeline",
+    )
+
+
+def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> list[dict[str, str]]:
+    """Each stage's state: done, outdated, running, pending, failed, stopped or not started."""
+    jobs: dict[str, Any] = {}
+    if address:
+        client = connect(address, cfg.submit.retries)
+        for job in client.list_jobs():
+            meta = job.metadata or {}
+            if meta.get("stvideo.root") != cfg.root or meta.get("stvideo.stage") not in names:
+                continue
+            stage = meta["stvideo.stage"]
+            if stage not in jobs or (job.start_time or 0) > (jobs[stage].start_time or 0):
+                jobs[stage] = job
+    rows = []
+    for stage in names:
+        status = lineage.check(cfg, stage)
+        manifest = status.manifest or {}
+        job = jobs.get(stage)
+        job_status = str(job.status.value) if job is not None else None
+        if job_status in ("RUNNING", "PENDING"):
+            state = job_status.lower()
+        elif status.done:
+            state = "done"
+        elif job_status in ("FAILED", "STOPPED") and (job.start_time or 0) / 1000 > _finished_epoch(manifest):
+            state = job_status.lower()
+        elif status.state == "outdated":
+            state = "outdated (" + ", ".join(status.changed[:3]) + ")"
+        else:
+            state = "not started"
+        rows.append(
+            {
+                "stage": stage,
+                "state": state,
+                "outputs": lineage.output_uri(cfg, stage) if status.state != "missing" else "-",
+                "ray_job": (job.submission_id if job is not None else None)
+                or manifest.get("ray_submission_id")
+                or "-",
+                "mlflow_run": manifest.get("mlflow_run_id") or "-",
+            }
+        )
+    return rows
+
+
+def _finished_epoch(manifest: dict) -> float:
+    if not manifest.get("finished_at"):
+        return 0.0
+    return datetime.datetime.fromisoformat(manifest["finished_at"]).timestamp()
