@@ -166,6 +166,7 @@ class GenerateConfig(Section):
         default_factory=list,
         description="further (prompt, generated) frame counts scored on the same clips, e.g. [[15, 5]]",
     )
+
     @field_validator("protocols")
     @classmethod
     def _positive_protocols(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
