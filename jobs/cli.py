@@ -219,12 +219,15 @@ def submit_command(
             typer.echo(f"  stages: stvideo status --config {config or '<config>'} --address {url}")
             return
         parent = Submission(cfg, url, names, force=force, echo=typer.echo).run()
+    except ConfigError as err:
+        _fail(err.problems, EXIT_BAD_INPUT, "config error (nothing was submitted):")
     except SubmitError as err:
         typer.secho(f"stvideo submit: {err}", err=True, fg="red")
         if err.log_tail:
             typer.echo("---- last lines of its log ----", err=True)
             typer.echo(err.log_tail, err=True)
-        typer.echo("earlier stages' outputs are kept; fix the cause and submit again", err=True)
+        if err.stage:
+            typer.echo("earlier stages' outputs are kept; fix the cause and submit again", err=True)
         raise typer.Exit(EXIT_STAGE_FAILED) from None
     typer.echo(f"all stages done: {', '.join(names)}")
     if parent:

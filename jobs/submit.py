@@ -44,9 +44,9 @@ T = TypeVar("T")
 class SubmitError(Exception):
     """Submission cannot go on; `log_tail` holds the failing job's last log lines, if any."""
 
-    def __init__(self, message: str, log_tail: str = ""):
+    def __init__(self, message: str, log_tail: str = "", stage: str | None = None):
         super().__init__(message)
-        self.log_tail = log_tail
+        self.log_tail, self.stage = log_tail, stage
 
 
 def address_of(cfg: PipelineConfig, address: str | None) -> str:
@@ -68,7 +68,9 @@ def retrying(action: Callable[[], T], retries: int, what: str, pause: float = 1.
                         " logs; another Ray on the host may hold its port, --dashboard-agent-listen-port)"
                     )
                 raise SubmitError(f"{what}: {err}{hint}") from None
-            time.sleep(min(pause * 2**attempt, 10.0))
+            wait = min(pause * 2**attempt, 10.0)
+            print(f"{what}: {str(err).splitlines()[0][:200]}; retrying in {wait:.0f}s", file=sys.stderr)
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -150,8 +152,8 @@ class Submission:
 
     def run(self) -> str | None:
         """Submit the stages in order, each after the previous one succeeded; returns the parent run id."""
-        client = connect(self.address, self.cfg.submit.retries)
         tracker = Tracker(self.cfg)
+        client = connect(self.address, self.cfg.submit.retries)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
         tags = {"stvideo.submit.address": self.address}
         with tracker.pipeline_run(self.stages, tags) as parent_id:
@@ -192,6 +194,7 @@ class Submission:
             raise SubmitError(
                 f"{stage}: Ray job {submission_id} {final}: {info.message or ''}".strip(),
                 "\n".join(logs[-self.cfg.submit.log_tail :]),
+                stage,
             )
         self.echo(f"== {stage}: SUCCEEDED in {time.perf_counter() - started:.1f}s")
 

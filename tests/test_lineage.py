@@ -163,3 +163,17 @@ def test_the_mlflow_deployment_uses_postgres_and_s3():
     assert "--artifacts-destination=s3://" in args and "--workers=2" in args
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_submit_says_why_it_cannot_start_and_writes_nothing(tmp_path):
+    from tests.conftest import free_port, run_stvideo
+
+    tiny_config = ["--config", str(REPO / "configs" / "tiny.yaml")]
+    remote = run_stvideo("submit", *tiny_config, "--set", "root=s3://bucket/run")
+    assert remote.returncode == 2 and "tracking.uri: given None" in remote.stderr
+
+    root = tmp_path / "run"
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = run_stvideo("submit", *tiny_config, "--set", f"root={root}", "--address", nobody)
+    assert unreachable.returncode == 1 and f"cannot reach the Jobs API at {nobody}" in unreachable.stderr
+    assert not root.exists()
