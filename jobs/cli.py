@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -58,12 +59,18 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _wait_until_cleared(cfg: PipelineConfig, name: str, timeout: float = 300) -> None:
-    """Under torchrun rank 0 clears; the others must not read what it is removing."""
+def _wait_until_cleared(cfg: PipelineConfig, name: str, timeout: float = 600) -> None:
+    """Under torchrun rank 0 clears; the others must not read what it is removing.
+
+    Rank 0 cannot write the stage's outputs again before every rank has joined the
+    process group inside the stage, so "the folder is gone" is a safe signal.
+    """
     from jobs import lineage
 
     deadline = time.monotonic() + timeout
-    while storage.exists(lineage.manifest_uri(cfg, name)) and time.monotonic() < deadline:
+    while storage.exists(lineage.output_uri(cfg, name)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {_rank()}: rank 0 did not clear {lineage.output_uri(cfg, name)}")
         time.sleep(0.5)
 
 
@@ -74,12 +81,15 @@ def _prepare(cfg: PipelineConfig, name: str, force: bool):
     status = lineage.check(cfg, name)
     if status.done and not force:
         return status.manifest
-    redo = force and status.state != "missing"
+    if status.inputs_missing:
+        # nothing is cleared for a stage that cannot run: it fails below, saying what is missing
+        return None
+    redo = force
     if status.state == "outdated":
         typer.echo(f"{name}: outdated ({', '.join(status.changed[:6])})")
         redo = redo or name in lineage.DERIVED
-    if redo or force:
-        if redo:
+    if redo:
+        if status.state != "missing":
             typer.echo(f"{name}: redoing from scratch")
         # a completed stage is redone, never resumed: its training state belongs to other inputs
         if _rank() == 0:
@@ -213,10 +223,10 @@ def submit_command(
     try:
         if not wait:
             args = [*(["--stages", ",".join(names)] if stages else []), *(["--force"] if force else [])]
-            job = submit_detached(cfg, url, args)
+            job, stored = submit_detached(cfg, url, args)
             typer.echo(f"submitted the pipeline as Ray job {job}")
             typer.echo(f"  follow: ray job logs -f {job} --address {url}")
-            typer.echo(f"  stages: stvideo status --config {config or '<config>'} --address {url}")
+            typer.echo(f"  stages: stvideo status --config {stored} --address {url}")
             return
         parent = Submission(cfg, url, names, force=force, echo=typer.echo).run()
     except ConfigError as err:
@@ -253,7 +263,13 @@ def status_command(
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
 
 
+def _terminated(signum, frame) -> None:
+    # `ray job stop` and Kubernetes send SIGTERM: unwind, so open MLflow runs end as failed
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app(prog_name="stvideo")
 
 

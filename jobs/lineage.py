@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +35,13 @@ STAGE_SECTIONS = {
 # Outputs computed from earlier outputs: redone from scratch when outdated. Raw
 # shards are the user's data, so replacing them is the user's call (ingest.overwrite).
 DERIVED = {"train-tokenizer", "encode", "train-dynamics", "generate"}
-# Keys that change how a stage runs but not what it writes.
-NOT_OUTPUT_SHAPING = {"ingest.overwrite"}
+# Keys that change how a stage runs (scale, logging, checkpoint cadence), not what it
+# writes: changing them must not make a finished stage outdated, or redo it.
+NOT_OUTPUT_SHAPING = re.compile(
+    r"^(ingest\.overwrite|encode\.overwrite|encode\.batch_size|encode\.num_actors|encode\.num_gpus"
+    r"|generate\.batch_size|generate\.num_actors|generate\.num_gpus"
+    r"|(tokenizer|dynamics)\.(log_every|eval_every|checkpoint_every|num_workers))$"
+)
 
 
 def _digest(value: Any) -> str:
@@ -42,7 +49,15 @@ def _digest(value: Any) -> str:
 
 
 def _bytes_identity(uri: str) -> str | None:
-    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:16] if storage.exists(uri) else None
+    """The first 16 hex digits of the file's SHA-256, read in blocks (weights can be large)."""
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        return None
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _listing_identity(uri: str) -> str | None:
@@ -133,7 +148,7 @@ def stage_config(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section in STAGE_SECTIONS[stage]:
         flat.update(flatten(dumped[section], section))
-    return {key: value for key, value in flat.items() if key not in NOT_OUTPUT_SHAPING}
+    return {key: value for key, value in flat.items() if not NOT_OUTPUT_SHAPING.match(key)}
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -168,6 +183,7 @@ class Completeness:
     state: str  # "done", "outdated" or "missing"
     manifest: dict[str, Any] | None
     changed: list[str]  # what differs from the recorded run, when outdated
+    inputs_missing: list[str]  # inputs that are not there now: the stage cannot run
 
     @property
     def done(self) -> bool:
@@ -176,13 +192,15 @@ class Completeness:
 
 def check(cfg: PipelineConfig, stage: str) -> Completeness:
     """Is `stage` complete for this config and these inputs?"""
-    uri = manifest_uri(cfg, stage)
-    if not storage.exists(uri):
-        return Completeness(stage, "missing", None, [])
-    recorded = storage.read_json(uri)
     config, inputs = stage_config(cfg, stage), input_identities(cfg, stage)
-    if None not in inputs.values() and recorded.get("fingerprint") == fingerprint(config, inputs):
-        return Completeness(stage, "done", recorded, [])
+    absent = [name for name, identity in inputs.items() if identity is None]
+    uri = manifest_uri(cfg, stage)
+    try:
+        recorded = storage.read_json(uri)
+    except FileNotFoundError:  # never finished, or being cleared right now
+        return Completeness(stage, "missing", None, [], absent)
+    if not absent and recorded.get("fingerprint") == fingerprint(config, inputs):
+        return Completeness(stage, "done", recorded, [], absent)
     changed = [
         key
         for key in sorted(set(config) | set(recorded.get("config", {})))
@@ -193,12 +211,24 @@ def check(cfg: PipelineConfig, stage: str) -> Completeness:
         for name in sorted(set(inputs) | set(recorded.get("input_identities", {})))
         if inputs.get(name) != recorded.get("input_identities", {}).get(name)
     ]
-    return Completeness(stage, "outdated", recorded, changed)
+    return Completeness(stage, "outdated", recorded, changed, absent)
 
 
 def clear(cfg: PipelineConfig, stage: str) -> None:
-    """Remove what a stage wrote, so that it runs from scratch rather than resuming."""
-    storage.remove(output_uri(cfg, stage), recursive=True)
+    """Remove what a stage wrote, so that it runs from scratch rather than resuming.
+
+    Locally the folder is first renamed away, so that it vanishes at once: other
+    ranks waiting for it to go never see it half deleted.
+    """
+    uri = output_uri(cfg, stage)
+    fs, path = storage.filesystem(uri)
+    if not fs.exists(path):
+        return
+    if storage.is_local(uri):
+        trash = f"{path.rstrip('/')}.removing-{uuid.uuid4().hex[:8]}"
+        fs.mv(path, trash, recursive=True)
+        path = trash
+    fs.rm(path, recursive=True)
 
 
 def record(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from jobs.config import RayConfig
+from jobs.tracking import SUBMISSION_ENV
 
 
 @contextmanager
@@ -21,8 +22,11 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    # A Ray job's driver is told its cluster in RAY_ADDRESS; it must join, not start its own.
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # A submitted stage job's driver is told its cluster in RAY_ADDRESS and must join it. Elsewhere
+    # RAY_ADDRESS is often the Jobs API URL a user exported for `ray job`: not for ray.init.
+    address = cfg.address
+    if not address and os.environ.get(SUBMISSION_ENV):
+        address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:

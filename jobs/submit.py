@@ -27,16 +27,18 @@ from pipeline import storage
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-# What a cluster says while its dashboard or job agents are still starting.
+# What a cluster says while its dashboard or job agents are still starting (matched
+# as phrases: a bare "503" would also match timestamps in submission ids).
 TRANSIENT = (
     "no available agent",
     "try again later",
+    "failed to connect to ray",
     "connection refused",
     "connection reset",
-    "max retries exceeded",
     "temporarily unavailable",
-    "503",
-    "502",
+    "status code 502",
+    "status code 503",
+    "status code 504",
 )
 T = TypeVar("T")
 
@@ -123,23 +125,55 @@ def _metadata(cfg: PipelineConfig, stage: str, parent_run_id: str | None) -> dic
     }
 
 
-def follow(client, submission_id: str, echo: Callable[[str], None], poll: float = 0.5) -> str:
-    """Stream a job's log lines until it ends; returns its final status."""
+def follow(client, submission_id: str, echo: Callable[[str], None], retries: int, poll: float = 1.0) -> str:
+    """Stream a job's log lines until it ends; returns its final status.
+
+    The status is polled beside the log stream, so a stream that stalls (a dropped
+    port-forward, a half-open socket) cannot hold the submission forever.
+    """
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(submission_id):
             for line in chunk.splitlines():
                 echo(line)
 
+    def status_now() -> str:
+        return str(retrying(lambda: client.get_job_status(submission_id), retries, "job status").value)
+
+    async def watch() -> str:
+        stream = asyncio.create_task(tail())
+        while (status := await asyncio.to_thread(status_now)) not in TERMINAL:
+            await asyncio.sleep(poll)
+        try:  # the last lines arrive just after the job ends
+            await asyncio.wait_for(stream, timeout=10)
+        except TimeoutError:
+            stream.cancel()
+        except Exception as err:  # a dropped log stream must not lose the job's outcome
+            echo(f"(log stream ended early: {err})")
+        return status
+
+    return asyncio.run(watch())
+
+
+def _submit_once(client, submission_id: str, **job) -> None:
+    """Submit, unless an earlier attempt whose answer was lost already did."""
     try:
-        asyncio.run(tail())
-    except Exception as err:  # a dropped log stream must not lose the job's outcome
-        echo(f"(log stream ended early: {err}; waiting for the job)")
-    while True:
-        status = str(client.get_job_status(submission_id).value)
-        if status in TERMINAL:
-            return status
-        time.sleep(poll)
+        client.get_job_info(submission_id)
+        return
+    except RuntimeError:  # "Job ... does not exist": the usual case
+        pass
+    client.submit_job(submission_id=submission_id, **job)
+
+
+def _active_jobs(client, cfg: PipelineConfig) -> list:
+    """This root's stage jobs that are still pending or running."""
+    return [
+        job
+        for job in client.list_jobs()
+        if (job.metadata or {}).get("stvideo.root") == cfg.root
+        and (job.metadata or {}).get("stvideo.stage") in lineage.STAGE_IO
+        and str(job.status.value) in ("PENDING", "RUNNING")
+    ]
 
 
 @dataclass
@@ -154,6 +188,14 @@ class Submission:
         """Submit the stages in order, each after the previous one succeeded; returns the parent run id."""
         tracker = Tracker(self.cfg)
         client = connect(self.address, self.cfg.submit.retries)
+        busy = _active_jobs(client, self.cfg)
+        if busy:
+            job = busy[0]
+            raise SubmitError(
+                f"{job.metadata['stvideo.stage']} of {self.cfg.root} is already running as Ray job "
+                f"{job.submission_id}; wait for it, or stop it: ray job stop {job.submission_id} "
+                f"--address {self.address}"
+            )
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
         tags = {"stvideo.submit.address": self.address}
         with tracker.pipeline_run(self.stages, tags) as parent_id:
@@ -171,11 +213,12 @@ class Submission:
         resources = self.cfg.submit.resources.of(stage)
         submission_id = _submission_id(self.cfg, stage, stamp)
         retrying(
-            lambda: client.submit_job(
+            lambda: _submit_once(
+                client,
+                submission_id,
                 entrypoint=_entrypoint(
                     self.cfg, [stage, "--config", config_uri, *(["--force"] if self.force else [])]
                 ),
-                submission_id=submission_id,
                 runtime_env=_runtime_env(self.cfg, parent_id, submission_id),
                 metadata=_metadata(self.cfg, stage, parent_id),
                 entrypoint_num_cpus=resources.num_cpus,
@@ -187,35 +230,47 @@ class Submission:
         )
         self.echo(f"== {stage}: Ray job {submission_id}")
         started = time.perf_counter()
-        final = follow(client, submission_id, lambda line: self.echo(f"[{stage}] {line}"))
+        try:
+            final = follow(
+                client, submission_id, lambda line: self.echo(f"[{stage}] {line}"), self.cfg.submit.retries
+            )
+        except KeyboardInterrupt:
+            # the job would go on writing this root with nobody watching; a resubmit would race it
+            client.stop_job(submission_id)
+            raise SubmitError(f"{stage}: interrupted; stopped Ray job {submission_id}", stage=stage) from None
         if final != "SUCCEEDED":
             info = client.get_job_info(submission_id)
             logs = client.get_job_logs(submission_id).splitlines()
+            # Ray's message may carry the whole log; its first line says what happened
+            message = (info.message or "").strip().splitlines()[:1]
             raise SubmitError(
-                f"{stage}: Ray job {submission_id} {final}: {info.message or ''}".strip(),
+                f"{stage}: Ray job {submission_id} {final}" + (f": {message[0]}" if message else ""),
                 "\n".join(logs[-self.cfg.submit.log_tail :]),
                 stage,
             )
         self.echo(f"== {stage}: SUCCEEDED in {time.perf_counter() - started:.1f}s")
 
 
-def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -> str:
+def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -> tuple[str, str]:
     """Submit the submission itself as a Ray job, so it goes on without this process."""
+    Tracker(cfg)  # a config the submission cannot track with fails here, not in the detached job
     client = connect(address, cfg.submit.retries)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
     config_uri = _job_config(cfg, None, stamp)
     args = ["submit", "--config", config_uri, "--address", address, *submit_args]
     submission_id = _submission_id(cfg, "pipeline", stamp)
-    return retrying(
-        lambda: client.submit_job(
+    retrying(
+        lambda: _submit_once(
+            client,
+            submission_id,
             entrypoint=_entrypoint(cfg, args),
-            submission_id=submission_id,
             runtime_env=_runtime_env(cfg, None, submission_id),
             metadata=_metadata(cfg, "pipeline", None),
         ),
         cfg.submit.retries,
         "submitting the pipeline",
     )
+    return submission_id, config_uri
 
 
 def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> list[dict[str, str]]:
@@ -244,6 +299,9 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
             state = job_status.lower()
         elif status.state == "outdated":
             state = "outdated (" + ", ".join(status.changed[:3]) + ")"
+        elif job_status == "SUCCEEDED":
+            # the job finished, but its manifest is not where this process looks (another filesystem)
+            state = "succeeded (outputs not visible here)"
         else:
             state = "not started"
         rows.append(

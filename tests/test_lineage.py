@@ -49,6 +49,16 @@ def test_a_recorded_stage_is_complete_until_its_config_changes(tmp_path):
     assert lineage.check(tiny(tmp_path, "dynamics.max_steps=3"), "ingest").done
 
 
+def test_scale_and_logging_settings_do_not_outdate_a_training_stage(tmp_path):
+    cfg = tiny(tmp_path)
+    fake_raw(tmp_path)
+    fake_tokenizer(tmp_path)
+    record(cfg, "train-tokenizer")
+    same = ["tokenizer.log_every=7", "tokenizer.checkpoint_every=3", "tokenizer.num_workers=0"]
+    assert lineage.check(tiny(tmp_path, *same), "train-tokenizer").done
+    assert lineage.check(tiny(tmp_path, "tokenizer.lr=0.1"), "train-tokenizer").changed == ["tokenizer.lr"]
+
+
 def test_a_stage_is_outdated_when_an_input_it_read_changes(tmp_path):
     cfg = tiny(tmp_path)
     fake_raw(tmp_path)
@@ -62,9 +72,10 @@ def test_a_stage_is_outdated_when_an_input_it_read_changes(tmp_path):
     tags = lineage.lineage_tags(status.manifest)
     assert tags["input.tokenizer.identity"] == status.manifest["input_identities"]["tokenizer"]
 
-    # an input that has gone missing never counts as complete
+    # an input that has gone missing never counts as complete, and is named
     (tmp_path / "raw" / "manifest.json").unlink()
-    assert lineage.check(cfg, "encode").state == "outdated"
+    status = lineage.check(cfg, "encode")
+    assert status.state == "outdated" and status.inputs_missing == ["raw"]
 
 
 def test_folder_inputs_are_identified_by_their_listing(tmp_path, video_folder):
@@ -96,11 +107,12 @@ def test_transient_cluster_answers_are_retried_and_others_are_not():
 
     assert retrying(submit, retries=2, what="submitting", pause=0.01) == "job-1"
 
+    # a status code in the text counts, digits that happen to read 503 in an id do not
     calls = []
 
     def refuse():
         calls.append(1)
-        raise RuntimeError("Job with submission_id x already exists")
+        raise RuntimeError("Request failed with status code 400: Job x-20260503-1 already exists")
 
     with pytest.raises(SubmitError, match="already exists"):
         retrying(refuse, retries=5, what="submitting", pause=0.01)
@@ -108,10 +120,10 @@ def test_transient_cluster_answers_are_retried_and_others_are_not():
 
     def never():
         calls.append(1)
-        raise ConnectionError("Connection refused")
+        raise ConnectionError("Failed to connect to Ray at address: http://127.0.0.1:1.")
 
     calls.clear()
-    with pytest.raises(SubmitError, match="Connection refused"):
+    with pytest.raises(SubmitError, match="Failed to connect"):
         retrying(never, retries=2, what="connecting", pause=0.01)
     assert len(calls) == 3
 
@@ -161,6 +173,10 @@ def test_the_mlflow_deployment_uses_postgres_and_s3():
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = " ".join(container["command"])
     assert "--artifacts-destination=s3://" in args and "--workers=2" in args
+    # MLflow 3 answers 403 to a Host it was not told about: the jobs call it by its Service name
+    allowed = next(arg for arg in container["command"] if arg.startswith("--allowed-hosts="))
+    meta = service["metadata"]
+    assert f"{meta['name']}.{meta['namespace']}.svc.cluster.local:5000" in allowed
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
@@ -174,6 +190,8 @@ def test_submit_says_why_it_cannot_start_and_writes_nothing(tmp_path):
 
     root = tmp_path / "run"
     nobody = f"http://127.0.0.1:{free_port()}"
-    unreachable = run_stvideo("submit", *tiny_config, "--set", f"root={root}", "--address", nobody)
+    unreachable = run_stvideo(
+        "submit", *tiny_config, "--set", f"root={root}", "--set", "submit.retries=0", "--address", nobody
+    )
     assert unreachable.returncode == 1 and f"cannot reach the Jobs API at {nobody}" in unreachable.stderr
     assert not root.exists()

@@ -22,6 +22,7 @@ case "${1:-}" in
     if [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; then
       echo "mlflow server already running (pid $(cat "$pidfile"))"; exit 0
     fi
+    require_free "mlflow server" "$port"
     mkdir -p "$state/mlartifacts"
     # MLflow 3's background job runner (a dozen huey consumers) serves no feature used here
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
@@ -30,6 +31,6 @@ case "${1:-}" in
     wait_ready "mlflow server" "$pidfile" "$log" "http://127.0.0.1:$port/health"
     echo "mlflow server: http://$host:$port  (pid $(cat "$pidfile"))"
     ;;
-  stop) stop_by_pidfile "mlflow server" "$pidfile" ;;
+  stop) stop_by_pidfile "mlflow server" "$pidfile" "mlflow server" ;;
   *) echo "usage: $0 start|stop [STATE_DIR]" >&2; exit 2 ;;
 esac

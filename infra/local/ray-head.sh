@@ -27,6 +27,8 @@ case "${1:-}" in
     if [ -f "$pidfile" ] && alive "$(cat "$pidfile")"; then
       echo "ray head already running (pid $(cat "$pidfile"))"; exit 0
     fi
+    require_free "ray head" "$dashboard_port"
+    require_free "ray head" "$port"
     cpus=()
     [ -n "${RAY_NUM_CPUS:-}" ] && cpus=(--num-cpus "$RAY_NUM_CPUS")
     start_detached "$pidfile" "$log" "$ray_bin" start --head --block --disable-usage-stats \
@@ -37,6 +39,6 @@ case "${1:-}" in
     wait_ready "ray head" "$pidfile" "$log" "http://127.0.0.1:$dashboard_port/api/version"
     echo "ray head: 127.0.0.1:$port  dashboard/jobs: http://127.0.0.1:$dashboard_port  (pid $(cat "$pidfile"))"
     ;;
-  stop) stop_by_pidfile "ray head" "$pidfile" ;;
+  stop) stop_by_pidfile "ray head" "$pidfile" "ray start --head" ;;
   *) echo "usage: $0 start|stop [STATE_DIR]" >&2; exit 2 ;;
 esac
