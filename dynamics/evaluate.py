@@ -30,3 +30,15 @@ def frame_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, torc
 def copy_last_scores(prompt_last: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
     """The reference every model must beat: the last prompt frame, held."""
     return frame_scores(prompt_last.expand_as(truth), truth)
+
+
+def sample_diversity(samples: torch.Tensor) -> torch.Tensor:
+    """Samples [S, T, C, H, W] of one prompt -> mean pairwise MSE (OpenSTL units) per frame, [T].
+
+    How far apart the Gaussian layers' samples land: 0 when they all agree."""
+    count = samples.shape[0]
+    if count < 2:
+        return torch.zeros(samples.shape[1])
+    unit = _unit(samples)
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    return torch.stack([(unit[i] - unit[j]).pow(2).flatten(1).sum(1) for i, j in pairs]).mean(0)

@@ -164,7 +164,9 @@ class STTransformer(nn.Module):
         self.start_frame = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, code_dim if cfg.head == "regression" else codebook_size)
+        self.head = nn.Linear(cfg.d_model, codebook_size if cfg.head == "categorical" else code_dim)
+        if cfg.head == "tied":  # cosine scores lie in [-1, 1]: a learned scale makes them logits
+            self.logit_scale = nn.Parameter(torch.tensor(2.5))
 
     @property
     def codebook_size(self) -> int:
@@ -174,13 +176,24 @@ class STTransformer(nn.Module):
         """Codes [B, T, h, w] -> [B, T, h*w, d]."""
         return self.embed(self.codebook[codes.flatten(2)])
 
+    @property
+    def residual(self) -> bool:
+        return self.config.residual and self.config.head != "categorical"
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Scores over the codebook for head output `out` (the categorical head's are its own)."""
+        if self.config.head != "tied":
+            return out
+        return F.normalize(out.float(), dim=-1) @ self.codebook.T * self.logit_scale.exp()
+
     def predict(
         self, codes: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions for every frame of codes [B, T, h, w] from the frames before it.
 
         Returns the head's output [B, T, h*w, code_dim or codebook_size] and the
-        summed KL of the Gaussian layers [B, T].
+        summed KL of the Gaussian layers [B, T]. The last frame of `codes` is never
+        read, so it may be a placeholder.
         """
         batch, frames = codes.shape[:2]
         if frames > self.config.max_frames:
@@ -194,15 +207,26 @@ class STTransformer(nn.Module):
         for block in self.blocks:
             x, layer_kl = block(x, deterministic, generator)
             kl = kl + layer_kl
-        return self.head(self.norm(x)), kl
+        out = self.head(self.norm(x))
+        if self.residual:  # frame 0 follows the start frame, which has no codes to add
+            previous = self.codebook[codes[:, :-1].flatten(2)].to(out.dtype)
+            out = torch.cat([out[:, :1], out[:, 1:] + previous], dim=1)
+        return out, kl
 
     def forward(
-        self, codes: torch.Tensor, lengths: torch.Tensor | None = None, deterministic: bool = False
+        self,
+        codes: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        deterministic: bool = False,
+        inputs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective: next-frame error (MSE to code vectors, or cross-entropy)
         plus the weighted KL, both over the real (unpadded) frames only. It is `forward`
-        so that DistributedDataParallel sees it and synchronises the gradients."""
-        out, kl = self.predict(codes, deterministic)
+        so that DistributedDataParallel sees it and synchronises the gradients.
+
+        `inputs` (default: `codes`) are the frames the predictions are made from, e.g. with
+        some replaced by the model's own earlier predictions; `codes` stay the targets."""
+        out, kl = self.predict(codes if inputs is None else inputs, deterministic)
         frames = codes.shape[1]
         valid = torch.ones(codes.shape[:2], dtype=torch.bool, device=codes.device)
         if lengths is not None:
@@ -211,7 +235,8 @@ class STTransformer(nn.Module):
         if self.config.head == "regression":
             per_frame = (out.float() - self.codebook[targets]).pow(2).mean(-1).mean(-1)
         else:
-            per_frame = F.cross_entropy(out.float().flatten(0, 2), targets.flatten(), reduction="none")
+            logits = self.logits(out.float())
+            per_frame = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
             per_frame = per_frame.view(targets.shape).mean(-1)
         weight = valid.float()
         main = (per_frame * weight).sum() / weight.sum()
@@ -247,7 +272,18 @@ class STTransformer(nn.Module):
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x, _ = block.step(x, layer_cache, deterministic, generator)
         cache.length += 1
-        return self.head(self.norm(x))[:, 0]
+        out = self.head(self.norm(x))[:, 0]
+        if self.residual and frame_codes is not None:
+            out = out + self.codebook[frame_codes.flatten(1)].to(out.dtype)
+        return out
+
+    def expected_vectors(self, out: torch.Tensor) -> torch.Tensor:
+        """Head output [..., *] -> the code vector the model expects [..., code_dim]: its
+        regression output, or the codebook weighted by its probabilities. Decoded, it is the
+        model's hedge where it is unsure (a nearest code commits to one guess)."""
+        if self.config.head == "regression":
+            return out.float()
+        return self.logits(out).float().softmax(-1) @ self.codebook
 
     def to_codes(
         self,
@@ -257,13 +293,13 @@ class STTransformer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Head output [B, h*w, *] -> codes [B, h, w]: nearest code (regression), or
-        argmax / temperature sampling with optional top-k (categorical)."""
-        if self.config.head == "regression":
+        argmax / temperature sampling with optional top-k (categorical, tied)."""
+        if self.config.head == "regression" or (self.config.head == "tied" and temperature <= 0):
             codes = (F.normalize(out.float(), dim=-1) @ self.codebook.T).argmax(-1)
         elif temperature <= 0:
             codes = out.argmax(-1)
         else:
-            logits = out.float() / temperature
+            logits = self.logits(out).float() / temperature
             if top_k:
                 threshold = logits.topk(top_k, dim=-1).values[..., -1:]
                 logits = logits.masked_fill(logits < threshold, float("-inf"))

@@ -35,11 +35,14 @@ def rollout(
     deterministic: bool = False,
     generator: torch.Generator | None = None,
     context: int | None = None,
+    vectors: list | None = None,
 ) -> torch.Tensor:
     """Prompt codes [B, P, h, w] -> [B, P + steps, h, w], with the key/value cache.
 
     `context` caps the temporal positions used (default: the model's); past it,
     the window slides and the cache is rebuilt from the last `context - 1` frames.
+    A list passed as `vectors` receives each generated frame's expected code vectors
+    [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
     """
     window = _window(model, context)
     if prompt.shape[1] + 1 > window:
@@ -55,6 +58,8 @@ def rollout(
         out = model.step(frame, cache, deterministic=deterministic, generator=generator)
     for _ in range(steps):
         frames.append(_sample(model, out, temperature, top_k, generator))
+        if vectors is not None:
+            vectors.append(model.expected_vectors(out))
         if len(frames) == steps + prompt.shape[1]:
             break
         if cache.length >= window:  # slide: start frame + the last window - 1 frames

@@ -115,9 +115,15 @@ def train_dynamics(
                 device
             )
 
+        inputs = None
+        prompt = rollout_prompt(settings, codes.shape[1], progress.step, accelerator.process_index)
+        if prompt is not None:
+            with accelerator.autocast():
+                inputs = free_running_inputs(plain, codes, prompt, settings.rollout_passes)
+
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                losses = model(codes, lengths)
+                losses = model(codes, lengths, inputs=inputs)
             accelerator.backward(losses["loss"])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -161,6 +167,27 @@ def train_dynamics(
         summary = validate(plain, latents_uri, settings)
     accelerator.wait_for_everyone()
     return summary
+
+
+def rollout_prompt(settings: DynamicsSettings, frames: int, step: int, rank: int) -> int | None:
+    """How many true frames this step's free-running inputs start from; None: teacher forcing."""
+    draw = torch.Generator().manual_seed(settings.seed * 7_919 + step * 31 + rank)
+    if not settings.rollout_passes or float(torch.rand((), generator=draw)) >= settings.rollout_prob:
+        return None
+    return int(torch.randint(min(settings.rollout_prompt, frames - 1), frames, (), generator=draw))
+
+
+@torch.no_grad()
+def free_running_inputs(model: STTransformer, codes: torch.Tensor, prompt: int, passes: int) -> torch.Tensor:
+    """Input frames from `prompt` on replaced by the model's own predictions (nearest codes,
+    Gaussian layers sampled, as generation does). Each pass redoes every prediction from the
+    previous pass's inputs, so after pass k the first k predicted frames are exactly what
+    free running would feed, and the later ones carry errors of about k steps."""
+    inputs = codes.clone()
+    for _ in range(passes):
+        out, _ = model.predict(inputs)
+        inputs[:, prompt:] = model.to_codes(out[:, prompt:].flatten(0, 1)).view_as(inputs[:, prompt:])
+    return inputs
 
 
 @torch.no_grad()

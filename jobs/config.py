@@ -162,6 +162,11 @@ class GenerateConfig(Section):
     num_actors: int = Field(1, ge=1)
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor, when the cluster has GPUs")
     preview_clips: int = Field(6, ge=1, description="clips in the preview grid")
+    decode: Literal["codes", "expected"] = Field(
+        "codes",
+        description="generated frames from their nearest codes, or from the code vectors the model "
+        "expects (its hedge where unsure; the codes fed back and stored stay the nearest)",
+    )
     protocols: list[tuple[int, int]] = Field(
         default_factory=list,
         description="further (prompt, generated) frame counts scored on the same clips, e.g. [[15, 5]]",

@@ -22,7 +22,7 @@ def codes(batch=2, frames=6, seed=0):
     return torch.randint(0, CODES, (batch, frames, *GRID), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("head", ["regression", "categorical"])
+@pytest.mark.parametrize("head", ["regression", "categorical", "tied"])
 def test_changing_later_frames_never_changes_earlier_outputs(head):
     net = model(head)
     a = codes()
@@ -77,7 +77,7 @@ def test_gaussian_layer_kl_and_sampling():
     assert kl_a.shape == (2, 3) and torch.equal(kl_a, kl_d)
 
 
-@pytest.mark.parametrize("head", ["regression", "categorical"])
+@pytest.mark.parametrize("head", ["regression", "categorical", "tied"])
 def test_cached_steps_equal_the_full_forward(head):
     net = model(head)
     clip = codes(batch=3, frames=7)
@@ -116,10 +116,25 @@ def test_sampling_helpers():
         for s in range(3)
     }
     assert len(draws) == 3
+    # the tied head scores code vectors against the codebook: its argmax is the nearest code
+    tied = model("tied")
+    assert tied.to_codes(out).flatten().tolist() == [3, 5, 7] * 4
+    assert tied.logits(out).shape == (1, 12, CODES)
+    assert (tied.logits(out).argmax(-1) == tied.to_codes(out).flatten(1)).all()
+    # expected code vectors: the regression output itself; for the tied head, the codebook
+    # weighted by probabilities, near the chosen code when sure and in between when not
+    assert torch.equal(regression.expected_vectors(out), out)
+    with torch.no_grad():
+        tied.logit_scale.fill_(6.0)
+        sure = tied.expected_vectors(out)
+        tied.logit_scale.fill_(-20.0)
+        unsure = tied.expected_vectors(out)
+    assert torch.allclose(sure, tied.codebook[torch.tensor([[3, 5, 7] * 4])], atol=1e-3)
+    assert torch.allclose(unsure, tied.codebook.mean(0).expand_as(unsure), atol=1e-4)
 
 
 def test_loss_decreases_when_overfitting_a_few_clips():
-    for head in ("regression", "categorical"):
+    for head in ("regression", "categorical", "tied"):
         net = model(head).train()
         clip = codes(batch=4, frames=6)
         optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
@@ -130,3 +145,38 @@ def test_loss_decreases_when_overfitting_a_few_clips():
             loss.backward()
             optimizer.step()
         assert float(net(clip, deterministic=True)["loss"]) < 0.5 * first, head
+
+
+def test_free_running_inputs_are_what_generation_feeds_after_the_prompt():
+    from dynamics.rollout import rollout
+    from dynamics.train import free_running_inputs
+
+    net = model()
+    for block in net.blocks:
+        block.gaussian.limits = (-40.0, -40.0)  # noise std e^-20: the sampled path is the mean path
+    clip = codes(frames=8)
+    # as many passes as predicted frames: every replaced input is exactly the free-running one
+    inputs = free_running_inputs(net, clip, prompt=3, passes=5)
+    assert torch.equal(inputs[:, :3], clip[:, :3])
+    assert torch.equal(inputs, rollout(net, clip[:, :3], 5, deterministic=True))
+    # one pass: the first predicted frame is free-running, later ones come from true inputs
+    once = free_running_inputs(net, clip, prompt=3, passes=1)
+    assert torch.equal(once[:, 3], inputs[:, 3])
+    with torch.no_grad():
+        teacher = net.to_codes(net.predict(clip, deterministic=True)[0][:, 5])
+    assert torch.equal(once[:, 5], teacher)
+
+
+def test_rollout_prompts_follow_the_settings():
+    from dynamics.settings import DynamicsSettings
+    from dynamics.train import rollout_prompt
+
+    never = DynamicsSettings(rollout_passes=0)
+    assert all(rollout_prompt(never, 20, step, 0) is None for step in range(20))
+    always = DynamicsSettings(rollout_passes=2, rollout_prompt=5)
+    prompts = [rollout_prompt(always, 20, step, 0) for step in range(200)]
+    assert all(5 <= p <= 19 for p in prompts) and len(set(prompts)) > 5
+    assert prompts == [rollout_prompt(always, 20, step, 0) for step in range(200)]  # reproducible
+    half = DynamicsSettings(rollout_passes=2, rollout_prob=0.5)
+    skipped = sum(rollout_prompt(half, 20, step, 0) is None for step in range(400))
+    assert 120 < skipped < 280

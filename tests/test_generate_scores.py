@@ -31,3 +31,36 @@ def test_copy_last_scores_perfectly_on_a_static_video():
     moving = truth.clone()
     moving[2:] = 255 - moving[2:]
     assert (copy_last_scores(frame, moving)["mse"][2:] > 0).all()
+
+
+def test_sample_diversity_is_the_mean_pairwise_distance():
+    from dynamics.evaluate import sample_diversity
+
+    samples = torch.zeros(3, 2, 1, 4, 4)
+    samples[1, :, 0, 0, 0] = 1.0  # sample 1 differs from 0 and 2 by one full pixel
+    # pairs (0,1) 1, (0,2) 0, (1,2) 1: mean 2/3 per frame
+    assert torch.allclose(sample_diversity(samples), torch.full((2,), 2 / 3))
+    assert torch.equal(sample_diversity(samples[:1]), torch.zeros(2))
+
+
+def test_aggregate_says_where_the_model_beats_every_trivial_reference():
+    from jobs.stages.generate import _aggregate
+
+    def scores(mse, ssim):
+        return {"mse": mse, "mae": mse, "psnr": [0.0] * len(mse), "ssim": ssim}
+
+    clip = {
+        "model": scores([1.0, 5.0, 2.0, 1.0], [0.9, 0.9, 0.9, 0.5]),
+        "copy_last": scores([2.0, 6.0, 9.0, 9.0], [0.8, 0.8, 0.8, 0.8]),
+        "black": scores([3.0, 4.0, 3.0, 3.0], [0.7, 0.7, 0.7, 0.7]),
+        "train_mean": scores([3.0, 6.0, 3.0, 3.0], [0.1, 0.1, 0.95, 0.1]),
+        "reconstruction": scores([0.1] * 4, [0.99] * 4),
+        "diversity": {"mse": [0.5, 1.5, 1.0, 1.0]},
+    }
+    metrics = _aggregate([clip, clip])
+    # step 2 loses on MSE to black, step 3 on SSIM to the mean frame, step 4 on SSIM to copy-last
+    assert metrics["beats_references"]["mse"] == [True, False, True, True]
+    assert metrics["beats_references"]["ssim"] == [True, True, False, False]
+    assert metrics["beats_references"]["steps"] == "1"
+    assert metrics["diversity"] == {"per_step": [0.5, 1.5, 1.0, 1.0], "mean": 1.0}
+    assert metrics["per_step"]["black"]["mse"] == [3.0, 4.0, 3.0, 3.0]

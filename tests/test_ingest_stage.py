@@ -179,6 +179,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert set(metrics["per_step"]) == {
         "model",
         "model_best",
+        "model_average",
         "copy_last",
         "black",
         "train_mean",

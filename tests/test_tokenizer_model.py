@@ -26,6 +26,32 @@ def test_shapes_for_every_downsampling_factor(mults, grid, channels):
     assert decoded.shape == frames.shape and decoded.dtype == torch.uint8
     # decoding is a pure function of the codes
     assert torch.equal(tokenizer.decode(codes), decoded)
+    # code vectors decode as their codes do
+    assert torch.equal(tokenizer.decode_vectors(tokenizer.codebook[codes]), decoded)
+
+
+def test_blank_patches_take_one_code_in_training_and_encoding(tmp_path):
+    tokenizer = Tokenizer(small(channel_mults=(1, 1, 2, 2), blank_threshold=0.1))  # x8: 4x4 patches
+    torch.manual_seed(0)
+    frames = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
+    frames[:, :, :8, :8] = 5  # dark noise, under 0.1 * 255: still background
+    frames[0, 0, 9, 9] = 200  # one bright pixel makes patch (1, 1) content
+    frames[1, 0, 20:30, 3:7] = 255
+    codes = tokenizer.encode(frames)
+    expected_blank = torch.ones(3, 4, 4, dtype=torch.bool)
+    expected_blank[0, 1, 1] = False
+    expected_blank[1, 2:4, 0] = False
+    assert (codes[expected_blank] == 0).all()
+    # training sees the same assignment, so code 0 learns to decode as background
+    out = tokenizer.model(frames.float() / 127.5 - 1)
+    assert torch.equal(out["blank"], expected_blank) and torch.equal(out["codes"], codes)
+    # the setting travels with the checkpoint: a loaded tokenizer encodes the same way
+    tokenizer.save_pretrained(tmp_path / "tok")
+    assert torch.equal(Tokenizer.from_pretrained(tmp_path / "tok").encode(frames), codes)
+    # off by default: the nearest code wherever it is
+    assert Tokenizer(small()).model.blank_patches(frames.float()) is None
+    with pytest.raises(ValueError, match="blank_threshold"):
+        small(blank_threshold=1.5)
 
 
 def test_save_and_load_round_trip(tmp_path):

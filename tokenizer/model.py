@@ -114,6 +114,9 @@ class Decoder(nn.Module):
         return self.conv_out(self.layers(z))
 
 
+BLANK_CODE = 0  # the code background patches take when `blank_threshold` is set
+
+
 class Quantizer(nn.Module):
     """Nearest code by cosine similarity, straight-through gradients.
 
@@ -146,9 +149,14 @@ class Quantizer(nn.Module):
         """Code vectors [B, D, h, w] for codes [B, h, w]."""
         return rearrange(F.embedding(codes, self.codebook), "b h w d -> b d h w")
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, blank: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`blank` [B, h, w]: positions that take code 0 whatever their nearest code."""
         normalised = F.normalize(z.float(), dim=1)
         codes = self.lookup(normalised)
+        if blank is not None:
+            codes = codes.masked_fill(blank, BLANK_CODE)
         quantised = self.embed(codes)
         codebook_loss = F.mse_loss(quantised, normalised.detach())
         commitment_loss = F.mse_loss(normalised, quantised.detach())
@@ -191,13 +199,26 @@ class VQGAN(nn.Module):
         self.quantizer = Quantizer(cfg)
         self.decoder = Decoder(cfg)
 
+    def blank_patches(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """Frames [B, C, H, W] in [-1, 1] -> [B, h, w]: patches dark enough to be background."""
+        if self.config.blank_threshold is None:
+            return None
+        brightest = F.max_pool2d((frames.float().amax(1, keepdim=True) + 1) / 2, self.config.downsample)
+        return brightest[:, 0] <= self.config.blank_threshold
+
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encoder(frames)
-        quantised, quant_loss, codes = self.quantizer(z)
-        return {"recon": self.decoder(quantised), "quant_loss": quant_loss, "codes": codes, "z": z}
+        blank = self.blank_patches(frames)
+        quantised, quant_loss, codes = self.quantizer(z, blank)
+        out = {"recon": self.decoder(quantised), "quant_loss": quant_loss, "codes": codes, "z": z}
+        if blank is not None:
+            out["blank"] = blank
+        return out
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.lookup(self.encoder(frames))
+        codes = self.quantizer.lookup(self.encoder(frames))
+        blank = self.blank_patches(frames)
+        return codes if blank is None else codes.masked_fill(blank, BLANK_CODE)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantizer.embed(codes))

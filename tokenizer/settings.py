@@ -27,6 +27,11 @@ class VQGANConfig:
     usage_decay: float = 0.99  # EMA of how often each code is used
     dead_code_fraction: float = 0.03  # dead: used less than this share of a uniform code's rate
     disc_channels: int = 32
+    # One consistent token for empty background: a patch whose pixels all lie at or below this
+    # level (in [0, 1]) takes code 0, in training and encoding alike. Left to the nearest code,
+    # blank patches scatter over hundreds of codes by encoder noise, which a dynamics model
+    # cannot predict. None: off.
+    blank_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(self.channel_mults)
@@ -43,6 +48,8 @@ class VQGANConfig:
             )
         if self.frame_size % self.downsample:
             raise ValueError(f"frame_size: given {self.frame_size}, expected a multiple of {self.downsample}")
+        if self.blank_threshold is not None and not 0 <= self.blank_threshold < 1:
+            raise ValueError(f"blank_threshold: given {self.blank_threshold}, expected 0 <= value < 1")
         if not 2 <= self.codebook_size <= MAX_CODEBOOK:
             raise ValueError(f"codebook_size: given {self.codebook_size}, expected 2..{MAX_CODEBOOK}")
 

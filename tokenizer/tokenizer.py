@@ -64,6 +64,12 @@ class Tokenizer(torch.nn.Module):
         device = next(self.model.parameters()).device
         return to_uint8(self.model.decode(codes.long().to(device)))
 
+    @torch.no_grad()
+    def decode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Code vectors [B, h, w, code_dim] (not necessarily codebook entries) -> frames uint8."""
+        device = next(self.model.parameters()).device
+        return to_uint8(self.model.decoder(vectors.float().permute(0, 3, 1, 2).to(device)))
+
     def save_pretrained(self, path: str | Path, discriminator: torch.nn.Module | None = None) -> str:
         """Write the checkpoint folder; returns its identity."""
         path = Path(path)

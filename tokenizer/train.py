@@ -177,6 +177,8 @@ def train_tokenizer(
         restarted = 0
         if accelerator.sync_gradients and step % settings.restart_every == 0:
             z = rearrange(out["z"].detach().float(), "b d h w -> (b h w) d")
+            if "blank" in out and not out["blank"].all():  # blank patches have their code already
+                z = z[~out["blank"].flatten()]
             # the same count on every rank (gather needs equal sizes): draw with replacement
             pick = torch.randint(len(z), (RESTART_CANDIDATES,), generator=torch.Generator().manual_seed(step))
             candidates = accelerator.gather(z[pick.to(z.device)].contiguous())

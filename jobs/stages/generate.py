@@ -29,7 +29,17 @@ from pipeline.latents import LatentStoreError, open_latents
 from pipeline.splits import SPLIT_NAMES
 
 METRICS = ("mse", "mae", "psnr", "ssim")
-REFERENCES = ("model", "model_best", "copy_last", "reconstruction")
+REFERENCES = (
+    "model",
+    "model_best",
+    "model_average",
+    "copy_last",
+    "black",
+    "train_mean",
+    "reconstruction",
+)
+# the trivial references a model has to beat; the reconstruction is a bound, not a rival
+TRIVIAL = ("copy_last", "black", "train_mean")
 
 
 class ClipGenerator:
@@ -40,7 +50,15 @@ class ClipGenerator:
     (`path`: decoded and encoded here; its own frames are the truth).
     """
 
-    def __init__(self, dynamics_dir: str, tokenizer_dir: str, raw_index: dict, settings: dict, out_dir: str):
+    def __init__(
+        self,
+        dynamics_dir: str,
+        tokenizer_dir: str,
+        raw_index: dict,
+        settings: dict,
+        out_dir: str,
+        mean_frame: np.ndarray | None = None,
+    ):
         import torch
 
         from dynamics.checkpoint import load_dynamics
@@ -52,6 +70,7 @@ class ClipGenerator:
         self.tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
         self.raw_index, self.settings, self.out_dir = raw_index, settings, Path(out_dir)
         self.shard_cache: dict[str, dict] = {}
+        self.mean_frame = None if mean_frame is None else torch.from_numpy(mean_frame).float()
 
     def _true_frames(self, key: str, start: int, frames: int):
         """A store clip's real frames, decoded from its raw shard at the tokenizer's size."""
@@ -128,17 +147,38 @@ class ClipGenerator:
         return {key: np.stack(value) if key == "codes" else np.array(value) for key, value in rows.items()}
 
     def _continue(self, clip_id: int, name: str, codes, truth):
-        """Roll one clip out S times, decode, score against the truth, write its mp4."""
-        import torch
-
-        from dynamics.evaluate import copy_last_scores, frame_scores
-        from dynamics.rollout import rollout
+        """Roll one clip out S times, decode, score against the truth, write its mp4; then
+        the same for each further protocol (prompt, generated frames), scores only."""
         from pipeline.preview import to_rgb
         from pipeline.video import encode_mp4
 
         s = self.settings
-        prompt_frames, steps, samples = s["prompt_frames"], s["generate_frames"], s["samples"]
+        generated, decoded, scores = self._roll_and_score(
+            clip_id, codes, truth, s["prompt_frames"], s["generate_frames"]
+        )
+        for prompt_frames, steps in s.get("protocols", []):
+            if prompt_frames < len(codes):
+                _, _, extra = self._roll_and_score(clip_id, codes, truth, prompt_frames, steps)
+                scores[protocol_name(prompt_frames, steps)] = extra
+        video = encode_mp4(to_rgb(decoded[0].numpy()), fps=s["fps"], codec="libx264", crf=12)
+        (self.out_dir / "videos" / f"{name}.mp4").write_bytes(video)
+        preview = ""
+        if clip_id in s["preview_clips"]:
+            preview = json.dumps({"generated": decoded[0].tolist(), "truth": truth.tolist()})
+        return generated.numpy().astype(np.uint16), scores, preview
+
+    def _roll_and_score(self, clip_id: int, codes, truth, prompt_frames: int, steps: int):
+        """S rollouts of `steps` frames from the first `prompt_frames` codes, decoded, and their
+        scores beside the references: (codes [S, P + K, h, w], frames [S, P + K, C, H, W], scores)."""
+        import torch
+
+        from dynamics.evaluate import copy_last_scores, frame_scores, sample_diversity
+        from dynamics.rollout import rollout
+
+        s = self.settings
+        samples = s["samples"]
         prompt = codes[None, :prompt_frames]
+        vectors: list[list] = [[] for _ in range(samples)]
         # one generator per clip and sample: the same seed gives the same output whatever the batching
         generated = torch.cat(
             [
@@ -150,6 +190,7 @@ class ClipGenerator:
                     top_k=s["top_k"],
                     deterministic=s["deterministic"],
                     generator=torch.Generator().manual_seed(s["seed"] * 1_000_003 + clip_id * 101 + sample),
+                    vectors=vectors[sample],
                 )
                 for sample in range(samples)
             ]
@@ -157,6 +198,11 @@ class ClipGenerator:
         decoded = torch.stack(
             [self.tokenizer.decode(sample).cpu() for sample in generated]
         )  # [S, P+K, C, H, W]
+        if s.get("decode") == "expected":  # generated frames from the expected code vectors
+            grid = (*self.model.grid, -1)
+            for sample, frames in enumerate(vectors):
+                expected = torch.cat(frames).view(len(frames), *grid)
+                decoded[sample, prompt_frames:] = self.tokenizer.decode_vectors(expected).cpu()
         horizon = min(steps, len(truth) - prompt_frames)  # steps that have ground truth
         scores = {}
         if horizon > 0:
@@ -165,16 +211,27 @@ class ClipGenerator:
             best = min(range(samples), key=lambda i: float(per_sample[i]["mse"].mean()))
             scores["model"] = {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in METRICS}
             scores["model_best"] = per_sample[best]
+            # the pixel average of the S samples: the MSE-optimal point estimate, which blurs where
+            # the samples disagree instead of committing to one guess (a single sharp but misplaced
+            # digit costs its error twice)
+            average = decoded[:, prompt_frames : prompt_frames + horizon].float().mean(0) / 255.0
+            scores["model_average"] = frame_scores(average, future)
             scores["copy_last"] = copy_last_scores(truth[prompt_frames - 1 : prompt_frames], future)
+            scores["black"] = frame_scores(torch.zeros_like(future), future)
+            if self.mean_frame is not None:
+                scores["train_mean"] = frame_scores(self.mean_frame.expand(future.shape), future)
+            if samples > 1:
+                scores["diversity"] = {
+                    "mse": sample_diversity(decoded[:, prompt_frames : prompt_frames + horizon])
+                }
             recon = self.tokenizer.decode(codes[prompt_frames : prompt_frames + horizon]).cpu()
             scores["reconstruction"] = frame_scores(recon, future)
         scores = {ref: {m: v.tolist() for m, v in values.items()} for ref, values in scores.items()}
-        video = encode_mp4(to_rgb(decoded[0].numpy()), fps=s["fps"], codec="libx264", crf=12)
-        (self.out_dir / "videos" / f"{name}.mp4").write_bytes(video)
-        preview = ""
-        if clip_id in s["preview_clips"]:
-            preview = json.dumps({"generated": decoded[0].tolist(), "truth": truth.tolist()})
-        return generated.numpy().astype(np.uint16), scores, preview
+        return generated, decoded, scores
+
+
+def protocol_name(prompt_frames: int, generate_frames: int) -> str:
+    return f"{prompt_frames}->{generate_frames}"
 
 
 def run_generate(cfg: PipelineConfig) -> StageResult:
@@ -211,8 +268,11 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         "seed": gen.seed,
         "fps": float(store.attrs["fps"] or cfg.data.fps),
         "preview_clips": preview_ids,
+        "protocols": [list(protocol) for protocol in gen.protocols],
+        "decode": gen.decode,
     }
     started = time.perf_counter()
+    mean_frame = _train_mean_frame(cfg, store, tokenizer_dir, gen.mean_frame_videos)
     results: dict[int, dict] = {}
     with ray_session(cfg.ray):
         import ray
@@ -222,7 +282,14 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         gpus = gen.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
         dataset = ray.data.from_items(items).map_batches(
             ClipGenerator,
-            fn_constructor_args=(str(dynamics_dir), str(tokenizer_dir), raw_index, settings, str(out_dir)),
+            fn_constructor_args=(
+                str(dynamics_dir),
+                str(tokenizer_dir),
+                raw_index,
+                settings,
+                str(out_dir),
+                mean_frame,
+            ),
             batch_size=gen.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
@@ -272,6 +339,13 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
     )
 
     metrics = _aggregate([results[i]["scores"] for i in ids])
+    if gen.protocols:
+        metrics["protocols"] = {}
+        for prompt_frames, steps in gen.protocols:
+            key = protocol_name(prompt_frames, steps)
+            per_clip = [results[i]["scores"][key] for i in ids if key in results[i]["scores"]]
+            if per_clip:
+                metrics["protocols"][key] = _aggregate(per_clip)
     metrics.update(
         {
             "rejected": rejected,
@@ -295,30 +369,24 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
     (out_dir / "preview.mp4").write_bytes(encode_mp4(even, fps=settings["fps"]))
     tracking.log_artifact(str(out_dir / "preview.gif"), "preview")
     tracking.log_artifact(str(out_dir / "metrics.json"))
-    headline = {f"{ref}_{m}": metrics["mean"][ref][m] for ref in metrics["mean"] for m in METRICS}
-    for step, values in enumerate(metrics["per_step"]["model"]["mse"], start=1):
-        tracking.log_metrics(
-            {
-                "model_mse_by_step": values,
-                **{
-                    f"{ref}_mse_by_step": metrics["per_step"][ref]["mse"][step - 1]
-                    for ref in metrics["per_step"]
-                    if ref != "model"
-                },
-            },
-            step=step,
-        )
+    headline = _log_scores(metrics)
+    for (prompt_frames, steps), key in [(p, protocol_name(*p)) for p in gen.protocols]:
+        if key in metrics.get("protocols", {}):
+            headline.update(_log_scores(metrics["protocols"][key], f"p{prompt_frames}_k{steps}_"))
     summary = f"generate: {len(ids)} clips, {gen.prompt_frames} prompt -> {gen.generate_frames} frames"
     summary += f", in {out_dir}"
     if rejected:
         summary += f"; {len(rejected)} rejected (see metrics.json)"
     if "model" in metrics["mean"]:
         mean = metrics["mean"]
+        rivals = ", ".join(f"{ref} {mean[ref]['mse']:.1f}" for ref in TRIVIAL if ref in mean)
         summary += (
-            f"; MSE per frame {mean['model']['mse']:.1f} (copy-last {mean['copy_last']['mse']:.1f}, "
-            f"reconstruction bound {mean['reconstruction']['mse']:.1f}), SSIM {mean['model']['ssim']:.3f}; "
-            f"preview {out_dir / 'preview.gif'}, metrics {out_dir / 'metrics.json'}"
+            f"; MSE per frame {mean['model']['mse']:.1f} ({rivals}; "
+            f"reconstruction bound {mean['reconstruction']['mse']:.1f}), SSIM {mean['model']['ssim']:.3f}"
         )
+        if "beats_references" in metrics:
+            summary += f"; beats every trivial reference at steps {metrics['beats_references']['steps']}"
+        summary += f"; preview {out_dir / 'preview.gif'}, metrics {out_dir / 'metrics.json'}"
     return StageResult(
         stage="generate",
         inputs={"latents": latents_uri, "dynamics": str(dynamics_dir), "tokenizer": str(tokenizer_dir)},
@@ -381,7 +449,8 @@ def _brought_videos(path: str, extensions: list[str]) -> list[dict]:
 
 
 def _aggregate(per_clip: list[dict]) -> dict:
-    """Per horizon step and overall means, for the model and each reference."""
+    """Per horizon step and overall means, for the model and each reference; the samples'
+    diversity; and at which steps the model beats the best trivial reference."""
     per_step: dict[str, dict[str, list[float]]] = {}
     for ref in REFERENCES:
         runs = [scores[ref] for scores in per_clip if ref in scores]
@@ -389,8 +458,92 @@ def _aggregate(per_clip: list[dict]) -> dict:
             continue
         per_step[ref] = {m: np.mean([run[m] for run in runs], axis=0).tolist() for m in METRICS}
     mean = {ref: {m: float(np.mean(values[m])) for m in METRICS} for ref, values in per_step.items()}
-    return {
+    metrics = {
         "per_step": per_step,
         "mean": mean,
-        "definition": "mse/mae: sum over CxHxW of [0,1] pixels, mean over frames",
+        "definition": "mse/mae: sum over CxHxW of [0,1] pixels, mean over frames; "
+        "diversity: mean pairwise MSE between the samples of one prompt",
     }
+    spread = [scores["diversity"]["mse"] for scores in per_clip if "diversity" in scores]
+    if spread:
+        by_step = np.mean(spread, axis=0)
+        metrics["diversity"] = {"per_step": by_step.tolist(), "mean": float(by_step.mean())}
+    rivals = [ref for ref in TRIVIAL if ref in per_step]
+    if "model" in per_step and rivals:
+        best_mse = np.min([per_step[ref]["mse"] for ref in rivals], axis=0)
+        best_ssim = np.max([per_step[ref]["ssim"] for ref in rivals], axis=0)
+        mse_wins = np.asarray(per_step["model"]["mse"]) < best_mse
+        ssim_wins = np.asarray(per_step["model"]["ssim"]) > best_ssim
+        metrics["beats_references"] = {
+            "mse": mse_wins.tolist(),
+            "ssim": ssim_wins.tolist(),
+            "steps": _ranges(np.flatnonzero(mse_wins & ssim_wins) + 1),
+        }
+    return metrics
+
+
+def _log_scores(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Log MSE and SSIM per horizon step (the step as MLflow's step) for the model and every
+    reference, and the diversity; returns the overall means, for the run's summary metrics."""
+    headline = {f"{prefix}{ref}_{m}": metrics["mean"][ref][m] for ref in metrics["mean"] for m in METRICS}
+    if "diversity" in metrics:
+        headline[f"{prefix}diversity_mse"] = metrics["diversity"]["mean"]
+    for step in range(1, len(metrics["per_step"].get("model", {}).get("mse", [])) + 1):
+        by_step = {
+            f"{prefix}{ref}_{m}_by_step": metrics["per_step"][ref][m][step - 1]
+            for ref in metrics["per_step"]
+            for m in ("mse", "ssim")
+        }
+        if "diversity" in metrics:
+            by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]
+        tracking.log_metrics(by_step, step=step)
+    return headline
+
+
+def _ranges(steps) -> str:
+    """[1, 2, 3, 5] -> '1-3,5'; 'none' when empty."""
+    parts, run = [], []
+    for step in (int(s) for s in steps):
+        if run and step != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(step)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts) or "none"
+
+
+def _train_mean_frame(cfg: PipelineConfig, store, tokenizer_dir: Path, max_videos: int) -> np.ndarray | None:
+    """The mean frame [C, H, W] in [0, 1] over the train split's videos, decoded from the raw
+    shards at the tokenizer's frame size: the best constant guess a model could learn.
+    None when the raw shards are gone (their clips then go without this reference)."""
+    from pipeline.clips import video_bytes
+    from pipeline.shards import iter_samples
+    from pipeline.splits import TRAIN
+    from pipeline.video import read_frames
+
+    arch = json.loads((Path(tokenizer_dir) / "config.json").read_text())["model"]
+    size, channels = int(arch["frame_size"]), int(arch["in_channels"])
+    train_keys = set(np.asarray(store.group["source"][:])[store.group["split"][:] == TRAIN].tolist())
+    try:
+        manifest = storage.read_json(storage.join(cfg.root, "raw", "manifest.json"))
+    except (OSError, ValueError):
+        return None
+    total, count, videos = None, 0, 0
+    for shard in manifest["shards"]:
+        wanted = {video["key"] for video in shard["videos"]} & train_keys
+        if not wanted:
+            continue
+        for sample in iter_samples(storage.join(cfg.root, "raw", shard["name"])):
+            if sample["__key__"] not in wanted:
+                continue
+            frames = read_frames(video_bytes(sample), size=size).astype(np.float64)
+            if channels == 1:  # as the clips are made grey
+                frames = frames.mean(axis=-1, keepdims=True).round()
+            frames /= 255.0
+            frame_sum = frames.sum(axis=0).transpose(2, 0, 1)
+            total = frame_sum if total is None else total + frame_sum
+            count, videos = count + len(frames), videos + 1
+            if videos >= max_videos:
+                return (total / count).astype(np.float32)
+    return None if total is None else (total / count).astype(np.float32)
