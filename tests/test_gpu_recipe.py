@@ -25,10 +25,10 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
     caps = {
         "root": str(tmp_path / "gpu"),
         "tracking.enabled": "false",
-        "data.moving_mnist.num_videos": "24",
-        "data.val_fraction": "0.2",
-        "data.test_fraction": "0.2",
-        "ingest.videos_per_shard": "8",
+        "data.moving_mnist.num_videos": "48",
+        "data.val_fraction": "0.15",
+        "data.test_fraction": "0.15",
+        "ingest.videos_per_shard": "16",
         "tokenizer.max_steps": "2",
         "tokenizer.batch_videos": "2",
         "tokenizer.eval_every": "2",
@@ -59,4 +59,5 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
     metrics = json.loads((root / "generations" / "default" / "metrics.json").read_text())
     assert metrics["clips"] == 2 and len(metrics["per_step"]["model"]["mse"]) == 10
     assert {"copy_last", "black", "train_mean", "reconstruction"} <= set(metrics["per_step"])
-    assert "diversity" in metrics
+    assert "diversity" in metrics and set(metrics["protocols"]) == {"15->5"}
+    assert len(metrics["protocols"]["15->5"]["per_step"]["model"]["mse"]) == 5
