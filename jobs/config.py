@@ -153,7 +153,12 @@ class GenerateConfig(Section):
         10, ge=1, description="K: frames to generate (may exceed the training length)"
     )
     samples: int = Field(1, ge=1, description="S: samples per prompt (the Gaussian layers are stochastic)")
-    temperature: float = Field(0.0, ge=0, description="categorical head: 0 = argmax")
+    temperature: float = Field(0.0, ge=0, description="categorical and tied heads: 0 = argmax")
+    greedy_first: bool = Field(
+        True,
+        description="sample 0 is the likeliest continuation (temperature 0), the others are drawn at "
+        "`temperature`: the video shown is the model's best guess, the average hedges over all",
+    )
     top_k: int | None = Field(None, ge=1)
     seed: int = 0
     deterministic: bool = Field(False, description="Gaussian layers pass their means")

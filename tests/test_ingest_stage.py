@@ -178,6 +178,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_step"]) == {
         "model",
+        "model_samples",
         "model_best",
         "model_average",
         "copy_last",
@@ -187,7 +188,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     }
     # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
     assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
-    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps"}
+    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average"}
     assert all(len(metrics["per_step"]["model"][m]) == 10 for m in ("mse", "mae", "psnr", "ssim"))
     assert metrics["mean"]["reconstruction"]["mse"] < metrics["mean"]["copy_last"]["mse"]
     videos = sorted((out / "videos").glob("*.mp4"))
