@@ -86,6 +86,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "stvideo"
 
 
+def _stamp() -> str:
+    """One submission's tag: its UTC time and a short random suffix."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
 def _submission_id(cfg: PipelineConfig, stage: str, stamp: str) -> str:
     return f"stvideo-{_slug(cfg.name)}-{stage}-{stamp}"
 
@@ -196,7 +201,7 @@ class Submission:
                 f"{job.submission_id}; wait for it, or stop it: ray job stop {job.submission_id} "
                 f"--address {self.address}"
             )
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        stamp = _stamp()
         tags = {"stvideo.submit.address": self.address}
         with tracker.pipeline_run(self.stages, tags) as parent_id:
             config_uri = _job_config(self.cfg, tracker.uri, stamp)
@@ -255,7 +260,7 @@ def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -
     """Submit the submission itself as a Ray job, so it goes on without this process."""
     Tracker(cfg)  # a config the submission cannot track with fails here, not in the detached job
     client = connect(address, cfg.submit.retries)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    stamp = _stamp()
     config_uri = _job_config(cfg, None, stamp)
     args = ["submit", "--config", config_uri, "--address", address, *submit_args]
     submission_id = _submission_id(cfg, "pipeline", stamp)
