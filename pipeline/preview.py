@@ -57,17 +57,25 @@ def mark(frames: np.ndarray, colour=(230, 40, 40), width: int = 2) -> np.ndarray
 
 
 def continuation_grid(
-    generated: list[np.ndarray], truths: list[np.ndarray], prompt_frames: int
+    generated: list[np.ndarray],
+    truths: list[np.ndarray],
+    prompt_frames: int,
+    consensus: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """One row per clip: prompt (held) | prompt + generated (generated frames framed in red) | ground truth.
+    """One row per clip: prompt (held) | prompt + generated (generated frames framed in red)
+    [| prompt + the samples' consensus, framed in orange] | ground truth.
 
-    `generated` and `truths` are uint8 [T, C, H, W] per clip; returns a video [T, H', W', 3].
+    `generated`, `truths` and `consensus` are uint8 [T, C, H, W] per clip; returns a video
+    [T, H', W', 3].
     """
     cells = []
-    for produced, truth in zip(generated, truths, strict=True):
+    for index, (produced, truth) in enumerate(zip(generated, truths, strict=True)):
         produced = to_rgb(produced)
         prompt = produced[:prompt_frames]
         held = np.concatenate([prompt, np.repeat(prompt[-1:], len(produced) - prompt_frames, axis=0)])
-        continued = np.concatenate([prompt, mark(produced[prompt_frames:])])
-        cells += [held, continued, to_rgb(truth)]
-    return tile_videos(cells, columns=3)
+        cells += [held, np.concatenate([prompt, mark(produced[prompt_frames:])])]
+        if consensus is not None:
+            agreed = to_rgb(consensus[index])[prompt_frames:]
+            cells.append(np.concatenate([prompt, mark(agreed, colour=(240, 160, 30))]))
+        cells.append(to_rgb(truth))
+    return tile_videos(cells, columns=3 if consensus is None else 4)

@@ -51,6 +51,7 @@ def test_aggregate_says_where_the_model_beats_every_trivial_reference():
 
     clip = {
         "model": scores([1.0, 5.0, 2.0, 1.0], [0.9, 0.9, 0.9, 0.5]),
+        "model_median": scores([1.0, 3.5, 2.0, 1.0], [0.9, 0.9, 0.96, 0.85]),
         "copy_last": scores([2.0, 6.0, 9.0, 9.0], [0.8, 0.8, 0.8, 0.8]),
         "black": scores([3.0, 4.0, 3.0, 3.0], [0.7, 0.7, 0.7, 0.7]),
         "train_mean": scores([3.0, 6.0, 3.0, 3.0], [0.1, 0.1, 0.95, 0.1]),
@@ -62,5 +63,26 @@ def test_aggregate_says_where_the_model_beats_every_trivial_reference():
     assert metrics["beats_references"]["mse"] == [True, False, True, True]
     assert metrics["beats_references"]["ssim"] == [True, True, False, False]
     assert metrics["beats_references"]["steps"] == "1"
+    # an estimate from the samples is judged the same way, on its own scores
+    assert metrics["beats_references"]["model_median"]["steps"] == "1-4"
+    assert "model_average" not in metrics["beats_references"]  # no scores, no verdict
     assert metrics["diversity"] == {"per_step": [0.5, 1.5, 1.0, 1.0], "mean": 1.0}
     assert metrics["per_step"]["black"]["mse"] == [3.0, 4.0, 3.0, 3.0]
+
+
+def test_preview_grid_adds_the_consensus_column():
+    import numpy as np
+
+    from pipeline.preview import continuation_grid
+
+    frames, prompt, size, pad = 4, 2, 8, 2
+    generated = [np.zeros((frames, 1, size, size), np.uint8)]
+    truth = [np.full((frames, 1, size, size), 200, np.uint8)]
+    consensus = [np.full((frames, 1, size, size), 100, np.uint8)]
+    three = continuation_grid(generated, truth, prompt)
+    four = continuation_grid(generated, truth, prompt, consensus)
+    assert four.shape[:2] == three.shape[:2] and four.shape[2] == three.shape[2] + size + pad
+    left = pad + 2 * (size + pad)  # the third cell: prompt, then the consensus frames
+    assert tuple(four[0, pad + 4, left + 4]) == (0, 0, 0)  # a prompt frame
+    assert tuple(four[-1, pad + 4, left + 4]) == (100, 100, 100)  # a generated step
+    assert tuple(four[-1, pad + 4, left + size + pad + 4]) == (200, 200, 200)  # truth comes last

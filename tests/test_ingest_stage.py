@@ -181,6 +181,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         "model_samples",
         "model_best",
         "model_average",
+        "model_median",
         "copy_last",
         "black",
         "train_mean",
@@ -188,7 +189,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     }
     # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
     assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
-    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average"}
+    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average", "model_median"}
     assert all(len(metrics["per_step"]["model"][m]) == 10 for m in ("mse", "mae", "psnr", "ssim"))
     assert metrics["mean"]["reconstruction"]["mse"] < metrics["mean"]["copy_last"]["mse"]
     videos = sorted((out / "videos").glob("*.mp4"))

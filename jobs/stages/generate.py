@@ -2,10 +2,11 @@
 
 A Ray Data job. An actor pool loads the dynamics model and the tokenizer's
 decoder once per actor; each actor rolls clips out with the temporal key/value
-cache, decodes them, writes each clip's mp4, and scores the prediction against
-the true frames (decoded from the raw shards) beside two references measured on
-the same clips: the last prompt frame held, and the tokenizer's own
-reconstruction of the true future (the bound of any latent model). The driver
+cache, decodes them, writes each clip's mp4, and scores the prediction (sample 0,
+and the median and average of all samples) against the true frames (decoded from
+the raw shards) beside references measured on the same clips: the last prompt
+frame held, an all-black frame, the training-set mean frame, and the tokenizer's
+own reconstruction of the true future (the bound of any latent model). The driver
 gathers the codes into `codes.zarr`, the scores into `metrics.json`, and a
 preview grid into `preview.gif` / `preview.mp4`.
 """
@@ -34,6 +35,7 @@ REFERENCES = (
     "model_samples",
     "model_best",
     "model_average",
+    "model_median",
     "copy_last",
     "black",
     "train_mean",
@@ -41,6 +43,9 @@ REFERENCES = (
 )
 # the trivial references a model has to beat; the reconstruction is a bound, not a rival
 TRIVIAL = ("copy_last", "black", "train_mean")
+# point estimates made from all S samples of a prompt: their pixel average (MSE-optimal, blurs
+# where they disagree) and their per-pixel median (MAE-optimal, stays sharp)
+SAMPLE_ESTIMATES = ("model_average", "model_median")
 
 
 class ClipGenerator:
@@ -71,7 +76,9 @@ class ClipGenerator:
         self.tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
         self.raw_index, self.settings, self.out_dir = raw_index, settings, Path(out_dir)
         self.shard_cache: dict[str, dict] = {}
-        self.mean_frame = None if mean_frame is None else torch.from_numpy(mean_frame).float()
+        self.mean_frame = (
+            None if mean_frame is None else torch.tensor(mean_frame, dtype=torch.float32)
+        )  # Ray hands it read-only
 
     def _true_frames(self, key: str, start: int, frames: int):
         """A store clip's real frames, decoded from its raw shard at the tokenizer's size."""
@@ -165,7 +172,13 @@ class ClipGenerator:
         (self.out_dir / "videos" / f"{name}.mp4").write_bytes(video)
         preview = ""
         if clip_id in s["preview_clips"]:
-            preview = json.dumps({"generated": decoded[0].tolist(), "truth": truth.tolist()})
+            preview = json.dumps(
+                {
+                    "generated": decoded[0].tolist(),
+                    "median": decoded.median(0).values.tolist(),
+                    "truth": truth.tolist(),
+                }
+            )
         return generated.numpy().astype(np.uint16), scores, preview
 
     def _roll_and_score(self, clip_id: int, codes, truth, prompt_frames: int, steps: int):
@@ -179,31 +192,34 @@ class ClipGenerator:
         s = self.settings
         samples = s["samples"]
         prompt = codes[None, :prompt_frames]
-        vectors: list[list] = [[] for _ in range(samples)]
-        # one generator per clip and sample: the same seed gives the same output whatever the batching
-        generated = torch.cat(
-            [
+        # the likeliest continuation (temperature 0) first when asked, then the drawn samples in one
+        # batched rollout: a generator per clip and group, so the output does not depend on batching
+        greedy = 1 if s.get("greedy_first") else 0
+        groups = [(0.0, 0, greedy), (s["temperature"], greedy, samples - greedy)]
+        generated, expected = [], []
+        for temperature, first, count in groups:
+            if count == 0:
+                continue
+            vectors: list = []
+            generated.append(
                 rollout(
                     self.model,
-                    prompt,
+                    prompt.expand(count, -1, -1, -1),
                     steps,
-                    temperature=0.0 if sample == 0 and s.get("greedy_first") else s["temperature"],
+                    temperature=temperature,
                     top_k=s["top_k"],
                     deterministic=s["deterministic"],
-                    generator=torch.Generator().manual_seed(s["seed"] * 1_000_003 + clip_id * 101 + sample),
-                    vectors=vectors[sample],
+                    generator=torch.Generator().manual_seed(s["seed"] * 1_000_003 + clip_id * 101 + first),
+                    vectors=vectors,
                 )
-                for sample in range(samples)
-            ]
-        )  # [S, P + K, h, w]
-        decoded = torch.stack(
-            [self.tokenizer.decode(sample).cpu() for sample in generated]
-        )  # [S, P+K, C, H, W]
+            )
+            expected.append(torch.stack(vectors, 1))  # [count, K, h*w, code_dim]
+        generated = torch.cat(generated)  # [S, P + K, h, w]
+        decoded = self.tokenizer.decode(generated.flatten(0, 1)).cpu().unflatten(0, generated.shape[:2])
         if s.get("decode") == "expected":  # generated frames from the expected code vectors
-            grid = (*self.model.grid, -1)
-            for sample, frames in enumerate(vectors):
-                expected = torch.cat(frames).view(len(frames), *grid)
-                decoded[sample, prompt_frames:] = self.tokenizer.decode_vectors(expected).cpu()
+            vectors = torch.cat(expected).flatten(0, 1).unflatten(1, self.model.grid)
+            frames = self.tokenizer.decode_vectors(vectors).cpu()
+            decoded[:, prompt_frames:] = frames.unflatten(0, (samples, -1))
         horizon = min(steps, len(truth) - prompt_frames)  # steps that have ground truth
         scores = {}
         if horizon > 0:
@@ -217,8 +233,11 @@ class ClipGenerator:
             # the pixel average of the S samples: the MSE-optimal point estimate, which blurs where
             # the samples disagree instead of committing to one guess (a single sharp but misplaced
             # digit costs its error twice)
-            average = decoded[:, prompt_frames : prompt_frames + horizon].float().mean(0) / 255.0
-            scores["model_average"] = frame_scores(average, future)
+            futures = decoded[:, prompt_frames : prompt_frames + horizon]  # [S, horizon, C, H, W]
+            scores["model_average"] = frame_scores(futures.float().mean(0) / 255.0, future)
+            # the per-pixel median: the MAE-optimal estimate, a consensus that stays sharp (a pixel
+            # is lit where most samples light it) instead of smearing grey where they disagree
+            scores["model_median"] = frame_scores(futures.median(0).values, future)
             scores["copy_last"] = copy_last_scores(truth[prompt_frames - 1 : prompt_frames], future)
             scores["black"] = frame_scores(torch.zeros_like(future), future)
             if self.mean_frame is not None:
@@ -367,6 +386,7 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         [np.array(p["generated"], dtype=np.uint8) for p in previews],
         [np.array(p["truth"], dtype=np.uint8) for p in previews],
         gen.prompt_frames,
+        [np.array(p["median"], dtype=np.uint8) for p in previews] if gen.samples > 1 else None,
     )
     (out_dir / "preview.gif").write_bytes(gif_bytes(grid, settings["fps"], scale=2))
     even = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]  # yuv420p wants even sizes
@@ -390,14 +410,19 @@ def run_generate(cfg: PipelineConfig) -> StageResult:
         )
         if "beats_references" in metrics:
             beats = metrics["beats_references"]
-            summary += f"; beats every trivial reference at steps {beats['steps']}"
-            if "model_average" in beats:
-                average = beats["model_average"]
-                summary += (
-                    f" (average of {gen.samples} samples: MSE at steps "
-                    f"{_ranges(np.flatnonzero(average['mse']) + 1)}, "
-                    f"SSIM at {_ranges(np.flatnonzero(average['ssim']) + 1)})"
-                )
+            named = [("sample 0", beats)]
+            named += [
+                (f"{e.removeprefix('model_')} of {gen.samples}", beats[e])
+                for e in SAMPLE_ESTIMATES
+                if e in beats
+            ]
+
+            def steps(wins: list[bool]) -> str:
+                return _ranges(np.flatnonzero(wins) + 1)
+
+            summary += "; below every trivial reference on MSE / above on SSIM at steps: " + ", ".join(
+                f"{label} {steps(wins['mse'])} / {steps(wins['ssim'])}" for label, wins in named
+            )
         summary += f"; preview {out_dir / 'preview.gif'}, metrics {out_dir / 'metrics.json'}"
     return StageResult(
         stage="generate",
@@ -494,10 +519,11 @@ def _aggregate(per_clip: list[dict]) -> dict:
                 "steps": _ranges(np.flatnonzero(mse_wins & ssim_wins) + 1),
             }
 
-        # the model's continuation (sample 0); and the average of the samples, its MSE-optimal estimate
+        # the model's continuation (sample 0); and the point estimates made from all its samples
         metrics["beats_references"] = wins("model")
-        if "model_average" in per_step:
-            metrics["beats_references"]["model_average"] = wins("model_average")
+        for estimate in SAMPLE_ESTIMATES:
+            if estimate in per_step:
+                metrics["beats_references"][estimate] = wins(estimate)
     return metrics
 
 
