@@ -50,6 +50,9 @@ stop_by_pidfile() {
   kill -TERM -- "-$pid" 2>/dev/null || true
   sleep 1
   kill -KILL -- "-$pid" 2>/dev/null || true
+  # SIGKILL is delivered at once but a large process takes a moment to be torn down
+  for _ in $(seq 1 40); do alive "$pid" || break; sleep 0.25; done
+  if alive "$pid"; then echo "$name (pid $pid) still running after SIGKILL" >&2; return 1; fi
   rm -f "$pidfile"
   echo "$name stopped (pid $pid)"
 }
