@@ -215,11 +215,16 @@ class ClipGenerator:
             )
             expected.append(torch.stack(vectors, 1))  # [count, K, h*w, code_dim]
         generated = torch.cat(generated)  # [S, P + K, h, w]
-        decoded = self.tokenizer.decode(generated.flatten(0, 1)).cpu().unflatten(0, generated.shape[:2])
+        # every sample shares the prompt: decoded once; each generated frame decoded once
         if s.get("decode") == "expected":  # generated frames from the expected code vectors
             vectors = torch.cat(expected).flatten(0, 1).unflatten(1, self.model.grid)
-            frames = self.tokenizer.decode_vectors(vectors).cpu()
-            decoded[:, prompt_frames:] = frames.unflatten(0, (samples, -1))
+            futures = self.tokenizer.decode_vectors(vectors)
+        else:
+            futures = self.tokenizer.decode(generated[:, prompt_frames:].flatten(0, 1))
+        prompt_decoded = self.tokenizer.decode(codes[:prompt_frames]).cpu()
+        decoded = torch.cat(
+            [prompt_decoded.expand(samples, -1, -1, -1, -1), futures.cpu().unflatten(0, (samples, -1))], dim=1
+        )  # [S, P + K, C, H, W]
         horizon = min(steps, len(truth) - prompt_frames)  # steps that have ground truth
         scores = {}
         if horizon > 0:
@@ -233,11 +238,11 @@ class ClipGenerator:
             # the pixel average of the S samples: the MSE-optimal point estimate, which blurs where
             # the samples disagree instead of committing to one guess (a single sharp but misplaced
             # digit costs its error twice)
-            futures = decoded[:, prompt_frames : prompt_frames + horizon]  # [S, horizon, C, H, W]
-            scores["model_average"] = frame_scores(futures.float().mean(0) / 255.0, future)
+            ahead = decoded[:, prompt_frames : prompt_frames + horizon]  # [S, horizon, C, H, W]
+            scores["model_average"] = frame_scores(ahead.float().mean(0) / 255.0, future)
             # the per-pixel median: the MAE-optimal estimate, a consensus that stays sharp (a pixel
             # is lit where most samples light it) instead of smearing grey where they disagree
-            scores["model_median"] = frame_scores(futures.median(0).values, future)
+            scores["model_median"] = frame_scores(ahead.median(0).values, future)
             scores["copy_last"] = copy_last_scores(truth[prompt_frames - 1 : prompt_frames], future)
             scores["black"] = frame_scores(torch.zeros_like(future), future)
             if self.mean_frame is not None:
