@@ -217,8 +217,9 @@ class ClipGenerator:
         generated = torch.cat(generated)  # [S, P + K, h, w]
         # every sample shares the prompt: decoded once; each generated frame decoded once
         if s.get("decode") == "expected":  # generated frames from the expected code vectors
-            vectors = torch.cat(expected).flatten(0, 1).unflatten(1, self.model.grid)
-            futures = self.tokenizer.decode_vectors(vectors)
+            futures = self.tokenizer.decode_vectors(
+                torch.cat(expected).flatten(0, 1).unflatten(1, self.model.grid)
+            )
         else:
             futures = self.tokenizer.decode(generated[:, prompt_frames:].flatten(0, 1))
         prompt_decoded = self.tokenizer.decode(codes[:prompt_frames]).cpu()
