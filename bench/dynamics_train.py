@@ -38,7 +38,7 @@ def run(model, codes, steps: int, autocast) -> float:
 
     def step() -> None:
         with autocast():
-            loss = model(codes)["loss"]
+            loss = model(codes).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -71,7 +71,7 @@ def main() -> None:
     tokens = batch * frames * grid * grid
 
     with FlopCounterMode(display=False) as counter:
-        model(codes)["loss"].backward()
+        model(codes).loss.backward()
     model.zero_grad(set_to_none=True)
     flops_per_token = counter.get_total_flops() / tokens
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,15 +1,30 @@
-"""Pieces every Accelerate training loop here shares: the step counter that is
-checkpointed, the precision choice, fast-forwarding readers on resume, and a
-training state that is swapped in whole."""
+"""The training-loop skeleton both stages share, and its pieces: the step counter
+that is checkpointed, the precision choice, readers fast-forwarded on resume, and a
+training state that is swapped in whole.
+
+A stage sets up its models, optimizers and data, then hands `run_loop` a function
+that takes one (micro-)step, an evaluation and a checkpoint writer; the loop owns the
+cadence (log, evaluate, checkpoint every so many steps and at the last), the
+throughput, the progress bar and the ending of a run resumed after it finished.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
+
+MetricsLogger = Callable[[dict[str, float], int], None]
 
 
 class Progress:
@@ -36,6 +51,15 @@ def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
     )
+
+
+def adamw(
+    parameters, lr: float, betas: tuple[float, float], weight_decay: float, warmup: int, total: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its warmup-cosine schedule. Keep the schedule out of `accelerator.prepare`:
+    Accelerate would step it once per process."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
 
 
 def skip_per_worker(batches_done: int, workers: int, batch_size: int) -> list[int]:
@@ -92,3 +116,124 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def resume_progress(accelerator: Accelerator, out_dir: Path, name: str, *stateful) -> Progress:
+    """The step counter, checkpointed with `stateful` (e.g. LR schedules), loaded with the
+    rest of the state from `out_dir/train_state` when a run stopped there."""
+    progress = Progress()
+    accelerator.register_for_checkpointing(*stateful, progress)
+    if resume(accelerator, out_dir) and accelerator.is_main_process:
+        tqdm.write(f"{name}: resumed from {out_dir / 'train_state'} at step {progress.step}")
+    return progress
+
+
+def batches(
+    dataset: IterableDataset, batch_size: int, num_workers: int, seed: int, collate_fn=None
+) -> Iterator:
+    """Batches of this rank's reader. The loader has its own generator: starting it draws a
+    seed, and from the global RNG that draw would shift a resumed run's random numbers
+    away from the uninterrupted run's."""
+    generator = torch.Generator().manual_seed(seed)
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            generator=generator,
+        )
+    )
+
+
+class Cadence(Protocol):
+    """The settings `run_loop` reads (both stages' settings have them)."""
+
+    max_steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+
+@dataclass
+class StepResult:
+    """What an optimizer step reports to the loop."""
+
+    items: int  # frames or tokens in this rank's micro-batch
+    metrics: Callable[[], dict[str, float]]  # what to log, computed on logging steps only
+
+
+def listed(summary: dict[str, float]) -> str:
+    """A summary as one line: `name value, ...`."""
+    return ", ".join(f"{key} {value:.4g}" for key, value in summary.items())
+
+
+def run_loop(
+    accelerator: Accelerator,
+    progress: Progress,
+    cadence: Cadence,
+    out_dir: Path,
+    *,
+    name: str,
+    unit: str,
+    step: Callable[[], StepResult | None],
+    evaluate: Callable[[], dict[str, float]],
+    write_checkpoint: Callable[[], None],
+    log_metrics: MetricsLogger | None = None,
+    describe: Callable[[dict[str, float]], str] | None = None,
+    bar_keys: tuple[str, ...] = ("loss",),
+) -> dict[str, float]:
+    """Call `step` until `progress.step` reaches `cadence.max_steps`; return the last summary.
+
+    `step` trains on one micro-batch and returns None while gradients accumulate, or a
+    `StepResult` once the optimizers stepped (it steps the LR schedules too). Then the loop
+    counts the step and, every so many steps and at the last: logs the step's metrics with
+    the throughput (`{unit}_per_s`); has the main process `evaluate` (the summary, logged
+    and printed by `describe`); saves the resumable state and has the main process
+    `write_checkpoint` and `metrics.json`. A run resumed after its last step only evaluates.
+    """
+    main = accelerator.is_main_process
+
+    def log(metrics: dict[str, float]) -> None:
+        if main and log_metrics:
+            log_metrics(metrics, progress.step)
+
+    def due(every: int) -> bool:
+        return progress.step % every == 0 or progress.step == cadence.max_steps
+
+    summary: dict[str, float] = {}
+    items, seconds = 0, 0.0
+    bar = tqdm(total=cadence.max_steps, initial=progress.step, desc=name, disable=not main)
+    while progress.step < cadence.max_steps:
+        started = time.perf_counter()
+        result = step()
+        if result is None:  # gradients are still accumulating
+            continue
+        progress.step += 1
+        items += result.items * accelerator.num_processes * accelerator.gradient_accumulation_steps
+        seconds += time.perf_counter() - started
+        bar.update(1)
+        throughput = {f"{unit}_per_s": items / max(seconds, 1e-9)}
+
+        if due(cadence.log_every):
+            values = {**result.metrics(), **throughput}
+            bar.set_postfix({key: f"{values[key]:.4g}" for key in bar_keys})
+            log(values)
+        if due(cadence.eval_every):
+            if main:
+                summary = {**evaluate(), **throughput}
+                log(summary)
+                tqdm.write(f"step {progress.step}: {(describe or listed)(summary)}")
+            accelerator.wait_for_everyone()
+        if due(cadence.checkpoint_every):
+            save_state(accelerator, out_dir)
+            if main:
+                write_checkpoint()
+                if summary:
+                    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+            accelerator.wait_for_everyone()
+    bar.close()
+    if not summary and main:  # resumed a finished run: report what the checkpoint holds
+        summary = evaluate()
+    accelerator.wait_for_everyone()
+    return summary

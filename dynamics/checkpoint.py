@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from common.files import file_identity
+from common.identity import file_identity
 from dynamics.model import STTransformer
 from dynamics.settings import STTransformerConfig
 

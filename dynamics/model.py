@@ -9,6 +9,10 @@ layer's KL to a standard normal is added to the loss. The model predicts a
 whole next frame per step; a start frame precedes the sequence so frame 0 is
 predicted too.
 
+The head is one of three kinds (`HEADS`, chosen once from `config.head`): regression
+(the next code vectors, MSE), categorical (a softmax over the codebook) or tied (code
+vectors scored against the codebook, a softmax over those scores).
+
 Padding: a clip shorter than the batch's longest has its tail masked out of
 the loss. Causality already keeps the padded frames from reaching any real
 frame's output (they come later), and the spatial attention and the Gaussian
@@ -151,6 +155,158 @@ class KVCache:
     length: int = 0
 
 
+@dataclass(frozen=True)
+class DynamicsLosses:
+    """The training objective of one batch: `loss` (minimised) is `main` + kl_weight * `kl`."""
+
+    loss: torch.Tensor
+    main: torch.Tensor  # next-frame error, detached: MSE to the code vectors or cross-entropy
+    kl: torch.Tensor  # the Gaussian layers' KL, detached
+    metric: str  # the name `main` is logged under: "mse" or "ce"
+
+    def metrics(self) -> dict[str, float]:
+        """The terms as floats under their logged names: loss, mse or ce, kl."""
+        return {"loss": float(self.loss.detach()), self.metric: float(self.main), "kl": float(self.kl)}
+
+
+class Head:
+    """One kind of output head: what the last linear layer predicts, how that is scored,
+    and how it is read back as codes.
+
+    A head kind holds no tensors: the linear layer (`head`), the tied head's `logit_scale`
+    and the codebook stay on the model, under the names checkpoints have, and each method
+    is handed the model."""
+
+    metric: str  # the name the main loss term is logged under
+    residual: bool  # whether the output may be a change from the previous frame's code vectors
+
+    def width(self, codebook_size: int, code_dim: int) -> int:
+        """The linear layer's output size."""
+        raise NotImplementedError
+
+    def new_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters besides the linear layer, registered on the model under these names."""
+        return {}
+
+    def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        """Head output [..., *] -> scores over the codebook [..., codebook_size]."""
+        raise NotImplementedError
+
+    def loss_per_frame(self, model: STTransformer, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Head output [B, T, N, *] and target codes [B, T, N] -> the error of each frame [B, T]."""
+        raise NotImplementedError
+
+    def expected_vectors(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        """Head output [..., *] -> the code vector the model expects [..., code_dim]."""
+        raise NotImplementedError
+
+    def to_codes(
+        self,
+        model: STTransformer,
+        out: torch.Tensor,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Head output [B, N, *] -> codes [B, N]."""
+        raise NotImplementedError
+
+
+class RegressionHead(Head):
+    """The next frame's code vectors, trained by MSE to them (the original's); read as the
+    nearest code, whatever the temperature."""
+
+    metric, residual = "mse", True
+
+    def width(self, codebook_size: int, code_dim: int) -> int:
+        return code_dim
+
+    def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return out  # no scores over the codebook: the output as it is
+
+    def loss_per_frame(self, model: STTransformer, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (out.float() - model.codebook[targets]).pow(2).mean(-1).mean(-1)
+
+    def expected_vectors(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return out.float()
+
+    def to_codes(self, model, out, temperature, top_k, generator) -> torch.Tensor:
+        return nearest_codes(model.codebook, out)
+
+
+class CategoricalHead(Head):
+    """Scores over the codebook, a softmax over them, cross-entropy; read by argmax, or
+    drawn at a temperature."""
+
+    metric, residual = "ce", False
+
+    def width(self, codebook_size: int, code_dim: int) -> int:
+        return codebook_size
+
+    def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def loss_per_frame(self, model: STTransformer, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(model, out.float())
+        per_code = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
+        return per_code.view(targets.shape).mean(-1)
+
+    def expected_vectors(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return self.logits(model, out).float().softmax(-1) @ model.codebook
+
+    def to_codes(self, model, out, temperature, top_k, generator) -> torch.Tensor:
+        if temperature <= 0:
+            return out.argmax(-1)
+        return sample_codes(self.logits(model, out), temperature, top_k, generator)
+
+
+class TiedHead(CategoricalHead):
+    """Code vectors scored against the frozen codebook by cosine, scaled by a learned
+    `logit_scale`: a categorical head whose output weights are the codebook. Its argmax
+    is the nearest code."""
+
+    metric, residual = "ce", True
+
+    def width(self, codebook_size: int, code_dim: int) -> int:
+        return code_dim
+
+    def new_parameters(self) -> dict[str, nn.Parameter]:
+        # cosine scores lie in [-1, 1]: a learned scale makes them logits
+        return {"logit_scale": nn.Parameter(torch.tensor(2.5))}
+
+    def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return F.normalize(out.float(), dim=-1) @ model.codebook.T * model.logit_scale.exp()
+
+    def to_codes(self, model, out, temperature, top_k, generator) -> torch.Tensor:
+        if temperature <= 0:
+            return nearest_codes(model.codebook, out)
+        return super().to_codes(model, out, temperature, top_k, generator)
+
+
+HEADS: dict[str, Head] = {
+    "regression": RegressionHead(),
+    "categorical": CategoricalHead(),
+    "tied": TiedHead(),
+}
+
+
+def nearest_codes(codebook: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Vectors [..., code_dim] -> the code of highest cosine similarity [...]."""
+    return (F.normalize(vectors.float(), dim=-1) @ codebook.T).argmax(-1)
+
+
+def sample_codes(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Logits [B, N, K] -> codes [B, N] drawn at `temperature`, from the `top_k` likeliest if set."""
+    logits = logits.float() / temperature
+    if top_k:
+        threshold = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    probs = logits.softmax(-1).flatten(0, 1)
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2])
+
+
 class STTransformer(nn.Module):
     def __init__(self, cfg: STTransformerConfig, codebook: torch.Tensor, grid: tuple[int, int]):
         super().__init__()
@@ -164,9 +320,10 @@ class STTransformer(nn.Module):
         self.start_frame = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, codebook_size if cfg.head == "categorical" else code_dim)
-        if cfg.head == "tied":  # cosine scores lie in [-1, 1]: a learned scale makes them logits
-            self.logit_scale = nn.Parameter(torch.tensor(2.5))
+        self.head_kind = HEADS[cfg.head]  # the one place the configured name is read
+        self.head = nn.Linear(cfg.d_model, self.head_kind.width(codebook_size, code_dim))
+        for name, parameter in self.head_kind.new_parameters().items():
+            self.register_parameter(name, parameter)
 
     @property
     def codebook_size(self) -> int:
@@ -178,13 +335,11 @@ class STTransformer(nn.Module):
 
     @property
     def residual(self) -> bool:
-        return self.config.residual and self.config.head != "categorical"
+        return self.config.residual and self.head_kind.residual
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """Scores over the codebook for head output `out` (the categorical head's are its own)."""
-        if self.config.head != "tied":
-            return out
-        return F.normalize(out.float(), dim=-1) @ self.codebook.T * self.logit_scale.exp()
+        return self.head_kind.logits(self, out)
 
     def predict(
         self, codes: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
@@ -219,7 +374,7 @@ class STTransformer(nn.Module):
         lengths: torch.Tensor | None = None,
         deterministic: bool = False,
         inputs: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> DynamicsLosses:
         """The training objective: next-frame error (MSE to code vectors, or cross-entropy)
         plus the weighted KL, both over the real (unpadded) frames only. It is `forward`
         so that DistributedDataParallel sees it and synchronises the gradients.
@@ -231,18 +386,13 @@ class STTransformer(nn.Module):
         valid = torch.ones(codes.shape[:2], dtype=torch.bool, device=codes.device)
         if lengths is not None:
             valid = torch.arange(frames, device=codes.device)[None] < lengths[:, None]
-        targets = codes.flatten(2)
-        if self.config.head == "regression":
-            per_frame = (out.float() - self.codebook[targets]).pow(2).mean(-1).mean(-1)
-        else:
-            logits = self.logits(out.float())
-            per_frame = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
-            per_frame = per_frame.view(targets.shape).mean(-1)
+        per_frame = self.head_kind.loss_per_frame(self, out, codes.flatten(2))
         weight = valid.float()
         main = (per_frame * weight).sum() / weight.sum()
         kl_mean = (kl * weight).sum() / weight.sum()
-        name = "mse" if self.config.head == "regression" else "ce"
-        return {"loss": main + self.config.kl_weight * kl_mean, name: main.detach(), "kl": kl_mean.detach()}
+        return DynamicsLosses(
+            main + self.config.kl_weight * kl_mean, main.detach(), kl_mean.detach(), self.head_kind.metric
+        )
 
     def new_cache(self) -> KVCache:
         return KVCache([LayerCache() for _ in self.blocks])
@@ -281,9 +431,7 @@ class STTransformer(nn.Module):
         """Head output [..., *] -> the code vector the model expects [..., code_dim]: its
         regression output, or the codebook weighted by its probabilities. Decoded, it is the
         model's hedge where it is unsure (a nearest code commits to one guess)."""
-        if self.config.head == "regression":
-            return out.float()
-        return self.logits(out).float().softmax(-1) @ self.codebook
+        return self.head_kind.expected_vectors(self, out)
 
     def to_codes(
         self,
@@ -294,15 +442,5 @@ class STTransformer(nn.Module):
     ) -> torch.Tensor:
         """Head output [B, h*w, *] -> codes [B, h, w]: nearest code (regression), or
         argmax / temperature sampling with optional top-k (categorical, tied)."""
-        if self.config.head == "regression" or (self.config.head == "tied" and temperature <= 0):
-            codes = (F.normalize(out.float(), dim=-1) @ self.codebook.T).argmax(-1)
-        elif temperature <= 0:
-            codes = out.argmax(-1)
-        else:
-            logits = self.logits(out).float() / temperature
-            if top_k:
-                threshold = logits.topk(top_k, dim=-1).values[..., -1:]
-                logits = logits.masked_fill(logits < threshold, float("-inf"))
-            probs = logits.softmax(-1).flatten(0, 1)
-            codes = torch.multinomial(probs, 1, generator=generator).view(out.shape[:2])
+        codes = self.head_kind.to_codes(self, out, temperature, top_k, generator)
         return codes.view(out.shape[0], *self.grid)

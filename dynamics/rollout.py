@@ -17,10 +17,6 @@ import torch
 from dynamics.model import STTransformer
 
 
-def _window(model: STTransformer, context: int | None) -> int:
-    return min(context or model.config.max_frames, model.config.max_frames)
-
-
 def _sample(model: STTransformer, out, temperature, top_k, generator) -> torch.Tensor:
     return model.to_codes(out, temperature=temperature, top_k=top_k, generator=generator)
 
@@ -34,21 +30,19 @@ def rollout(
     top_k: int | None = None,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
-    context: int | None = None,
     vectors: list | None = None,
 ) -> torch.Tensor:
     """Prompt codes [B, P, h, w] -> [B, P + steps, h, w], with the key/value cache.
 
-    `context` caps the temporal positions used (default: the model's); past it,
-    the window slides and the cache is rebuilt from the last `context - 1` frames.
-    A list passed as `vectors` receives each generated frame's expected code vectors
-    [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
+    Past the model's temporal positions the window slides: the cache is rebuilt from
+    the last `max_frames - 1` frames. A list passed as `vectors` receives each generated
+    frame's expected code vectors [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
     """
-    window = _window(model, context)
+    window = model.config.max_frames
     if prompt.shape[1] + 1 > window:
         raise ValueError(
             f"a prompt of {prompt.shape[1]} frames needs {prompt.shape[1] + 1} positions; "
-            f"the context has {window}"
+            f"the model has {window}"
         )
     batch = prompt.shape[0]
     frames = list(prompt.unbind(1))
@@ -80,10 +74,9 @@ def rollout_uncached(
     top_k: int | None = None,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
-    context: int | None = None,
 ) -> torch.Tensor:
     """The same rollout, re-running the full sequence (up to the window) for each new frame."""
-    window = _window(model, context)
+    window = model.config.max_frames
     sequence = prompt
     for _ in range(steps):
         # to predict frame t the model needs inputs [start, ..., frame t-1]: t positions

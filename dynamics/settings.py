@@ -1,76 +1,83 @@
 """Typed settings of the dynamics model and its training run (no torch here, so
-the CLI's config can embed them cheaply)."""
+the CLI's config can embed them cheaply; validated, so a bad value names its key)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 
-@dataclass
+from common.settings import STRICT, problem
+
+
+@dataclass(config=STRICT)
 class STTransformerConfig:
     """Architecture; `config.json` holds it with the grid and codebook it was built for."""
 
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    ff_mult: int = 4
+    d_model: int = Field(128, ge=1)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    ff_mult: int = Field(4, ge=1)
     # regression: the next code vectors, MSE (the original's); categorical: a softmax over codes;
     # tied: code vectors scored against the frozen codebook by cosine, a softmax over those
     # scores (a categorical head whose output weights are the codebook)
     head: Literal["regression", "categorical", "tied"] = "regression"
-    kl_weight: float = 1e-6  # the original's weight on the Gaussian layers' KL
-    gaussian_kernel: int = 3  # the Gaussian layer's convolution over the latent grid
+    kl_weight: float = Field(1e-6, ge=0)  # the original's weight on the Gaussian layers' KL
+    gaussian_kernel: int = Field(3, ge=1)  # the Gaussian layer's convolution over the latent grid
     logvar_min: float = -10.0
     logvar_max: float = 2.0
-    max_frames: int = 32  # temporal positions, start frame included
+    max_frames: int = Field(32, ge=2)  # temporal positions, start frame included
     # regression and tied heads: predict the change from the previous frame's code vectors (a bias
     # towards "nothing moved", which most latent pixels of a frame obey)
     residual: bool = False
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> STTransformerConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model: given {self.d_model}, expected a multiple of n_heads ({self.n_heads})"
-            )
+            raise problem("d_model", self.d_model, f"a multiple of n_heads ({self.n_heads})")
         if self.gaussian_kernel % 2 == 0:
-            raise ValueError(f"gaussian_kernel: given {self.gaussian_kernel}, expected an odd size")
+            raise problem("gaussian_kernel", self.gaussian_kernel, "an odd size")
+        return self
 
 
-@dataclass
+@dataclass(config=STRICT)
 class DynamicsSettings:
     """One `train-dynamics` run."""
 
     model: STTransformerConfig = field(default_factory=STTransformerConfig)
-    max_steps: int = 1000
-    batch_size: int = 8  # clips per batch on each rank
-    min_frames: int | None = None  # train on random lengths min_frames..clip_frames (padding mask)
-    lr: float = 5e-4
-    weight_decay: float = 0.01
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(8, ge=1)  # clips per batch on each rank
+    min_frames: int | None = Field(
+        None, ge=1
+    )  # train on random lengths min_frames..clip_frames (padding mask)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 50
-    grad_accum: int = 1
-    grad_clip: float = 1.0
+    warmup_steps: int = Field(50, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    num_workers: int = 0
-    shuffle_buffer: int = 256
-    log_every: int = 10
-    eval_every: int = 200
-    eval_batches: int = 8
-    checkpoint_every: int = 200
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(256, ge=1)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(200, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
     seed: int = 0
     # Train as it generates: before a step, `rollout_passes` gradient-free passes replace the
     # input frames after a random prompt (rollout_prompt..clip_frames - 1 frames) with the
     # model's own predictions, so it learns to go on from its errors rather than compound them
     # into a fade. Pass k makes the k-th predicted frame exactly what free running would feed.
-    rollout_passes: int = 0
-    rollout_prompt: int = 5
-    rollout_prob: float = 1.0  # share of steps that do it
+    rollout_passes: int = Field(0, ge=0)
+    rollout_prompt: int = Field(5, ge=1)
+    rollout_prob: float = Field(1.0, ge=0, le=1)  # share of steps that do it
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.rollout_prob <= 1:
-            raise ValueError(f"rollout_prob: given {self.rollout_prob}, expected 0..1")
-        if self.rollout_passes < 0:
-            raise ValueError(f"rollout_passes: given {self.rollout_passes}, expected at least 0")
-        if self.rollout_prompt < 1:
-            raise ValueError(f"rollout_prompt: given {self.rollout_prompt}, expected at least 1")
+    @model_validator(mode="after")
+    def _min_frames_fit(self) -> DynamicsSettings:
+        if self.min_frames is not None and self.min_frames > self.model.max_frames:
+            raise problem(
+                "min_frames", self.min_frames, f"at most model.max_frames ({self.model.max_frames})"
+            )
+        return self

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -13,8 +12,6 @@ import typer
 
 from jobs.config import ConfigError, PipelineConfig, load_config
 from jobs.stages import STAGES, StageInputError
-from jobs.tracking import SUBMISSION_ENV
-from pipeline import storage
 
 app = typer.Typer(
     add_completion=False,
@@ -55,105 +52,30 @@ def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
         raise  # unreachable: _fail raises
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _wait_until_cleared(cfg: PipelineConfig, name: str, timeout: float = 600) -> None:
-    """Under torchrun rank 0 clears; the others must not read what it is removing.
-
-    Rank 0 cannot write the stage's outputs again before every rank has joined the
-    process group inside the stage, so "the folder is gone" is a safe signal.
-    """
-    from jobs import lineage
-
-    deadline = time.monotonic() + timeout
-    while storage.exists(lineage.output_uri(cfg, name)):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"rank {_rank()}: rank 0 did not clear {lineage.output_uri(cfg, name)}")
-        time.sleep(0.5)
-
-
-def _prepare(cfg: PipelineConfig, name: str, force: bool):
-    """Decide whether `name` runs: returns its manifest when it is complete and may be skipped."""
-    from jobs import lineage
-
-    status = lineage.check(cfg, name)
-    if status.done and not force:
-        return status.manifest
-    if status.inputs_missing:
-        # nothing is cleared for a stage that cannot run: it fails below, saying what is missing
-        return None
-    redo = force
-    if status.state == "outdated":
-        typer.echo(f"{name}: outdated ({', '.join(status.changed[:6])})")
-        redo = redo or name in lineage.DERIVED
-    if redo:
-        if status.state != "missing":
-            typer.echo(f"{name}: redoing from scratch")
-        # a completed stage is redone, never resumed: its training state belongs to other inputs
-        if _rank() == 0:
-            lineage.clear(cfg, name)
-        else:
-            _wait_until_cleared(cfg, name)
-    return None
-
-
 def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> None:
-    """Run `names` in order inside one MLflow parent run, skipping the complete ones."""
-    from jobs import lineage
-    from jobs.tracking import Tracker
+    """Run `names` in order through the runner and say what each did."""
+    from jobs.runner import Runner
 
     try:
-        tracker = Tracker(cfg)
+        runner = Runner(cfg, force=force, echo=typer.echo)
     except ConfigError as err:
         _fail(err.problems, EXIT_BAD_INPUT, "config error (nothing was written):")
-    began, outcomes = time.perf_counter(), []
-    with tracker.pipeline_run(names) as parent_id:
-        for name in names:
-            typer.secho(f"== {name} ==", bold=True)
-            started = time.perf_counter()
-            done = _prepare(cfg, name, force)
-            if done is not None:
-                typer.echo(
-                    f"{name}: skipped, complete for this config and these inputs "
-                    f"({lineage.output_uri(cfg, name)}, finished {done['finished_at']}); --force redoes it"
-                )
-                tracker.note_skipped(name, done)
-                outcomes.append((name, "skipped"))
-                continue
-            with tracker.stage_run(name) as run_id:
-                try:
-                    result = STAGES[name].run(cfg)
-                except StageInputError as err:
-                    _fail([str(err)], EXIT_BAD_INPUT, f"stvideo {name}: bad input.")
-                manifest = None
-                if _rank() == 0:
-                    manifest = lineage.record(
-                        cfg,
-                        name,
-                        result.inputs,
-                        result.outputs,
-                        result.metrics,
-                        {
-                            "mlflow_run_id": run_id,
-                            "mlflow_parent_run_id": parent_id,
-                            "ray_submission_id": os.environ.get(SUBMISSION_ENV),
-                        },
-                    )
-                tracker.record(result, manifest)
-            seconds = time.perf_counter() - started
-            typer.echo(f"{result.summary}  [{seconds:.1f}s]")
-            outcomes.append((name, f"ran in {seconds:.1f}s"))
+    began = time.perf_counter()
+    try:
+        outcomes = runner.run(names)
+    except StageInputError as err:
+        _fail([str(err)], EXIT_BAD_INPUT, f"stvideo {err.stage}: bad input.")
     if len(names) > 1:
         typer.secho(f"== done in {time.perf_counter() - began:.0f}s ==", bold=True)
-        for name, outcome in outcomes:
-            typer.echo(f"  {name:<16} {outcome:<14} {lineage.output_uri(cfg, name)}")
+        for outcome in outcomes:
+            did = "skipped" if outcome.result is None else f"ran in {outcome.seconds:.1f}s"
+            typer.echo(f"  {outcome.spec.name:<16} {did:<14} {outcome.output}")
     if names[-1] == "generate":
-        out = lineage.output_uri(cfg, "generate")
+        out = runner.layout.generations
         typer.echo(f"preview: {out}/preview.gif  metrics: {out}/metrics.json")
-    if parent_id and tracker.owns_parent:
-        typer.echo(f"MLflow: run {parent_id} in {tracker.uri}  (mlflow ui --backend-store-uri {tracker.uri})")
+    if runner.parent_id and runner.tracker.owns_parent:
+        uri = runner.tracker.uri
+        typer.echo(f"MLflow: run {runner.parent_id} in {uri}  (mlflow ui --backend-store-uri {uri})")
 
 
 def _stage_command(name: str):

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from common.settings import STRICT, problem
 from dynamics.settings import DynamicsSettings
 from tokenizer.settings import TokenizerSettings
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
+# a name that becomes one folder under the root: no separators, no '..', nothing hidden
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 
 
 class ConfigError(Exception):
@@ -34,13 +36,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
-def problem(key: str, given: Any, expected: str) -> PydanticCustomError:
-    """A cross-field error that names the offending key relative to the section raising it."""
-    return PydanticCustomError(
-        "stvideo_problem", "{key}: {expected}", {"key": key, "given": given, "expected": expected}
-    )
-
-
 def absolute_local(uri: str | None) -> str | None:
     """Local paths become absolute, so Ray workers in other folders see the same files."""
     if not uri or "://" in uri:
@@ -49,8 +44,7 @@ def absolute_local(uri: str | None) -> str | None:
 
 
 class Section(BaseModel):
-    # Unknown keys are errors: a typo in a key must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    model_config = STRICT
 
     @model_validator(mode="before")
     @classmethod
@@ -143,7 +137,18 @@ class EncodeConfig(Section):
 class GenerateConfig(Section):
     _absolute_videos = field_validator("videos")(classmethod(lambda cls, value: absolute_local(value)))
 
-    name: str = Field("default", description="output folder under <root>/generations/")
+    name: str = Field(
+        "default", description="output folder under <root>/generations/: letters, digits, '.', '_', '-'"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, value: str) -> str:
+        # it becomes a folder that is replaced on a rerun: it must stay under generations/
+        if not re.fullmatch(SAFE_NAME, value):
+            raise problem("", value, "a folder name of letters, digits, '.', '_', '-' (no '/', not '..')")
+        return value
+
     videos: str | None = Field(
         None, description="continue these videos (a folder, glob or file) instead of a split of latents.zarr"
     )
@@ -213,17 +218,6 @@ class StageResources(Section):
     memory: int | None = Field(None, ge=1, description="bytes of memory the driver holds")
 
 
-class SubmitResources(Section):
-    ingest: StageResources = Field(default_factory=StageResources)
-    train_tokenizer: StageResources = Field(default_factory=StageResources)
-    encode: StageResources = Field(default_factory=StageResources)
-    train_dynamics: StageResources = Field(default_factory=StageResources)
-    generate: StageResources = Field(default_factory=StageResources)
-
-    def of(self, stage: str) -> StageResources:
-        return getattr(self, stage.replace("-", "_"))
-
-
 class SubmitConfig(Section):
     """`stvideo submit`: each stage as its own Ray job through the Jobs API."""
 
@@ -235,7 +229,21 @@ class SubmitConfig(Section):
     )
     working_dir: str | None = Field(None, description="upload this folder as the jobs' working_dir")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
-    resources: SubmitResources = Field(default_factory=SubmitResources)
+    resources: dict[str, StageResources] = Field(
+        default_factory=dict,
+        description="per stage (its CLI name, e.g. train-dynamics): what its job driver holds",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _known_stages(cls, value: dict[str, StageResources]) -> dict[str, StageResources]:
+        from jobs.stages import STAGES  # the registry reads this module: imported on use
+
+        for name in value:
+            if name not in STAGES:
+                raise problem(name, name, "a stage: " + ", ".join(STAGES))
+        return value
+
     retries: int = Field(8, ge=0, description="resubmissions on the cluster's transient answers")
     log_tail: int = Field(40, ge=1, description="log lines shown when a stage fails")
 
@@ -270,14 +278,8 @@ def _format_validation_error(err: ValidationError, section_fields: dict[str, lis
         location = [str(part) for part in item["loc"]]
         given = _describe(item.get("input"))
         if item["type"] == "stvideo_problem":
-            location.append(item["ctx"]["key"])
+            location += [item["ctx"]["key"]] if item["ctx"]["key"] else []
             given, expected = _describe(item["ctx"]["given"]), item["ctx"]["expected"]
-        elif item["type"] == "value_error" and (
-            found := re.match(r"(\w+): given (.*?), expected (.*)", item["msg"].removeprefix("Value error, "))
-        ):
-            # a dataclass's own check, written "name: given X, expected Y"
-            location.append(found.group(1))
-            given, expected = found.group(2), found.group(3)
         elif item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             known = section_fields.get(".".join(location[:-1]), [])
             expected = "a known key: " + (", ".join(known) if known else "this section takes no keys yet")

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from jobs import lineage
 from jobs.config import PipelineConfig
+from jobs.layout import Layout
+from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
 from pipeline import storage
 
@@ -101,7 +103,7 @@ def _job_config(cfg: PipelineConfig, tracking_uri: str | None, stamp: str) -> st
     if tracking_uri:
         # every job must log to the store the parent run lives in, whatever its own default
         resolved.tracking.uri = tracking_uri
-    uri = storage.join(cfg.root, "_submissions", stamp, "config.yaml")
+    uri = Layout.of(cfg).submission_config(stamp)
     storage.write_bytes_atomic(uri, resolved.to_yaml().encode())
     return uri
 
@@ -176,7 +178,7 @@ def _active_jobs(client, cfg: PipelineConfig) -> list:
         job
         for job in client.list_jobs()
         if (job.metadata or {}).get("stvideo.root") == cfg.root
-        and (job.metadata or {}).get("stvideo.stage") in lineage.STAGE_IO
+        and (job.metadata or {}).get("stvideo.stage") in STAGES
         and str(job.status.value) in ("PENDING", "RUNNING")
     ]
 
@@ -210,12 +212,13 @@ class Submission:
         return parent_id
 
     def _stage(self, client, tracker: Tracker, stage: str, config_uri: str, stamp: str, parent_id) -> None:
-        status = lineage.check(self.cfg, stage)
+        spec = STAGES[stage]
+        status = lineage.check(self.cfg, spec)
         if status.done and not self.force:
             self.echo(f"== {stage}: skipped, complete for this config and these inputs")
             tracker.note_skipped(stage, status.manifest)
             return
-        resources = self.cfg.submit.resources.of(stage)
+        resources = spec.resources_for(self.cfg)
         submission_id = _submission_id(self.cfg, stage, stamp)
         retrying(
             lambda: _submit_once(
@@ -291,8 +294,9 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
             if stage not in jobs or (job.start_time or 0) > (jobs[stage].start_time or 0):
                 jobs[stage] = job
     rows = []
+    layout = Layout.of(cfg)
     for stage in names:
-        status = lineage.check(cfg, stage)
+        status = lineage.check(cfg, STAGES[stage], layout)
         manifest = status.manifest or {}
         job = jobs.get(stage)
         job_status = str(job.status.value) if job is not None else None
@@ -313,7 +317,7 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
             {
                 "stage": stage,
                 "state": state,
-                "outputs": lineage.output_uri(cfg, stage) if status.state != "missing" else "-",
+                "outputs": STAGES[stage].output(layout) if status.state != "missing" else "-",
                 "ray_job": (job.submission_id if job is not None else None)
                 or manifest.get("ray_submission_id")
                 or "-",

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobs import lineage
 from jobs.config import ConfigError, PipelineConfig
+from jobs.layout import Layout
 from jobs.stages.base import StageResult
 from pipeline import storage
 
@@ -28,12 +28,7 @@ def tracking_uri(cfg: PipelineConfig) -> str:
         raise ConfigError(
             [f"tracking.uri: given None; expected an MLflow URI when root is remote ({cfg.root})"]
         )
-    return f"sqlite:///{local_root(cfg) / 'mlflow.db'}"
-
-
-def local_root(cfg: PipelineConfig) -> Path:
-    """The root as a local folder (it may be written `file:///...`)."""
-    return Path(storage.filesystem(cfg.root)[1]).resolve()
+    return f"sqlite:///{Layout.local(Layout.of(cfg).tracking_store)}"
 
 
 def _mlflow():
@@ -69,9 +64,24 @@ def log_bytes(data: bytes, artifact_file: str) -> None:
             _mlflow().log_artifact(str(local), str(Path(artifact_file).parent) or None)
 
 
-def log_text(text: str, artifact_file: str) -> None:
-    if active():
-        _mlflow().log_text(text, artifact_file)
+def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Generation scores (`metrics.json`'s shape): MSE and SSIM per horizon step, the step as
+    MLflow's step, for the model and every reference, and the samples' diversity. Returns the
+    overall means, for the run's summary metrics."""
+    means = metrics["mean"]
+    headline = {f"{prefix}{ref}_{name}": value for ref in means for name, value in means[ref].items()}
+    if "diversity" in metrics:
+        headline[f"{prefix}diversity_mse"] = metrics["diversity"]["mean"]
+    for step in range(1, len(metrics["per_step"].get("model", {}).get("mse", [])) + 1):
+        by_step = {
+            f"{prefix}{ref}_{name}_by_step": metrics["per_step"][ref][name][step - 1]
+            for ref in metrics["per_step"]
+            for name in ("mse", "ssim")
+        }
+        if "diversity" in metrics:
+            by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]
+        log_metrics(by_step, step=step)
+    return headline
 
 
 # `stvideo submit` opens the parent run; each stage's Ray job finds its id here.
@@ -98,7 +108,7 @@ class Tracker:
         artifact_location = None
         if self.uri.startswith("sqlite:///") and storage.is_local(self.cfg.root):
             # Keep artifacts beside the database, not in whatever folder the command ran from.
-            artifact_location = (local_root(self.cfg) / "mlartifacts").as_uri()
+            artifact_location = Layout.local(Layout.of(self.cfg).tracking_artifacts).as_uri()
         return mlflow.create_experiment(self.cfg.tracking.experiment, artifact_location=artifact_location)
 
     @contextmanager
@@ -108,7 +118,7 @@ class Tracker:
             yield None
             return
         if storage.is_local(self.cfg.root):
-            local_root(self.cfg).mkdir(parents=True, exist_ok=True)
+            Layout.local(self.cfg.root).mkdir(parents=True, exist_ok=True)
         if os.environ.get(PARENT_RUN_ENV):
             self._experiment_id()  # sets the tracking URI
             self.parent_id = os.environ[PARENT_RUN_ENV]
@@ -124,7 +134,7 @@ class Tracker:
             yield self.parent_id
 
     @contextmanager
-    def stage_run(self, stage: str) -> Iterator[str | None]:
+    def stage_run(self, stage: str, params: dict) -> Iterator[str | None]:
         """A nested run under the parent, active for the stage's own `log_*` calls."""
         if not self.enabled:
             yield None
@@ -140,21 +150,18 @@ class Tracker:
             experiment_id=self._experiment_id(),
             tags=tags,
         ) as run:
-            params = lineage.stage_config(self.cfg, stage)
             mlflow.log_params({key: str(value) for key, value in params.items()})
             mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
             yield run.info.run_id
 
-    def record(self, result: StageResult, manifest: dict | None) -> None:
+    def record(self, result: StageResult, lineage_tags: dict[str, str]) -> None:
         """The stage's metrics and lineage tags, on its nested run."""
         if not active():
             return
         mlflow = _mlflow()
         tags = {f"input.{name}": uri for name, uri in result.inputs.items()}
         tags.update({f"output.{name}": uri for name, uri in result.outputs.items()})
-        if manifest is not None:
-            tags.update(lineage.lineage_tags(manifest))
-        mlflow.set_tags(tags)
+        mlflow.set_tags({**tags, **lineage_tags})
         if result.metrics:
             mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
 

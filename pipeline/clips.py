@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.video import read_frames
+from pipeline.video import read_frames, to_channels
 
 VIDEO_FIELDS = ("mp4", "webm", "avi", "mkv")
 
@@ -72,10 +72,7 @@ def iter_clips(
     one at a time, so overlapping windows never multiply the memory."""
     windows = [list(range(start, start + clip_frames * plan.step, plan.step)) for start in plan.starts]
     needed = sorted({index for window in windows for index in window})
-    frames = read_frames(data, size=frame_size, indices=needed)
-    if channels == 1:
-        frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
-    frames = frames.transpose(0, 3, 1, 2)
+    frames = to_channels(read_frames(data, size=frame_size, indices=needed), channels).transpose(0, 3, 1, 2)
     position = {index: offset for offset, index in enumerate(needed)}
     return (np.ascontiguousarray(frames[[position[index] for index in window]]) for window in windows)
 

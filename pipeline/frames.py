@@ -27,12 +27,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline import storage
 from pipeline.shards import iter_samples
 from pipeline.splits import key_unit, split_of
-from pipeline.video import read_frames
+from pipeline.video import read_frames, to_channels
 
 
-def raw_shard_uris(root: str) -> list[str]:
-    """The non-empty shards listed in `<root>/raw/manifest.json`."""
-    raw = storage.join(root, "raw")
+def raw_shard_uris(raw: str) -> list[str]:
+    """The non-empty shards listed in the raw folder's `manifest.json`."""
     manifest_uri = storage.join(raw, "manifest.json")
     if not storage.exists(manifest_uri):
         raise FileNotFoundError(f"{manifest_uri} not found: run `stvideo ingest` for this root first")
@@ -130,8 +129,7 @@ class RawVideoFrames(IterableDataset):
             rng = np.random.default_rng([self.seed, epoch, int(key_unit(key) * 2**32)])
             indices = sorted(rng.choice(num_frames, size=self.frames_per_video, replace=False).tolist())
         frames = read_frames(video_payload(sample), size=self.frame_size, indices=indices)
-        if self.channels == 1:
-            frames = frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+        frames = to_channels(frames, self.channels)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), "key": key}
 
 

@@ -52,8 +52,8 @@ class LatentStoreError(Exception):
     """A latent store that cannot be used as asked; the message says why."""
 
 
-def _open_group(uri: str, mode: str, storage_options: dict | None = None) -> zarr.Group:
-    return zarr.open_group(uri, mode=mode, storage_options=storage_options if "://" in uri else None)
+def _open_group(uri: str, mode: str) -> zarr.Group:
+    return zarr.open_group(uri, mode=mode)
 
 
 @dataclass
@@ -81,6 +81,9 @@ class LatentStore:
     def num_shards(self) -> int:
         return -(-self.num_clips // self.clips_per_shard)
 
+    def shard_of(self, clip: int) -> int:
+        return clip // self.clips_per_shard
+
     def shard_range(self, shard: int) -> tuple[int, int]:
         start = shard * self.clips_per_shard
         return start, min(start + self.clips_per_shard, self.num_clips)
@@ -96,10 +99,9 @@ class LatentStore:
         grid: tuple[int, int],
         clips_per_shard: int,
         attrs: dict,
-        storage_options: dict | None = None,
     ) -> LatentStore:
         """Pre-size every array (driver only), so writers never resize or race on metadata."""
-        group = _open_group(uri, "w", storage_options)
+        group = _open_group(uri, "w")
         height, width = grid
         group.create_array(
             "codes",
@@ -129,9 +131,16 @@ class LatentStore:
         return cls(uri, group)
 
     def write_shard(
-        self, shard: int, codes: np.ndarray, source: list[str], start_frame: np.ndarray, split: np.ndarray
+        self,
+        shard: int,
+        codes: np.ndarray,
+        source: list[str],
+        start_frame: np.ndarray,
+        split: np.ndarray,
+        rejects: dict[str, str] | None = None,
     ) -> None:
-        """Write one whole shard's clips, then record it as finished."""
+        """Write one whole shard's clips and the videos it rejected (key -> reason), then record
+        it as finished."""
         start, stop = self.shard_range(shard)
         if len(codes) != stop - start:
             raise ValueError(
@@ -141,6 +150,8 @@ class LatentStore:
         self.group["source"][start:stop] = np.asarray(source, dtype=str)
         self.group["start_frame"][start:stop] = start_frame
         self.group["split"][start:stop] = split
+        if rejects:
+            storage.write_json(storage.join(self._progress_uri(), f"rejects-{shard:06d}.json"), rejects)
         self._mark_done(shard, {"clips": stop - start, "missing": int((split == MISSING).sum())})
 
     def _progress_uri(self, shard: int | None = None) -> str:
@@ -154,6 +165,14 @@ class LatentStore:
         names = storage.list_names(self._progress_uri())
         return {int(name[6:12]) for name in names if name.startswith("shard-") and name.endswith(".json")}
 
+    def rejects(self) -> list[dict]:
+        """Every video a writer rejected, with its reason, sorted by key."""
+        found: dict[str, str] = {}
+        for name in storage.list_names(self._progress_uri()):
+            if name.startswith("rejects-"):
+                found.update(storage.read_json(storage.join(self._progress_uri(), name)))
+        return [{"key": key, "reason": reason} for key, reason in sorted(found.items())]
+
     def finish(self, extra_attrs: dict | None = None) -> None:
         missing = set(range(self.num_shards)) - self.done_shards()
         if missing:
@@ -164,12 +183,11 @@ class LatentStore:
 def open_latents(
     uri: str,
     tokenizer_identity: str | None = None,
-    storage_options: dict | None = None,
     complete: bool = True,
 ) -> LatentStore:
     """Open and validate a store; refuse one written by another tokenizer than the one named."""
     try:
-        group = _open_group(uri, "r+" if not complete else "r", storage_options)
+        group = _open_group(uri, "r+" if not complete else "r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
         raise LatentStoreError(f"{uri}: no latent store here ({err})") from None
     attrs = dict(group.attrs)
@@ -218,11 +236,10 @@ class LatentClips(IterableDataset):
         seed: int = 0,
         crop_frames: int | None = None,
         repeat: bool = False,
-        storage_options: dict | None = None,
         skip_per_worker: list[int] | None = None,
     ):
-        store = open_latents(uri, tokenizer_identity, storage_options)  # fail early, in the constructor
-        self.uri, self.storage_options = uri, storage_options
+        store = open_latents(uri, tokenizer_identity)  # fail early, in the constructor
+        self.uri = uri
         self.num_shards, self.clip_frames = store.num_shards, int(store.attrs["clip_frames"])
         if crop_frames is not None and not 1 <= crop_frames <= self.clip_frames:
             raise ValueError(f"crop_frames: given {crop_frames}, expected 1..{self.clip_frames}")
@@ -233,11 +250,7 @@ class LatentClips(IterableDataset):
             crop_frames,
             repeat,
         )
-        self.epoch = 0
         self.skip_per_worker = skip_per_worker or []  # clips each worker already delivered (resume)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _reader(self) -> tuple[int, int, int]:
         info = get_worker_info()
@@ -275,13 +288,13 @@ class LatentClips(IterableDataset):
         return itertools.islice(self._stream(reader, readers), skip, None)
 
     def _stream(self, reader: int, readers: int) -> Iterator[torch.Tensor]:
-        store = open_latents(self.uri, storage_options=self.storage_options)
+        store = open_latents(self.uri)
         splits = store.group["split"][:]  # one byte a clip: read once, not once a shard
         whole = self._whole_shards_feed_everyone(store, splits, readers)
         shards = list(range(self.num_shards))[reader::readers] if whole else list(range(self.num_shards))
         if not (splits == self.split).any():
             raise LatentStoreError(f"{self.uri}: no clips of split {self.split}")
-        epoch = self.epoch
+        epoch = 0
         while True:
             rng = np.random.default_rng([self.seed, epoch, reader])
             buffer: list[torch.Tensor] = []

@@ -106,6 +106,15 @@ def read_frames(
     return np.stack([np.asarray(Image.fromarray(frame).resize(target, Image.BILINEAR)) for frame in frames])
 
 
+def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
+    """RGB frames uint8 [..., 3] -> [..., channels]: unchanged for 3, their rounded mean (grey) for 1.
+
+    The one grey conversion: clips, training frames, true frames and the mean frame all use it."""
+    if channels == 1:
+        return frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+    return frames
+
+
 def encode_mp4(
     frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 12, keyframe_interval: int = 10
 ) -> bytes:

@@ -73,6 +73,35 @@ def test_cross_field_rules_name_the_key():
     load_config(None, ["data.clip_frames=30", "data.path=/data/mnist_test_seq.npy"])
 
 
+def test_model_settings_are_validated_like_the_rest_and_name_their_key():
+    problems = problems_of(
+        None,
+        ["tokenizer.model.frame_size=62", "dynamics.model.n_heads=3", "dynamics.rollout_prob=2"],
+    )
+    by_key = {line.split(":")[0]: line for line in problems}
+    assert by_key.keys() == {
+        "tokenizer.model.frame_size",
+        "dynamics.model.d_model",
+        "dynamics.rollout_prob",
+    }, problems
+    assert "given 62, expected a multiple of 4" in by_key["tokenizer.model.frame_size"]
+    [line] = problems_of(None, ["tokenizer.model.codebok_size=64"])
+    assert line.startswith("tokenizer.model.codebok_size: given 64") and "codebook_size" in line
+    assert "multiple of n_heads (3)" in by_key["dynamics.model.d_model"]
+    assert "less than or equal to 1" in by_key["dynamics.rollout_prob"]
+
+
+def test_names_that_become_folders_and_stage_keys_are_checked():
+    for name in ("../../elsewhere", "..", "a/b", ".hidden"):
+        [line] = problems_of(None, [f"generate.name={name}"])
+        assert line.startswith(f"generate.name: given {name!r}") and "no '/'" in line
+    assert load_config(None, ["generate.name=run-2_b.1"]).generate.name == "run-2_b.1"
+    [line] = problems_of(None, ["submit.resources.train_dynamics.num_gpus=1"])
+    assert line.startswith("submit.resources.train_dynamics: given") and "train-dynamics" in line
+    cfg = load_config(None, ["submit.resources.train-dynamics.num_gpus=1"])
+    assert cfg.submit.resources["train-dynamics"].num_gpus == 1
+
+
 def test_yaml_syntax_error_points_at_the_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("data:\n  source: [unclosed\n")

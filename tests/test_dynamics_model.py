@@ -4,7 +4,16 @@ Gaussian layer, and the cached step path."""
 import pytest
 import torch
 
-from dynamics.model import GaussianLayer, STTransformer, gaussian_kl
+from dynamics.model import (
+    HEADS,
+    CategoricalHead,
+    DynamicsLosses,
+    GaussianLayer,
+    RegressionHead,
+    STTransformer,
+    TiedHead,
+    gaussian_kl,
+)
 from dynamics.settings import STTransformerConfig
 
 GRID, CODES = (3, 4), 16
@@ -98,8 +107,43 @@ def test_padding_masks_the_loss_and_lengths_change_nothing_before_them():
     padded[1, 3:] = codes(seed=9)[1, 3:]  # garbage after the real 3 frames
     a = net(clip, lengths, deterministic=True)
     b = net(padded, lengths, deterministic=True)
-    assert torch.allclose(a["loss"], b["loss"], atol=1e-6)
-    assert not torch.allclose(net(clip, deterministic=True)["loss"], net(padded, deterministic=True)["loss"])
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    assert not torch.allclose(net(clip, deterministic=True).loss, net(padded, deterministic=True).loss)
+
+
+@pytest.mark.parametrize(
+    ("head", "kind", "width", "metric", "residual"),
+    [
+        ("regression", RegressionHead, 8, "mse", True),
+        ("categorical", CategoricalHead, CODES, "ce", False),
+        ("tied", TiedHead, 8, "ce", True),
+    ],
+)
+def test_each_head_kind_sizes_scores_and_reads_its_output(head, kind, width, metric, residual):
+    net = model(head, residual=True)
+    assert isinstance(HEADS[head], kind) and isinstance(net.head_kind, kind)
+    assert net.head.out_features == width and net.residual == residual
+    assert ("logit_scale" in net.state_dict()) == (head == "tied")  # the checkpoint's keys
+    clip = codes(batch=2, frames=5)
+    out, kl = net.predict(clip, deterministic=True)
+    assert out.shape == (2, 5, 12, width) and kl.shape == (2, 5)
+    assert net.head_kind.loss_per_frame(net, out, clip.flatten(2)).shape == (2, 5)
+    assert net.logits(out).shape[-1] == (width if head == "regression" else CODES)
+    assert net.expected_vectors(out[:, 0]).shape == (2, 12, 8)
+    for temperature, top_k in ((0.0, None), (1.0, None), (0.7, 3)):
+        sampled = net.to_codes(out[:, 0], temperature, top_k, torch.Generator().manual_seed(0))
+        assert sampled.shape == (2, *GRID) and sampled.dtype == torch.int64
+        assert 0 <= int(sampled.min()) and int(sampled.max()) < CODES
+    losses = net(clip, deterministic=True)
+    assert isinstance(losses, DynamicsLosses) and losses.metric == metric
+    assert list(losses.metrics()) == ["loss", metric, "kl"]
+    assert losses.metrics()["loss"] == pytest.approx(float(losses.main + net.config.kl_weight * losses.kl))
+    assert not losses.main.requires_grad and not losses.kl.requires_grad
+
+
+def test_an_unknown_head_is_refused():
+    with pytest.raises((KeyError, ValueError)):
+        model("mixture")
 
 
 def test_sampling_helpers():
@@ -138,13 +182,13 @@ def test_loss_decreases_when_overfitting_a_few_clips():
         net = model(head).train()
         clip = codes(batch=4, frames=6)
         optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-        first = float(net(clip)["loss"].detach())
+        first = float(net(clip).loss.detach())
         for _ in range(60):
-            loss = net(clip)["loss"]
+            loss = net(clip).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        assert float(net(clip, deterministic=True)["loss"]) < 0.5 * first, head
+        assert float(net(clip, deterministic=True).loss.detach()) < 0.5 * first, head
 
 
 def test_free_running_inputs_are_what_generation_feeds_after_the_prompt():

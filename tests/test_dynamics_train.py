@@ -86,6 +86,50 @@ class Interrupted(Exception):
     pass
 
 
+def test_the_loop_keeps_its_cadence_and_a_finished_run_only_evaluates(tmp_path):
+    """The skeleton both stages share, with a stand-in step: two micro-batches per step."""
+    from types import SimpleNamespace
+
+    from common.training import StepResult, make_accelerator, resume_progress, run_loop
+
+    checkpoints = []
+
+    def run() -> tuple[dict, list]:
+        accelerator = make_accelerator("no", 2)
+        progress = resume_progress(accelerator, tmp_path, "test-loop")
+        micro_batches = iter(range(100))
+
+        def step():
+            if next(micro_batches) % 2 == 0:  # the first of two micro-batches: no optimizer step
+                return None
+            return StepResult(3, lambda: {"loss": 1.0 / (progress.step + 1)})
+
+        logged = []
+        summary = run_loop(
+            accelerator,
+            progress,
+            SimpleNamespace(max_steps=7, log_every=2, eval_every=3, checkpoint_every=4),
+            tmp_path,
+            name="test-loop",
+            unit="frames",
+            step=step,
+            evaluate=lambda: {"score": float(progress.step)},
+            write_checkpoint=lambda: checkpoints.append(progress.step),
+            log_metrics=lambda metrics, at: logged.append((at, sorted(metrics))),
+        )
+        return summary, logged
+
+    summary, logged = run()
+    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "score"]
+    assert logged == [(2, logs), (3, evals), (4, logs), (6, logs), (6, evals), (7, logs), (7, evals)]
+    assert checkpoints == [4, 7] and (tmp_path / "train_state").is_dir()
+    assert summary["score"] == 7.0 and summary["frames_per_s"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary
+    # run again: it resumes at its last step, trains no more and reports what the checkpoint holds
+    again, logged = run()
+    assert again == {"score": 7.0} and logged == [] and checkpoints == [4, 7]
+
+
 def test_training_writes_a_checkpoint_that_names_its_tokenizer(latent_root, tmp_path):
     logged = {}
     summary = train_dynamics(

@@ -2,9 +2,24 @@
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from dynamics.evaluate import copy_last_scores, frame_scores
+from dynamics.evaluate import (
+    METRICS,
+    REFERENCES,
+    aggregate,
+    copy_last_scores,
+    describe,
+    frame_scores,
+    sample_diversity,
+    score_continuation,
+    score_table,
+    step_ranges,
+    table_scores,
+)
+from dynamics.generate import Continuation
 
 
 def test_scores_match_a_hand_made_example():
@@ -34,8 +49,6 @@ def test_copy_last_scores_perfectly_on_a_static_video():
 
 
 def test_sample_diversity_is_the_mean_pairwise_distance():
-    from dynamics.evaluate import sample_diversity
-
     samples = torch.zeros(3, 2, 1, 4, 4)
     samples[1, :, 0, 0, 0] = 1.0  # sample 1 differs from 0 and 2 by one full pixel
     # pairs (0,1) 1, (0,2) 0, (1,2) 1: mean 2/3 per frame
@@ -44,8 +57,6 @@ def test_sample_diversity_is_the_mean_pairwise_distance():
 
 
 def test_aggregate_says_where_the_model_beats_every_trivial_reference():
-    from jobs.stages.generate import _aggregate
-
     def scores(mse, ssim):
         return {"mse": mse, "mae": mse, "psnr": [0.0] * len(mse), "ssim": ssim}
 
@@ -58,7 +69,7 @@ def test_aggregate_says_where_the_model_beats_every_trivial_reference():
         "reconstruction": scores([0.1] * 4, [0.99] * 4),
         "diversity": {"mse": [0.5, 1.5, 1.0, 1.0]},
     }
-    metrics = _aggregate([clip, clip])
+    metrics = aggregate([clip, clip])
     # step 2 loses on MSE to black, step 3 on SSIM to the mean frame, step 4 on SSIM to copy-last
     assert metrics["beats_references"]["mse"] == [True, False, True, True]
     assert metrics["beats_references"]["ssim"] == [True, True, False, False]
@@ -68,6 +79,71 @@ def test_aggregate_says_where_the_model_beats_every_trivial_reference():
     assert "model_average" not in metrics["beats_references"]  # no scores, no verdict
     assert metrics["diversity"] == {"per_step": [0.5, 1.5, 1.0, 1.0], "mean": 1.0}
     assert metrics["per_step"]["black"]["mse"] == [3.0, 4.0, 3.0, 3.0]
+    assert "model_best" not in metrics["per_step"]  # no clip has it
+    words = describe(metrics, samples=8)
+    assert words.startswith(
+        "MSE per frame 2.2 (copy_last 6.5, black 3.2, train_mean 3.8; reconstruction bound 0.1)"
+    )
+    assert "sample 0 1,3-4 / 1-2, median of 8 1-4 / 1-4" in words
+
+
+def test_step_ranges_name_runs_of_steps():
+    assert step_ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
+    assert step_ranges(np.array([4])) == "4"
+    assert step_ranges([]) == "none"
+
+
+def continuation(samples=3, prompt=2, steps=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (samples, prompt + steps, 1, size, size), dtype=torch.uint8, generator=g)
+    frames[:, :prompt] = frames[:1, :prompt]  # the samples share their prompt
+    truth = torch.randint(0, 256, (prompt + steps, 1, size, size), dtype=torch.uint8, generator=g)
+    reconstruction = torch.randint(0, 256, (steps, 1, size, size), dtype=torch.uint8, generator=g)
+    return Continuation(torch.zeros(samples, prompt + steps, 2, 2), frames, prompt, reconstruction), truth
+
+
+def test_a_continuation_is_scored_beside_every_reference():
+    run, truth = continuation()
+    future, ahead = truth[2:], run.frames[:, 2:]
+    mean_frame = torch.full((1, 8, 8), 0.5)
+    scores = score_continuation(run, truth, mean_frame)
+    assert set(scores) == {*REFERENCES, "diversity"}
+    assert all(len(values) == 3 for ref in REFERENCES for values in scores[ref].values())
+
+    def same(ref, expected):
+        return all(torch.equal(scores[ref][m], expected[m]) for m in METRICS)
+
+    per_sample = [frame_scores(sample, future) for sample in ahead]
+    best = int(torch.stack([p["mse"].mean() for p in per_sample]).argmin())
+    assert same("model", per_sample[0]) and same("model_best", per_sample[best])
+    assert torch.allclose(scores["model_samples"]["mse"], sum(p["mse"] for p in per_sample) / 3)
+    assert same("model_median", frame_scores(ahead.median(0).values, future))
+    assert same("model_average", frame_scores(ahead.float().mean(0) / 255, future))
+    assert same("copy_last", frame_scores(truth[1:2].expand(3, -1, -1, -1), future))
+    assert same("black", frame_scores(torch.zeros_like(future), future))
+    assert same("train_mean", frame_scores(mean_frame.expand(3, -1, -1, -1), future))
+    assert same("reconstruction", frame_scores(run.reconstruction, future))
+    assert torch.equal(scores["diversity"]["mse"], sample_diversity(ahead))
+
+
+def test_only_steps_with_a_true_frame_are_scored():
+    run, truth = continuation(samples=1)
+    short = score_continuation(run, truth[:3])  # one true frame after the prompt
+    assert "train_mean" not in short and "diversity" not in short  # no mean frame, one sample
+    assert all(len(values) == 1 for ref in short for values in short[ref].values())
+    assert score_continuation(run, truth[:2]) == {}
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_a_score_table_carries_exactly_the_scores(samples):
+    run, truth = continuation(samples=samples)
+    scores = score_continuation(run, truth[:4])  # 2 of 3 steps have a true frame
+    table = score_table(scores, steps=3)
+    assert table.shape == (len(REFERENCES) + 1, len(METRICS), 3) and table.dtype == np.float64
+    assert table_scores(table) == {
+        ref: {m: v.tolist() for m, v in values.items()} for ref, values in scores.items()
+    }
+    assert np.isnan(score_table({}, 3)).all() and table_scores(score_table({}, 3)) == {}
 
 
 def test_preview_grid_adds_the_consensus_column():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from dynamics.generate import GenerationSettings, continue_clip
 from dynamics.model import STTransformer
 from dynamics.rollout import rollout, rollout_uncached
 from dynamics.settings import STTransformerConfig
@@ -22,7 +23,7 @@ def prompt(batch=2, frames=4):
     return torch.randint(0, CODES, (batch, frames, *GRID), generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("head", ["regression", "categorical", "residual"])
+@pytest.mark.parametrize("head", ["regression", "categorical", "tied", "residual"])
 @pytest.mark.parametrize("steps", [1, 5, 14])  # 14: past the 10 positions, the window slides
 def test_cached_rollout_equals_the_full_rerun(head, steps):
     net = model("regression", residual=True) if head == "residual" else model(head)
@@ -59,3 +60,56 @@ def test_a_residual_head_adds_the_previous_frames_code_vectors():
     assert torch.allclose(out_residual[:, 0], out_plain[:, 0])
     previous = residual.codebook[codes[:, :-1].flatten(2)]
     assert torch.allclose(out_residual[:, 1:], out_plain[:, 1:] + previous, atol=1e-6)
+
+
+class PixelTokenizer:
+    """A stand-in decoder: each code becomes its latent pixel's grey level (frames [B, 1, h, w])."""
+
+    def __init__(self):
+        self.decoded = 0  # frames decoded so far
+
+    def decode(self, codes):
+        self.decoded += len(codes)
+        return (codes * 16).to(torch.uint8)[:, None]
+
+    def decode_vectors(self, vectors):
+        self.decoded += len(vectors)
+        return (vectors.mean(-1) * 100).clamp(0, 255).to(torch.uint8)[:, None]
+
+
+def test_a_clip_continues_with_the_likeliest_sample_first_and_seeded_by_the_clip():
+    net, clip = model("categorical"), prompt(batch=1, frames=6)[0]
+    settings = GenerationSettings(prompt_frames=4, generate_frames=3, samples=3, temperature=1.0, seed=2)
+    tokenizer = PixelTokenizer()
+    run = continue_clip(net, tokenizer, clip, 7, settings)
+    assert run.codes.shape == (3, 7, *GRID) and run.frames.shape == (3, 7, 1, *GRID)
+    # sample 0 at temperature 0, then the drawn ones; each group has a generator seeded by the clip
+    likeliest = torch.Generator().manual_seed(2 * 1_000_003 + 7 * 101 + 0)
+    assert torch.equal(run.codes[:1], rollout(net, clip[None, :4], 3, generator=likeliest))
+    drawn = torch.Generator().manual_seed(2 * 1_000_003 + 7 * 101 + 1)
+    expected = rollout(net, clip[None, :4].expand(2, -1, -1, -1), 3, temperature=1.0, generator=drawn)
+    assert torch.equal(run.codes[1:], expected)
+    assert torch.equal(run.frames, tokenizer.decode(run.codes.flatten(0, 1)).unflatten(0, (3, 7)))
+    # the shared prompt decoded once, each generated frame once, and the true future (2 frames)
+    assert tokenizer.decoded == 4 + 3 * 3 + 2 + 3 * 7
+    assert torch.equal(run.reconstruction, tokenizer.decode(clip[4:]))
+    assert torch.equal(run.median, run.frames.median(0).values)
+    # a clip's samples depend on its id and the seed, not on the other clips
+    assert torch.equal(continue_clip(net, tokenizer, clip, 7, settings).codes, run.codes)
+    assert not torch.equal(continue_clip(net, tokenizer, clip, 8, settings).codes[1:], run.codes[1:])
+    # another protocol: fewer prompt frames, no true future past the clip
+    other = continue_clip(net, tokenizer, clip, 7, settings, prompt_frames=2, steps=5)
+    assert other.codes.shape == (3, 7, *GRID) and other.steps == 5 and len(other.reconstruction) == 4
+
+
+def test_expected_decoding_draws_the_generated_frames_from_the_expected_vectors():
+    net, clip = model("categorical"), prompt(batch=1, frames=6)[0]
+    settings = GenerationSettings(
+        prompt_frames=4, generate_frames=2, samples=2, deterministic=True, decode="expected"
+    )
+    run = continue_clip(net, PixelTokenizer(), clip, 0, settings)
+    vectors: list = []
+    rollout(net, clip[None, :4], 2, deterministic=True, vectors=vectors)
+    expected = PixelTokenizer().decode_vectors(torch.stack(vectors, 1)[0].unflatten(1, GRID))
+    assert torch.equal(run.frames[0, 4:], expected)
+    assert torch.equal(run.frames[:, :4], PixelTokenizer().decode(clip[:4]).expand(2, -1, -1, -1, -1))

@@ -44,12 +44,13 @@ def test_blank_patches_take_one_code_in_training_and_encoding(tmp_path):
     assert (codes[expected_blank] == 0).all()
     # training sees the same assignment, so code 0 learns to decode as background
     out = tokenizer.model(frames.float() / 127.5 - 1)
-    assert torch.equal(out["blank"], expected_blank) and torch.equal(out["codes"], codes)
+    assert torch.equal(out.blank, expected_blank) and torch.equal(out.codes, codes)
     # the setting travels with the checkpoint: a loaded tokenizer encodes the same way
     tokenizer.save_pretrained(tmp_path / "tok")
     assert torch.equal(Tokenizer.from_pretrained(tmp_path / "tok").encode(frames), codes)
     # off by default: the nearest code wherever it is
     assert Tokenizer(small()).model.blank_patches(frames.float()) is None
+    assert Tokenizer(small()).model(frames.float() / 127.5 - 1).blank is None
     with pytest.raises(ValueError, match="blank_threshold"):
         small(blank_threshold=1.5)
 
@@ -113,10 +114,11 @@ def test_straight_through_gradients_reach_the_encoder_and_the_codebook():
     model = VQGAN(small())
     frames = torch.rand(4, 1, 32, 32) * 2 - 1
     out = model(frames)
-    (F.l1_loss(out["recon"], frames) + out["quant_loss"]).backward()
+    assert out.recon.shape == frames.shape and out.codes.shape == (4, 8, 8) and out.z.shape == (4, 16, 8, 8)
+    (F.l1_loss(out.recon, frames) + out.quant_loss).backward()
     first_encoder_conv = model.encoder.layers[0].weight
     assert first_encoder_conv.grad is not None and first_encoder_conv.grad.abs().sum() > 0
-    used = out["codes"].unique()
+    used = out.codes.unique()
     codebook_grad = model.quantizer.embedding.weight.grad
     assert codebook_grad[used].abs().sum() > 0
     unused = torch.ones(64, dtype=torch.bool)
@@ -159,7 +161,6 @@ def test_restart_is_identical_for_identical_inputs():
 
 
 def test_perceptual_loss_loads_local_vgg_weights_and_passes_gradients(tmp_path):
-    loss = None
     layout = [
         (3, 64),
         (64, 64),

@@ -7,6 +7,7 @@ Frames enter as float [B, C, H, W] in [-1, 1]; codes are integer [B, h, w].
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +192,17 @@ class Quantizer(nn.Module):
         return int(dead.numel())
 
 
+@dataclass(frozen=True)
+class VQGANOutput:
+    """One training forward of the VQGAN."""
+
+    recon: torch.Tensor  # reconstructed frames [B, C, H, W]
+    quant_loss: torch.Tensor  # codebook + weighted commitment loss
+    codes: torch.Tensor  # [B, h, w]
+    z: torch.Tensor  # encoder outputs [B, D, h, w], before normalising
+    blank: torch.Tensor | None  # [B, h, w]: background patches given code 0 (None: option off)
+
+
 class VQGAN(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -206,14 +218,11 @@ class VQGAN(nn.Module):
         brightest = F.max_pool2d((frames.float().amax(1, keepdim=True) + 1) / 2, self.config.downsample)
         return brightest[:, 0] <= self.config.blank_threshold
 
-    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, frames: torch.Tensor) -> VQGANOutput:
         z = self.encoder(frames)
         blank = self.blank_patches(frames)
         quantised, quant_loss, codes = self.quantizer(z, blank)
-        out = {"recon": self.decoder(quantised), "quant_loss": quant_loss, "codes": codes, "z": z}
-        if blank is not None:
-            out["blank"] = blank
-        return out
+        return VQGANOutput(self.decoder(quantised), quant_loss, codes, z, blank)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         codes = self.quantizer.lookup(self.encoder(frames))

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from common.files import file_identity
+from common.identity import file_identity
 from tokenizer.model import VQGAN
 from tokenizer.settings import VQGANConfig
 

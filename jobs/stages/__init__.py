@@ -1,61 +1,154 @@
-"""The pipeline's stages, in order. A stage is `run_<stage>(cfg) -> StageResult`."""
+"""The pipeline's stages, in order: one `StageSpec` each, the only description of a stage.
+
+The CLI makes a command of each, the runner fingerprints and records it, `submit`
+sends it to a cluster with its resources, and `status` reports it, all from the
+entries below. A stage is a module with a `run_<stage>(cfg, layout) -> StageResult`;
+adding one means that module and one entry here.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from jobs.config import PipelineConfig
+from common.identity import file_identity_or_none, store_identity
+from jobs.config import PipelineConfig, StageResources
+from jobs.layout import Layout
 from jobs.stages.base import StageInputError, StageResult
+from pipeline import storage
 
 
 @dataclass(frozen=True)
-class Stage:
+class Artifact:
+    """What one stage writes and later ones read, and how to tell two versions of it apart."""
+
     name: str
-    help: str
-    run: Callable[[PipelineConfig], StageResult]
+    location: Callable[[Layout], str]  # where later stages read it
+    identity: Callable[[str], str | None]  # None: not there
 
 
-def _ingest(cfg: PipelineConfig) -> StageResult:
-    # Imported on use: `stvideo --help` should not pay for Ray, decord and torch.
-    from jobs.stages.ingest import run_ingest
-
-    return run_ingest(cfg)
+def _identity_of(file: str) -> Callable[[str], str | None]:
+    return lambda uri: file_identity_or_none(storage.join(uri, file))
 
 
-def _train_tokenizer(cfg: PipelineConfig) -> StageResult:
-    from jobs.stages.train_tokenizer import run_train_tokenizer
-
-    return run_train_tokenizer(cfg)
-
-
-def _encode(cfg: PipelineConfig) -> StageResult:
-    from jobs.stages.encode import run_encode
-
-    return run_encode(cfg)
+def _latents_identity(uri: str) -> str | None:
+    attrs_uri = storage.join(uri, "zarr.json")
+    if not storage.exists(attrs_uri):
+        return None
+    return store_identity(storage.read_json(attrs_uri).get("attributes", {}))
 
 
-def _train_dynamics(cfg: PipelineConfig) -> StageResult:
-    from jobs.stages.train_dynamics import run_train_dynamics
-
-    return run_train_dynamics(cfg)
-
-
-def _generate(cfg: PipelineConfig) -> StageResult:
-    from jobs.stages.generate import run_generate
-
-    return run_generate(cfg)
-
-
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in [
-        Stage("ingest", "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.", _ingest),
-        Stage("train-tokenizer", "Train the per-frame VQGAN on decoded frames.", _train_tokenizer),
-        Stage("encode", "Encode every clip into codebook indices in latents.zarr (Ray Data).", _encode),
-        Stage("train-dynamics", "Train the ST-transformer on streamed latents.", _train_dynamics),
-        Stage("generate", "Batch-generate continuations, previews and metrics (Ray Data).", _generate),
+ARTIFACTS = {
+    artifact.name: artifact
+    for artifact in [
+        Artifact("raw", lambda layout: layout.raw, _identity_of("manifest.json")),
+        Artifact("tokenizer", lambda layout: layout.tokenizer, _identity_of("model.safetensors")),
+        Artifact("latents", lambda layout: layout.latents, _latents_identity),
+        Artifact("dynamics", lambda layout: layout.dynamics, _identity_of("model.safetensors")),
+        Artifact("generations", lambda layout: layout.generations, _identity_of("metrics.json")),
     ]
 }
 
-__all__ = ["STAGES", "Stage", "StageInputError", "StageResult"]
+
+def _no_user_inputs(cfg: PipelineConfig) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    help: str
+    entry: str  # "module:function", a `run(cfg, layout) -> StageResult`; imported on use (fast `--help`)
+    sections: tuple[str, ...]  # config sections its output depends on (and its MLflow params)
+    reads: tuple[str, ...]  # artifacts of earlier stages
+    writes: str  # the artifact it produces
+    # keys of its sections that change how it runs (scale, logging cadence), not what it writes:
+    # changing them must not make a finished stage outdated
+    run_only_keys: tuple[str, ...] = ()
+    # folders of the user's own videos it reads, identified by their listing
+    user_inputs: Callable[[PipelineConfig], dict[str, str]] = _no_user_inputs
+    # derived outputs are redone from scratch when outdated; raw shards are the user's data,
+    # so replacing them is the user's call (ingest.overwrite)
+    derived: bool = True
+    # what its job's driver holds on a cluster unless `submit.resources.<name>` says otherwise
+    resources: StageResources = field(default_factory=StageResources)
+    # where it writes, when not where later stages read its artifact
+    writes_to: Callable[[Layout], str] | None = None
+
+    def output(self, layout: Layout) -> str:
+        return (self.writes_to or ARTIFACTS[self.writes].location)(layout)
+
+    def run(self, cfg: PipelineConfig, layout: Layout) -> StageResult:
+        module, function = self.entry.split(":")
+        return getattr(importlib.import_module(module), function)(cfg, layout)
+
+    def resources_for(self, cfg: PipelineConfig) -> StageResources:
+        return cfg.submit.resources.get(self.name, self.resources)
+
+
+def _training_cadence(section: str) -> tuple[str, ...]:
+    return tuple(f"{section}.{key}" for key in ("log_every", "eval_every", "checkpoint_every", "num_workers"))
+
+
+def _actor_scale(section: str) -> tuple[str, ...]:
+    return tuple(f"{section}.{key}" for key in ("batch_size", "num_actors", "num_gpus"))
+
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in [
+        StageSpec(
+            "ingest",
+            "Videos (a folder or Moving MNIST) -> raw webdataset shards, in Ray tasks.",
+            "jobs.stages.ingest:run_ingest",
+            sections=("data", "ingest"),
+            reads=(),
+            writes="raw",
+            run_only_keys=("ingest.overwrite",),
+            user_inputs=lambda cfg: {"videos": cfg.data.path} if cfg.data.source == "folder" else {},
+            derived=False,
+        ),
+        StageSpec(
+            "train-tokenizer",
+            "Train the per-frame VQGAN on decoded frames.",
+            "jobs.stages.train_tokenizer:run_train_tokenizer",
+            sections=("data", "tokenizer"),
+            reads=("raw",),
+            writes="tokenizer",
+            # under the root, whatever checkpoint `encode.tokenizer` makes later stages read
+            writes_to=lambda layout: layout.trained_tokenizer,
+            run_only_keys=_training_cadence("tokenizer"),
+        ),
+        StageSpec(
+            "encode",
+            "Encode every clip into codebook indices in latents.zarr (Ray Data).",
+            "jobs.stages.encode:run_encode",
+            sections=("data", "encode"),
+            reads=("raw", "tokenizer"),
+            writes="latents",
+            run_only_keys=("encode.overwrite", *_actor_scale("encode")),
+        ),
+        StageSpec(
+            "train-dynamics",
+            "Train the ST-transformer on streamed latents.",
+            "jobs.stages.train_dynamics:run_train_dynamics",
+            sections=("dynamics",),
+            reads=("latents", "tokenizer"),
+            writes="dynamics",
+            run_only_keys=_training_cadence("dynamics"),
+        ),
+        StageSpec(
+            "generate",
+            "Batch-generate continuations, previews and metrics (Ray Data).",
+            "jobs.stages.generate:run_generate",
+            sections=("generate",),
+            reads=("latents", "dynamics", "tokenizer"),
+            writes="generations",
+            run_only_keys=_actor_scale("generate"),
+            user_inputs=lambda cfg: {"videos": cfg.generate.videos} if cfg.generate.videos else {},
+        ),
+    ]
+}
+
+__all__ = ["ARTIFACTS", "STAGES", "Artifact", "StageInputError", "StageResult", "StageSpec"]

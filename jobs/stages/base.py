@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 class StageInputError(Exception):
     """The stage's inputs are unusable (a config key points at nothing usable); exit code 2."""
 
+    def __init__(self, message: str, stage: str | None = None):
+        super().__init__(message)
+        self.stage = stage  # filled in by the runner
+
 
 @dataclass
 class StageResult:

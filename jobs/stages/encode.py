@@ -10,8 +10,6 @@ run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
+from common.identity import store_identity
 from jobs.config import PipelineConfig
+from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
@@ -147,107 +147,36 @@ def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig
     )
 
 
-def run_encode(cfg: PipelineConfig) -> StageResult:
+def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     started = time.perf_counter()
-    raw_uri = storage.join(cfg.root, "raw")
-    manifest_uri = storage.join(raw_uri, "manifest.json")
-    if not storage.exists(manifest_uri):
-        raise StageInputError(f"root: {manifest_uri} not found; run `stvideo ingest` first")
-    checkpoint = cfg.encode.tokenizer or storage.join(cfg.root, "tokenizer")
-    try:
-        tokenizer = Tokenizer.from_pretrained(checkpoint)
-    except CheckpointError as err:
-        raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
-    manifest = storage.read_json(manifest_uri)
+    tokenizer, manifest = _load_inputs(layout)
     clip_frames = cfg.data.clip_frames
-    stride = cfg.encode.clip_stride or clip_frames
     try:
-        plans, num_clips = plan_clips(manifest, raw_uri, clip_frames, stride, cfg.encode.fps)
+        plans, num_clips = plan_clips(
+            manifest, layout.raw, clip_frames, cfg.encode.clip_stride or clip_frames, cfg.encode.fps
+        )
     except ValueError as err:
         raise StageInputError(str(err)) from None
     if num_clips == 0:
-        raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {raw_uri} is that long")
+        raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {layout.raw} is that long")
 
-    uri = storage.join(cfg.root, "latents.zarr")
-    grid = tokenizer.grid
     identity = _identity(cfg, tokenizer, manifest["fingerprint"])
-    store = _prepare_store(uri, identity, num_clips, cfg, grid)
+    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid)
     done = store.done_shards()
-    per_shard = store.clips_per_shard
-
-    def shard_of(clip: int) -> int:
-        return clip // per_shard
-
-    # only videos with a clip in an unwritten shard are read again
-    pending = [p for p in plans if any(shard_of(p.first_clip + i) not in done for i in range(len(p.starts)))]
     buffers = {
-        s: ShardBuffer(*store.shard_range(s), clip_frames, grid)
+        s: ShardBuffer(*store.shard_range(s), clip_frames, tokenizer.grid)
         for s in range(store.num_shards)
         if s not in done
     }
-    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
-    written, rejects = 0, {}
-    if pending:
-        with ray_session(cfg.ray):
-            import ray
-            import ray.data
-
-            context = ray.data.DataContext.get_current()
-            context.enable_progress_bars = False  # one bar, ours, counts clips
-            shards = sorted({plan.shard for plan in pending})
-            gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
-            dataset = (
-                ray.data.read_webdataset(shards, decoder=None)
-                .flat_map(  # stateless CPU tasks
-                    ClipDecoder(
-                        {p.key: p for p in pending},
-                        clip_frames,
-                        tokenizer.config.frame_size,
-                        tokenizer.config.in_channels,
-                    )
-                )
-                .map_batches(
-                    TokenizerEncoder,
-                    fn_constructor_args=(checkpoint,),
-                    batch_size=cfg.encode.batch_size,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
-                    num_gpus=gpus,
-                )
-            )
-            total = sum(buffer.remaining for buffer in buffers.values())
-            with (
-                ThreadPoolExecutor(max_workers=2) as writers,
-                tqdm(total=total, desc="encode", unit="clip") as bar,
-            ):
-                futures = []
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                    for clip, codes, key, start, error in zip(
-                        batch["clip"],
-                        batch["codes"],
-                        batch["key"],
-                        batch["start"],
-                        batch["error"],
-                        strict=True,
-                    ):
-                        shard = shard_of(int(clip))
-                        if shard not in buffers:
-                            continue  # a video spanning a written and an unwritten shard
-                        buffer = buffers[shard]
-                        if buffer.add(
-                            int(clip), codes, str(key), int(start), split_of(str(key), *fractions), str(error)
-                        ):
-                            # the shard is whole: one writer owns it
-                            futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))
-                        bar.update(1)
-                for future in futures:
-                    shard_rejects = future.result()
-                    rejects.update(shard_rejects)
-                    written += 1
+    # only videos with a clip in an unwritten shard are read again
+    pending = [
+        p for p in plans if any(store.shard_of(p.first_clip + i) in buffers for i in range(len(p.starts)))
+    ]
+    written = _encode_into(store, buffers, pending, cfg, layout.tokenizer, tokenizer) if pending else 0
     if buffers:
         raise RuntimeError(f"encode: shards {sorted(buffers)[:5]} never received all their clips")
-    all_rejects = _collect_rejects(store)
-    store.finish({"rejected": all_rejects})
+    store.finish({"rejected": store.rejects()})
+
     seconds = time.perf_counter() - started
     splits = store.group["split"][:]
     metrics = {
@@ -263,8 +192,9 @@ def run_encode(cfg: PipelineConfig) -> StageResult:
     encoded = sum(stop - start for start, stop in map(store.shard_range, set(range(store.num_shards)) - done))
     if encoded:
         metrics["clips_per_s"] = encoded / seconds
+    grid = tokenizer.grid
     summary = (
-        f"encode: {num_clips} clips of {clip_frames} frames -> {uri} "
+        f"encode: {num_clips} clips of {clip_frames} frames -> {layout.latents} "
         f"(grid {grid[0]}x{grid[1]}, {store.num_shards} shards; {metrics['clips_train']} train, "
         f"{metrics['clips_val']} val, {metrics['clips_test']} test, {metrics['clips_missing']} missing)"
     )
@@ -274,29 +204,80 @@ def run_encode(cfg: PipelineConfig) -> StageResult:
         summary += f"; {metrics['clips_per_s']:.1f} clips/s"
     return StageResult(
         stage="encode",
-        inputs={"raw": raw_uri, "tokenizer": str(checkpoint), "tokenizer_identity": tokenizer.identity},
-        outputs={"latents": uri, "latents_identity": _store_identity(store)},
+        inputs={"raw": layout.raw, "tokenizer": layout.tokenizer, "tokenizer_identity": tokenizer.identity},
+        outputs={"latents": layout.latents, "latents_identity": store_identity(store.attrs)},
         metrics=metrics,
         summary=summary,
     )
 
 
-def _write(store: LatentStore, shard: int, buffer: ShardBuffer) -> dict[str, str]:
-    store.write_shard(shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split)
-    if buffer.rejects:
-        storage.write_json(storage.join(store.uri, "_progress", f"rejects-{shard:06d}.json"), buffer.rejects)
-    return buffer.rejects
+def _load_inputs(layout: Layout) -> tuple[Tokenizer, dict]:
+    """The tokenizer to encode with and the raw manifest, or a clear error naming what is missing."""
+    if not storage.exists(layout.raw_manifest):
+        raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first")
+    try:
+        tokenizer = Tokenizer.from_pretrained(layout.tokenizer)
+    except CheckpointError as err:
+        raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
+    return tokenizer, storage.read_json(layout.raw_manifest)
 
 
-def _collect_rejects(store: LatentStore) -> list[dict]:
-    folder = storage.join(store.uri, "_progress")
-    rejects: dict[str, str] = {}
-    for name in storage.list_names(folder):
-        if name.startswith("rejects-"):
-            rejects.update(storage.read_json(storage.join(folder, name)))
-    return [{"key": key, "reason": reason} for key, reason in sorted(rejects.items())]
+def _encode_into(
+    store: LatentStore,
+    buffers: dict[int, ShardBuffer],
+    pending: list[VideoPlan],
+    cfg: PipelineConfig,
+    checkpoint: str,
+    tokenizer: Tokenizer,
+) -> int:
+    """Decode and encode the pending videos' clips on Ray Data; each shard is handed to a writer
+    once all its clips have arrived (and leaves `buffers`). Returns the shards written."""
+    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
+    with ray_session(cfg.ray):
+        import ray
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, ours, counts clips
+        gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        decoder = ClipDecoder(
+            {plan.key: plan for plan in pending},
+            cfg.data.clip_frames,
+            tokenizer.config.frame_size,
+            tokenizer.config.in_channels,
+        )
+        dataset = (
+            ray.data.read_webdataset(sorted({plan.shard for plan in pending}), decoder=None)
+            .flat_map(decoder)  # stateless CPU tasks
+            .map_batches(
+                TokenizerEncoder,
+                fn_constructor_args=(checkpoint,),
+                batch_size=cfg.encode.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
+                num_gpus=gpus,
+            )
+        )
+        total = sum(buffer.remaining for buffer in buffers.values())
+        with (
+            ThreadPoolExecutor(max_workers=2) as writers,
+            tqdm(total=total, desc="encode", unit="clip") as bar,
+        ):
+            futures = []
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                columns = (batch[name] for name in ("clip", "codes", "key", "start", "error"))
+                for clip, codes, key, start, error in zip(*columns, strict=True):
+                    shard = store.shard_of(int(clip))
+                    if shard not in buffers:
+                        continue  # a video spanning a written and an unwritten shard
+                    split = split_of(str(key), *fractions)
+                    if buffers[shard].add(int(clip), codes, str(key), int(start), split, str(error)):
+                        # the shard is whole: one writer owns it
+                        futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))
+                    bar.update(1)
+            for future in futures:
+                future.result()
+    return len(futures)
 
 
-def _store_identity(store: LatentStore) -> str:
-    attrs = {k: v for k, v in store.attrs.items() if k != "complete"}
-    return hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:16]
+def _write(store: LatentStore, shard: int, buffer: ShardBuffer) -> None:
+    store.write_shard(shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split, buffer.rejects)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 from tqdm import tqdm
 
+from common.identity import value_identity
 from jobs import tracking
 from jobs.config import PipelineConfig
+from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
@@ -56,7 +56,7 @@ def fingerprint(cfg: PipelineConfig, inputs: list[list[str]]) -> str:
         "ingest": cfg.ingest.model_dump(mode="json", exclude={"overwrite"}),
         "inputs": inputs,
     }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return value_identity(settings)
 
 
 def _list_items(source):
@@ -97,11 +97,11 @@ def _check_previous(raw_uri: str, current: str, overwrite: bool) -> None:
     storage.remove(raw_uri, recursive=True)
 
 
-def run_ingest(cfg: PipelineConfig) -> StageResult:
+def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     started = time.perf_counter()
     source = make_source(cfg)
     items = _list_items(source)
-    raw_uri = storage.join(cfg.root, "raw")
+    raw_uri = layout.raw
     current = fingerprint(cfg, [[item.key, item.stamp] for item in items])
     _check_previous(raw_uri, current, cfg.ingest.overwrite)
     storage.makedirs(raw_uri)
@@ -119,19 +119,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     skipped = len(reports)
 
     if pending:
-        with ray_session(cfg.ray):
-            import ray
-
-            remote_build = ray.remote(num_cpus=1, max_retries=2)(build_shard)
-            source_ref = ray.put(source)
-            waiting = [remote_build.remote(task, source_ref) for task in pending]
-            with tqdm(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
-                while waiting:
-                    finished, waiting = ray.wait(waiting, num_returns=1)
-                    report = ray.get(finished[0])
-                    reports[report.index] = report
-                    bar.update(report.samples + len(report.rejects))
-                    bar.set_postfix(rejected=sum(len(r.rejects) for r in reports.values()))
+        reports.update(_build_shards(cfg, source, pending, reports))
 
     manifest = write_manifest(
         raw_uri,
@@ -143,7 +131,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
     preview = preview_gif(raw_uri, first_full) if first_full else None
     if preview:
-        storage.write_bytes_atomic(storage.join(raw_uri, "preview.gif"), preview)
+        storage.write_bytes_atomic(layout.raw_preview, preview)
         tracking.log_bytes(preview, "preview/raw.gif")
     built = [reports[task.index] for task in pending]
     processed = sum(r.samples + len(r.rejects) for r in built)
@@ -159,7 +147,7 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
         metrics["videos_per_s"] = processed / seconds
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
-        f"(see {storage.join(raw_uri, 'rejects.jsonl')}); {len(manifest['shards'])} shards in {raw_uri}"
+        f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}"
     )
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"
@@ -168,7 +156,30 @@ def run_ingest(cfg: PipelineConfig) -> StageResult:
     return StageResult(
         stage="ingest",
         inputs={"videos": cfg.data.path or f"moving-mnist(seed={cfg.data.seed})"},
-        outputs={"raw": raw_uri, "manifest": storage.join(raw_uri, "manifest.json")},
+        outputs={"raw": raw_uri, "manifest": layout.raw_manifest},
         metrics=metrics,
         summary=summary,
     )
+
+
+def _build_shards(
+    cfg: PipelineConfig, source, pending: list[ShardTask], done: dict[int, ShardReport]
+) -> dict[int, ShardReport]:
+    """One Ray task per pending shard; returns their reports as they finish."""
+    reports: dict[int, ShardReport] = {}
+    with ray_session(cfg.ray):
+        import ray
+
+        remote_build = ray.remote(num_cpus=1, max_retries=2)(build_shard)
+        source_ref = ray.put(source)
+        waiting = [remote_build.remote(task, source_ref) for task in pending]
+        rejected = sum(len(report.rejects) for report in done.values())
+        with tqdm(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
+            while waiting:
+                finished, waiting = ray.wait(waiting, num_returns=1)
+                report = ray.get(finished[0])
+                reports[report.index] = report
+                rejected += len(report.rejects)
+                bar.update(report.samples + len(report.rejects))
+                bar.set_postfix(rejected=rejected)
+    return reports

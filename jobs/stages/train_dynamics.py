@@ -13,8 +13,8 @@ from pathlib import Path
 
 from jobs import tracking
 from jobs.config import PipelineConfig
+from jobs.layout import Layout
 from jobs.stages.base import StageInputError, StageResult
-from pipeline import storage
 from pipeline.latents import LatentStoreError
 
 
@@ -32,22 +32,21 @@ def _ray_train_worker(config: dict) -> None:
         (Path(config["out_dir"]) / "ray_train.json").write_text(json.dumps(report))
 
 
-def run_train_dynamics(cfg: PipelineConfig) -> StageResult:
+def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
     from dynamics.checkpoint import DynamicsCheckpointError
     from dynamics.train import train_dynamics
 
-    if not storage.is_local(cfg.root):
+    if not layout.is_local:
         raise StageInputError(
             f"root: given {cfg.root!r}; train-dynamics writes its checkpoint to a local root"
         )
-    root = tracking.local_root(cfg)
-    latents = str(root / "latents.zarr")
-    tokenizer_dir = cfg.encode.tokenizer or str(root / "tokenizer")
-    out_dir = root / "dynamics"
+    latents = str(Layout.local(layout.latents))
+    tokenizer_dir = layout.tokenizer
+    out_dir = Layout.local(layout.dynamics)
     started = time.perf_counter()
     try:
         if cfg.ray.train_workers:
-            summary = _train_on_ray(cfg, latents, tokenizer_dir, str(out_dir))
+            summary = _train_on_ray(cfg, latents, tokenizer_dir, str(out_dir), layout)
         else:
             summary = train_dynamics(
                 cfg.dynamics, latents, tokenizer_dir, out_dir, log_metrics=tracking.log_metrics
@@ -71,7 +70,9 @@ def run_train_dynamics(cfg: PipelineConfig) -> StageResult:
     return result
 
 
-def _train_on_ray(cfg: PipelineConfig, latents: str, tokenizer_dir: str, out_dir: str) -> dict:
+def _train_on_ray(
+    cfg: PipelineConfig, latents: str, tokenizer_dir: str, out_dir: str, layout: Layout
+) -> dict:
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -90,9 +91,7 @@ def _train_on_ray(cfg: PipelineConfig, latents: str, tokenizer_dir: str, out_dir
             scaling_config=ScalingConfig(
                 num_workers=cfg.ray.train_workers, use_gpu=torch.cuda.is_available()
             ),
-            run_config=RunConfig(
-                name="train-dynamics", storage_path=str(tracking.local_root(cfg) / "ray_results")
-            ),
+            run_config=RunConfig(name="train-dynamics", storage_path=str(Layout.local(layout.ray_results))),
         )
         trainer.fit()
     return json.loads((Path(out_dir) / "ray_train.json").read_text())

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import time
 
-from common.files import file_identity
+from common.identity import file_identity
 from jobs import tracking
 from jobs.config import PipelineConfig
+from jobs.layout import Layout
 from jobs.stages.base import StageInputError, StageResult
-from pipeline import storage
 from pipeline.frames import raw_shard_uris
 from tokenizer.train import FrameSource, train_tokenizer
 
 
-def run_train_tokenizer(cfg: PipelineConfig) -> StageResult:
-    if not storage.is_local(cfg.root):
+def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
+    if not layout.is_local:
         raise StageInputError(
             f"root: given {cfg.root!r}; train-tokenizer writes its checkpoint to a local root"
         )
     try:
-        shards = raw_shard_uris(cfg.root)
+        shards = raw_shard_uris(layout.raw)
     except FileNotFoundError as err:
         raise StageInputError(str(err)) from None
-    out_dir = tracking.local_root(cfg) / "tokenizer"
+    out_dir = Layout.local(layout.trained_tokenizer)
     source = FrameSource(shards, cfg.data.val_fraction, cfg.data.test_fraction)
     started = time.perf_counter()
     summary = train_tokenizer(
@@ -35,7 +35,7 @@ def run_train_tokenizer(cfg: PipelineConfig) -> StageResult:
     identity = file_identity(out_dir / "model.safetensors")
     result = StageResult(
         stage="train-tokenizer",
-        inputs={"raw": storage.join(cfg.root, "raw")},
+        inputs={"raw": layout.raw},
         outputs={"tokenizer": str(out_dir), "tokenizer_identity": identity},
         metrics={**summary, "seconds": time.perf_counter() - started},
         summary=f"train-tokenizer: checkpoint {out_dir} (identity {identity})",

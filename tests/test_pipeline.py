@@ -1,0 +1,167 @@
+"""The whole pipeline through the CLI on the tiny config: every stage, its MLflow run and
+lineage, skipping what is complete, and generation on videos a user brings."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import REPO, run_stvideo
+from tests.test_ingest_stage import read_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def untracked_tiny(root) -> list[str]:
+    """CLI arguments: the tiny config into `root`, without MLflow."""
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+    ]
+
+
+def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
+    root = tmp_path / "tiny"
+    result = run_stvideo("run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest, _ = read_manifest(root)
+    assert manifest["num_samples"] == 48
+    assert (root / "raw" / "preview.gif").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.latents import open_latents
+    from tokenizer.tokenizer import Tokenizer
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stvideo-tiny")
+    runs = {
+        run.data.tags.get("stvideo.stage", "parent"): run
+        for run in client.search_runs([experiment.experiment_id])
+    }
+    parent = runs["parent"]
+    assert parent.info.run_name == "tiny"
+    ingest, tokenizer = runs["ingest"], runs["train-tokenizer"]
+    for stage in (ingest, tokenizer):
+        assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert ingest.data.metrics["videos_kept"] == 48
+    assert ingest.data.tags["output.raw"] == f"{root}/raw"
+    assert ingest.data.params["data.moving_mnist.num_videos"] == "48"
+    assert [a.path for a in client.list_artifacts(ingest.info.run_id, "preview")] == ["preview/raw.gif"]
+
+    # the tokenizer: a loadable checkpoint, its identity as lineage, quality above the mean frame
+    assert tokenizer.data.tags["input.raw"] == f"{root}/raw"
+    loaded = Tokenizer.from_pretrained(root / "tokenizer")
+    assert tokenizer.data.tags["output.tokenizer_identity"] == loaded.identity
+    assert tokenizer.data.params["tokenizer.model.codebook_size"] == "128"
+    metrics = tokenizer.data.metrics
+    assert metrics["psnr"] > metrics["psnr_mean_frame"] + 3, metrics
+    assert len(client.get_metric_history(tokenizer.info.run_id, "recon_loss")) >= 4
+    grids = [a.path for a in client.list_artifacts(tokenizer.info.run_id, "recon")]
+    assert grids and all(path.endswith(".png") for path in grids)
+
+    # encode: latents of exactly that tokenizer, lineage readable from the tags
+    encode = runs["encode"]
+    assert encode.data.tags["input.tokenizer_identity"] == loaded.identity
+    assert encode.data.tags["output.latents"] == f"{root}/latents.zarr"
+    store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
+    assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
+    assert encode.data.metrics["clips_missing"] == 0
+
+    # dynamics and generate: a checkpoint naming the tokenizer, continuations that play, scores
+    dynamics = runs["train-dynamics"]
+    assert dynamics.data.metrics["val_mse"] > 0 and dynamics.data.metrics["tokens_per_s"] > 0
+    out = root / "generations" / "default"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_step"]) == {
+        "model",
+        "model_samples",
+        "model_best",
+        "model_average",
+        "model_median",
+        "copy_last",
+        "black",
+        "train_mean",
+        "reconstruction",
+    }
+    # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
+    assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
+    assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average", "model_median"}
+    assert all(len(metrics["per_step"]["model"][m]) == 10 for m in ("mse", "mae", "psnr", "ssim"))
+    assert metrics["mean"]["reconstruction"]["mse"] < metrics["mean"]["copy_last"]["mse"]
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert (
+        len(videos)
+        == metrics["clips"]
+        == zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"].shape[0]
+    )
+    import av
+
+    with av.open(str(videos[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 20  # P + K frames
+    assert (out / "preview.gif").stat().st_size > 0 and (out / "preview.mp4").stat().st_size > 0
+    generate = runs["generate"]
+    assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
+    # every stage recorded its completion, with the run that produced it
+    for stage, folder in [
+        ("ingest", "raw"),
+        ("train-tokenizer", "tokenizer"),
+        ("encode", "latents.zarr"),
+        ("train-dynamics", "dynamics"),
+        ("generate", "generations/default"),
+    ]:
+        recorded = json.loads((root / folder / "_stage.json").read_text())
+        assert recorded["stage"] == stage and recorded["mlflow_run_id"] == runs[stage].info.run_id
+    metrics_finished = recorded["finished_at"]
+    assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
+
+    # the same seed gives the same continuations whatever the batching and the number of actors
+    config = untracked_tiny(root)
+    again = run_stvideo(
+        "generate",
+        *config,
+        "--set",
+        "generate.name=two-actors",
+        "--set",
+        "generate.num_actors=2",
+        "--set",
+        "generate.batch_size=3",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    first = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]
+    second = zarr.open_group(str(root / "generations" / "two-actors" / "codes.zarr"), mode="r")["codes"][:]
+    assert np.array_equal(first, second)
+
+    # a rerun skips every complete stage; a changed generate setting redoes generate alone
+    rerun = run_stvideo("run", *config, "--set", "generate.seed=1")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for stage in ("ingest", "train-tokenizer", "encode", "train-dynamics"):
+        assert f"{stage}: skipped, complete for this config and these inputs" in rerun.stdout
+    assert "generate: outdated (generate.seed)" in rerun.stdout
+    assert "generate: redoing from scratch" in rerun.stdout
+    redone = json.loads((root / "generations" / "default" / "_stage.json").read_text())
+    assert redone["config"]["generate.seed"] == 1 and redone["finished_at"] >= metrics_finished
+
+
+def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):
+    """Brought videos are encoded on the way in; one shorter than the prompt is rejected, the rest go on."""
+    root = tmp_path / "tiny"
+    config = untracked_tiny(root)
+    built = run_stvideo("run", *config, "--stages", "ingest,train-tokenizer,encode,train-dynamics")
+    assert built.returncode == 0, built.stderr[-3000:]
+    folder = video_folder["path"]
+    result = run_stvideo(
+        "generate", *config, "--set", f"generate.videos={folder}/*.mp4", "--set", "generate.name=mine"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "generations" / "mine" / "metrics.json").read_text())
+    reasons = {r["clip"]: r["reason"] for r in metrics["rejected"]}
+    # square.mp4 (24 frames) goes on; the broken files and short.mp4 (8 frames < 10 prompt frames) do not
+    assert metrics["clips"] == 1 and (root / "generations" / "mine" / "videos" / "square.mp4").exists()
+    assert "fewer than the 10 prompt frames" in reasons["short"]
+    assert {"empty", "notes", "truncated", "damaged", "dangling", "short"} <= set(reasons)
