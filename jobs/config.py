@@ -116,7 +116,9 @@ class IngestConfig(Section):
     codec: Literal["libx264", "mpeg4"] = "libx264"
     crf: int = Field(12, ge=0, le=51, description="x264 quality for generated videos (0 = lossless)")
     keyframe_interval: int = Field(10, ge=1, description="short GOPs make clip windows cheap to seek")
-    overwrite: bool = Field(False, description="replace raw/ written by a different config")
+    overwrite: bool = Field(
+        False, description="replace complete raw shards made from other inputs or another data/ingest config"
+    )
 
 
 class EncodeConfig(Section):
@@ -129,7 +131,6 @@ class EncodeConfig(Section):
     batch_size: int = Field(16, ge=1, description="clips per encoder batch")
     num_actors: int = Field(1, ge=1, description="tokenizer encoder actors")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per encoder actor, when the cluster has GPUs")
-    overwrite: bool = Field(False, description="replace a store written by another tokenizer or config")
 
     _absolute_tokenizer = field_validator("tokenizer")(classmethod(lambda cls, value: absolute_local(value)))
 
@@ -264,7 +265,26 @@ class PipelineConfig(Section):
     _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The config as YAML with every secret replaced by `REDACTED`: what is logged, printed or
+        stored. The real values stay in this process (and in the jobs' environment)."""
+        return yaml.safe_dump(redacted(self.model_dump(mode="json")), sort_keys=False)
+
+
+REDACTED = "<redacted>"
+# a value is a secret when a word of its key says so (AWS_SECRET_ACCESS_KEY, api-key, not
+# keyframe_interval or tokenizer); every value of `submit.env` is treated as one too
+SECRET_WORD = re.compile(r"(^|[_.-])(key|secret|token|password|passwd|credentials?)($|[_.-])", re.IGNORECASE)
+
+
+def is_secret(dotted_key: str) -> bool:
+    return dotted_key.startswith("submit.env.") or bool(SECRET_WORD.search(dotted_key.rsplit(".", 1)[-1]))
+
+
+def redacted(value: Any, path: str = "") -> Any:
+    """A dumped config (nested mappings) with the values of secret keys replaced."""
+    if isinstance(value, dict):
+        return {key: redacted(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+    return REDACTED if is_secret(path) and value not in (None, "") else value
 
 
 def _describe(value: Any) -> str:

@@ -8,22 +8,21 @@ names, else the root's", is written here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jobs.config import PipelineConfig
 from pipeline import storage
 
 MANIFEST = "_stage.json"  # what a stage records beside its output when it completes
+STARTED_SUFFIX = ".started.json"  # beside a staging folder: the fingerprint its run started with
+STAGING = ".staging"
 
 
 @dataclass(frozen=True)
 class Layout:
     root: str
     raw: str  # webdataset shards, their manifest, rejects and preview
-    raw_manifest: str
-    raw_rejects: str
-    raw_preview: str
     trained_tokenizer: str  # where train-tokenizer writes
     tokenizer: str  # the checkpoint later stages read: encode.tokenizer, else the trained one
     latents: str  # latents.zarr
@@ -31,6 +30,7 @@ class Layout:
     generations: str  # generations/<generate.name>
     tracking_store: str  # the default MLflow store of a local root (sqlite), artifacts beside it
     tracking_artifacts: str
+    untracked: str  # what MLflow could not take while it was unreachable, sent later
     ray_results: str  # Ray Train's own run folder (train-dynamics with `ray.train_workers`)
 
     @classmethod
@@ -43,9 +43,6 @@ class Layout:
         return cls(
             root=root,
             raw=under("raw"),
-            raw_manifest=under("raw", "manifest.json"),
-            raw_rejects=under("raw", "rejects.jsonl"),
-            raw_preview=under("raw", "preview.gif"),
             trained_tokenizer=under("tokenizer"),
             tokenizer=cfg.encode.tokenizer or under("tokenizer"),
             latents=under("latents.zarr"),
@@ -53,11 +50,33 @@ class Layout:
             generations=under("generations", cfg.generate.name),
             tracking_store=under("mlflow.db"),
             tracking_artifacts=under("mlartifacts"),
+            untracked=under("_untracked"),
             ray_results=under("ray_results"),
         )
 
+    @property
+    def raw_manifest(self) -> str:
+        return storage.join(self.raw, "manifest.json")
+
+    @property
+    def raw_rejects(self) -> str:
+        return storage.join(self.raw, "rejects.jsonl")
+
+    @property
+    def raw_preview(self) -> str:
+        return storage.join(self.raw, "preview.gif")
+
     def raw_shard(self, name: str) -> str:
         return storage.join(self.raw, name)
+
+    def staging(self, output: str) -> str:
+        """Where a stage writes `output` until it is complete: the same path under
+        `<root>/.staging/`. No name a config can give starts with a dot, so it never collides."""
+        return storage.join(self.root, STAGING, output.removeprefix(self.root).lstrip("/"))
+
+    def staged(self, field: str) -> Layout:
+        """This layout with one output location (a field name) moved to its staging location."""
+        return replace(self, **{field: self.staging(getattr(self, field))})
 
     def manifest(self, output: str) -> str:
         """The stage manifest beside an output location."""

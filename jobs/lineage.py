@@ -17,7 +17,7 @@ from typing import Any
 
 from common.identity import listing_identity, value_identity
 from jobs.config import PipelineConfig
-from jobs.layout import Layout
+from jobs.layout import MANIFEST, STARTED_SUFFIX, Layout
 from jobs.stages import ARTIFACTS, StageSpec
 from pipeline import storage
 
@@ -95,13 +95,9 @@ def check(cfg: PipelineConfig, spec: StageSpec, layout: Layout | None = None) ->
     return status
 
 
-def clear(spec: StageSpec, layout: Layout) -> None:
-    """Remove what a stage wrote, so that it runs from scratch rather than resuming.
-
-    Locally the folder is first renamed away, so that it vanishes at once: other
-    ranks waiting for it to go never see it half deleted.
-    """
-    uri = spec.output(layout)
+def clear(uri: str) -> None:
+    """Remove a folder. Locally it is first renamed away, so that it vanishes at once: other
+    ranks waiting for it never see it half deleted."""
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         return
@@ -110,6 +106,64 @@ def clear(spec: StageSpec, layout: Layout) -> None:
         fs.mv(path, trash, recursive=True)
         path = trash
     fs.rm(path, recursive=True)
+
+
+def _started_marker(staging: str) -> str:
+    # beside the staging folder, not in it: a stage may recreate its folder (a Zarr store opened
+    # with mode "w" empties it), and the record of what the run started with must survive that
+    return f"{staging.rstrip('/')}{STARTED_SUFFIX}"
+
+
+def started_with(staging: str) -> str | None:
+    """The fingerprint an unfinished run in `staging` started with; None when there is none."""
+    try:
+        return storage.read_json(_started_marker(staging))["fingerprint"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+def mark_started(staging: str, fingerprint: str) -> None:
+    storage.write_json(_started_marker(staging), {"fingerprint": fingerprint})
+
+
+def clear_staging(staging: str) -> None:
+    clear(staging)
+    storage.remove(_started_marker(staging))
+
+
+def recorded_fingerprint(output: str) -> str | None:
+    try:
+        return storage.read_json(storage.join(output, MANIFEST)).get("fingerprint")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def swap_in(staging: str, final: str) -> None:
+    """Replace `final` with the complete output in `staging`; until now `final` stayed as it was.
+
+    Locally the old output is renamed away first and removed last. On an object store the old
+    one is removed, then the new one moved: a crash between the two leaves the complete staged
+    output, with its manifest, and the next run finishes the swap."""
+    storage.remove(_started_marker(staging))
+    fs, source = storage.filesystem(staging)
+    _, target = storage.filesystem(final)
+    trash = None
+    if fs.exists(target):
+        if storage.is_local(final):
+            trash = f"{target.rstrip('/')}.removing-{uuid.uuid4().hex[:8]}"
+            fs.mv(target, trash, recursive=True)
+        else:
+            fs.rm(target, recursive=True)
+    if storage.is_local(final):
+        fs.makedirs(target.rstrip("/").rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(source, target, recursive=True)  # a rename
+    else:  # object by object: an object store has no folders to rename
+        source = source.rstrip("/")
+        for path in fs.find(source):
+            fs.copy(path, target.rstrip("/") + path[len(source) :])
+        fs.rm(source, recursive=True)
+    if trash:
+        fs.rm(trash, recursive=True)
 
 
 def record(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jobs import lineage
 from jobs.config import PipelineConfig
@@ -49,21 +49,29 @@ class Runner:
 
     def run_stage(self, spec: StageSpec) -> Outcome:
         self.echo(f"== {spec.name} ==")
-        started, output = time.perf_counter(), spec.output(self.layout)
+        started, final = time.perf_counter(), spec.output(self.layout)
+        staged = self.layout.staged(spec.output_field)  # the stage writes here until it is complete
+        staging = spec.output(staged)
         status = lineage.check(self.cfg, spec, self.layout)
+        if not status.done and rank() == 0 and lineage.recorded_fingerprint(staging) == status.fingerprint:
+            self.echo(f"{spec.name}: the last run finished in {staging}; moving it to {final}")
+            lineage.swap_in(staging, final)
+            status = lineage.check(self.cfg, spec, self.layout)
         if status.done and not self.force:
             self.echo(
                 f"{spec.name}: skipped, complete for this config and these inputs "
-                f"({output}, finished {status.manifest['finished_at']}); --force redoes it"
+                f"({final}, finished {status.manifest['finished_at']}); --force redoes it"
             )
             self.tracker.note_skipped(spec.name, status.manifest)
-            return Outcome(spec, None, 0.0, output)
-        self._clear_if_redoing(status)
+            return Outcome(spec, None, 0.0, final)
+        self._say_what_changed(status, final)
+        self._prepare_staging(status, staging)
         with self.tracker.stage_run(spec.name, status.config) as run_id:
             try:
-                result = spec.run(self.cfg, self.layout)
+                result = spec.run(self.cfg, staged)
             except StageInputError as err:
                 raise StageInputError(str(err), stage=spec.name) from None
+            result = _named_where_it_goes(result, staging, final)
             tags: dict[str, str] = {}
             if rank() == 0:
                 provenance = {
@@ -72,41 +80,92 @@ class Runner:
                     "ray_submission_id": os.environ.get(SUBMISSION_ENV),
                 }
                 manifest = lineage.record(
-                    status, self.layout, result.inputs, result.outputs, result.metrics, provenance
+                    status, staged, result.inputs, result.outputs, result.metrics, provenance
                 )
+                lineage.swap_in(staging, final)
+                self._remove_empty_folders(staging)
                 tags = lineage.lineage_tags(spec, manifest)
             self.tracker.record(result, tags)
         seconds = time.perf_counter() - started
         self.echo(f"{result.summary}  [{seconds:.1f}s]")
-        return Outcome(spec, result, seconds, output)
+        return Outcome(spec, result, seconds, final)
 
-    def _clear_if_redoing(self, status: lineage.Completeness) -> None:
-        """A completed stage is redone from scratch, never resumed: its training state belongs to
-        other inputs. A stage whose inputs are missing is not cleared: it fails, saying what."""
-        if status.inputs_missing:
+    def _say_what_changed(self, status: lineage.Completeness, final: str) -> None:
+        """Say why the stage runs; refuse to replace the user's own data made another way unless
+        the user said so (raw shards: `ingest.overwrite`)."""
+        spec = status.spec
+        if status.state != "outdated":
             return
-        redo = self.force
-        if status.state == "outdated":
-            self.echo(f"{status.spec.name}: outdated ({', '.join(status.changed[:6])})")
-            redo = redo or status.spec.derived
-        if not redo:
+        self.echo(f"{spec.name}: outdated ({', '.join(status.changed[:6])})")
+        key = spec.overwrite_key
+        if key and not self.force and not _setting(self.cfg, key):
+            raise StageInputError(
+                f"root: {final} already holds the output of other inputs or another "
+                f"{'/'.join(spec.sections)} config; use another root, or --set {key}=true to replace it",
+                stage=spec.name,
+            )
+        self.echo(
+            f"{spec.name}: redoing from scratch; {final} stays as it is until the new output is complete"
+        )
+
+    def _prepare_staging(self, status: lineage.Completeness, staging: str) -> None:
+        """Resume the unfinished run in `staging` only if it started with this very fingerprint
+        (same config sections, same inputs); otherwise start it over, saying so."""
+        spec, fingerprint = status.spec, status.fingerprint
+        if rank() != 0:  # rank 0 prepares; the others wait until it has
+            self._wait_for(lambda: lineage.started_with(staging) == fingerprint, staging)
             return
-        if status.state != "missing":
-            self.echo(f"{status.spec.name}: redoing from scratch")
-        if rank() == 0:
-            lineage.clear(status.spec, self.layout)
-        else:
-            self._wait_until_cleared(status.spec)
+        previous = lineage.started_with(staging)
+        if previous == fingerprint and not self.force:
+            self.echo(f"{spec.name}: resuming the unfinished run in {staging}")
+            return
+        if previous is not None or storage.exists(staging):
+            why = "--force" if self.force else "it started with another config or other inputs"
+            if previous is None and not self.force:
+                why = "it left no record of what it started with"
+            self.echo(f"{spec.name}: starting over ({why}): removing the unfinished run in {staging}")
+            lineage.clear_staging(staging)
+        lineage.mark_started(staging, fingerprint)
 
-    def _wait_until_cleared(self, spec: StageSpec, timeout: float = 600) -> None:
-        """Under torchrun rank 0 clears; the others must not read what it is removing.
+    def _remove_empty_folders(self, staging: str) -> None:
+        """Leave no empty `.staging/generations/` behind (object stores have no empty folders)."""
+        if not storage.is_local(staging):
+            return
+        folder, root = Layout.local(staging).parent, Layout.local(self.layout.root)
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
-        Rank 0 cannot write the stage's output again before every rank has joined the
-        process group inside the stage, so "the folder is gone" is a safe signal.
-        """
-        output = spec.output(self.layout)
+    def _wait_for(self, ready: Callable[[], bool], what: str, timeout: float = 600) -> None:
+        """Under torchrun rank 0 prepares the staging location; the others must not write into
+        what it is still removing."""
         deadline = time.monotonic() + timeout
-        while storage.exists(output):
+        while not ready():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"rank {rank()}: rank 0 did not clear {output}")
+                raise RuntimeError(f"rank {rank()}: rank 0 did not prepare {what}")
             time.sleep(0.5)
+
+
+def _setting(cfg: PipelineConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _named_where_it_goes(result: StageResult, staging: str, final: str) -> StageResult:
+    """The stage wrote to its staging location; what it reports names where the output lives
+    once it is swapped in."""
+    spellings = [staging] + ([str(Layout.local(staging))] if storage.is_local(staging) else [])
+
+    def moved(text: str) -> str:
+        for spelling in spellings:
+            text = text.replace(spelling, final)
+        return text
+
+    return replace(
+        result,
+        inputs={name: moved(uri) for name, uri in result.inputs.items()},
+        outputs={name: moved(uri) for name, uri in result.outputs.items()},
+        summary=moved(result.summary),
+    )

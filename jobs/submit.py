@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import re
 import shlex
 import sys
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jobs import lineage
-from jobs.config import PipelineConfig
+from jobs.config import REDACTED, PipelineConfig
 from jobs.layout import Layout
 from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
@@ -114,7 +115,13 @@ def _entrypoint(cfg: PipelineConfig, args: list[str]) -> str:
 
 
 def _runtime_env(cfg: PipelineConfig, parent_run_id: str | None, submission_id: str) -> dict[str, Any]:
-    env = {"PYTHONUNBUFFERED": "1", **cfg.submit.env, SUBMISSION_ENV: submission_id}
+    # a detached submission reads a stored config whose `submit.env` is redacted: its own job
+    # was given the real values in its environment, and passes them on from there
+    extra = {
+        name: os.environ.get(name, value) if value == REDACTED else value
+        for name, value in cfg.submit.env.items()
+    }
+    env = {"PYTHONUNBUFFERED": "1", **extra, SUBMISSION_ENV: submission_id}
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
     runtime_env: dict[str, Any] = {"env_vars": env}
@@ -242,10 +249,11 @@ class Submission:
             final = follow(
                 client, submission_id, lambda line: self.echo(f"[{stage}] {line}"), self.cfg.submit.retries
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (`jobs.cli` raises SystemExit)
             # the job would go on writing this root with nobody watching; a resubmit would race it
             client.stop_job(submission_id)
-            raise SubmitError(f"{stage}: interrupted; stopped Ray job {submission_id}", stage=stage) from None
+            how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+            raise SubmitError(f"{stage}: {how}; stopped Ray job {submission_id}", stage=stage) from None
         if final != "SUCCEEDED":
             info = client.get_job_info(submission_id)
             logs = client.get_job_logs(submission_id).splitlines()

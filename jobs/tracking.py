@@ -7,15 +7,19 @@ it is tracked.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobs.config import ConfigError, PipelineConfig
+from common.identity import value_identity
+from jobs.config import REDACTED, ConfigError, PipelineConfig, is_secret
 from jobs.layout import Layout
 from jobs.stages.base import StageResult
 from pipeline import storage
@@ -45,14 +49,132 @@ def active() -> bool:
     return "mlflow" in sys.modules and _mlflow().active_run() is not None
 
 
+# An MLflow server that stops answering must cost a stage seconds, not hours: its requests give
+# up after a short, bounded wait (a user's own settings win), and the stage goes on untracked.
+PATIENCE = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
+
+class Journal:
+    """What could not be logged while MLflow was unreachable, kept in a JSON-lines file (with
+    copies of the artifacts) and sent by the next tracked command once the server answers."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.lost = folder, ""
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "journal.jsonl"
+
+    def send(self, record: dict, call, even_if_lost: bool = False) -> None:
+        """Make the MLflow call; once one has failed, keep the record instead (`even_if_lost`:
+        try the call all the same, as ending a run must, and keep the record if it fails)."""
+        if even_if_lost and self.lost:
+            try:
+                call()
+                return
+            except Exception:
+                pass
+        elif not self.lost:
+            try:
+                call()
+                return
+            except Exception as err:  # MlflowException, connection and timeout errors alike
+                self.lose(err)
+        if record.get("kind") == "artifact":  # the file may move (staging) or go: keep a copy
+            copy = self.folder / "files" / f"{len(self._lines())}-{Path(record['local_path']).name}"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(record["local_path"], copy)
+            record = {**record, "local_path": str(copy)}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def lose(self, err: Exception) -> None:
+        """From now on keep the records instead of sending them; say so once."""
+        self.lost = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        print(
+            f"MLflow stopped answering ({self.lost}); going on untracked. What could not be "
+            f"logged is kept in {self.folder} and sent by the next tracked stvideo command.",
+            file=sys.stderr,
+        )
+
+    def _lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
+
+    def replay(self, client) -> int:
+        """Send what was kept (metrics, tags, artifacts, run ends), oldest first; returns how many
+        records went. At the first failure the rest is kept for the next time, and it raises."""
+        lines = self._lines()
+        for sent, line in enumerate(lines):
+            record = json.loads(line)
+            try:
+                _replay(client, record)
+            except Exception:
+                self.path.write_text("".join(f"{rest}\n" for rest in lines[sent:]))
+                raise
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return len(lines)
+
+
+def _replay(client, record: dict) -> None:
+    from mlflow.entities import Metric
+
+    run_id, kind = record["run_id"], record["kind"]
+    if kind == "metrics":
+        stamp = int(record["time"] * 1000)
+        metrics = [Metric(key, value, stamp, record["step"] or 0) for key, value in record["metrics"].items()]
+        client.log_batch(run_id, metrics=metrics)
+    elif kind == "tags":
+        _log_tags(client, run_id, record["tags"])
+    elif kind == "artifact":
+        client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+    elif kind == "end":
+        client.set_terminated(run_id, record["status"])
+
+
+_journal: Journal | None = None  # set by the Tracker of this process
+
+
+def _send(record: dict, call) -> None:
+    if _journal is None:
+        call()
+    else:
+        _journal.send(record, call)
+
+
+def _run_id() -> str:
+    return _mlflow().active_run().info.run_id
+
+
+_quiet = False  # a stage whose run could not be opened: log nothing, not even to the parent run
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    if active():
-        _mlflow().log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    if active() and not _quiet:
+        values = {key: float(value) for key, value in metrics.items()}
+        record = {
+            "kind": "metrics",
+            "run_id": _run_id(),
+            "metrics": values,
+            "step": step,
+            "time": time.time(),
+        }
+        _send(record, lambda: _mlflow().log_metrics(values, step=step))
 
 
 def log_artifact(local_path: str, artifact_path: str | None = None) -> None:
-    if active():
-        _mlflow().log_artifact(local_path, artifact_path)
+    if active() and not _quiet:
+        record = {
+            "kind": "artifact",
+            "run_id": _run_id(),
+            "local_path": local_path,
+            "artifact_path": artifact_path,
+        }
+        _send(record, lambda: _mlflow().log_artifact(local_path, artifact_path))
 
 
 def log_bytes(data: bytes, artifact_file: str) -> None:
@@ -61,7 +183,22 @@ def log_bytes(data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / Path(artifact_file).name
             local.write_bytes(data)
-            _mlflow().log_artifact(str(local), str(Path(artifact_file).parent) or None)
+            log_artifact(str(local), str(Path(artifact_file).parent) or None)
+
+
+def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
+    run_id = run_id or _run_id()
+    _send({"kind": "tags", "run_id": run_id, "tags": tags}, lambda: _log_tags(_client(), run_id, tags))
+
+
+def _log_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def _client():
+    return _mlflow().MlflowClient()
 
 
 def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -92,12 +229,23 @@ SUBMISSION_ENV = "STVIDEO_RAY_SUBMISSION_ID"
 
 class Tracker:
     def __init__(self, cfg: PipelineConfig):
+        global _journal
         self.cfg = cfg
         # under torchrun or `accelerate launch` every rank runs the command; one of them tracks
         self.enabled = cfg.tracking.enabled and int(os.environ.get("RANK", "0")) == 0
         self.uri = tracking_uri(cfg) if self.enabled else None
         self.parent_id: str | None = None
         self.owns_parent = False  # False inside a submitted stage job: the submitter opened it
+        if self.enabled:
+            for name, value in PATIENCE.items():
+                os.environ.setdefault(name, value)
+            _journal = Journal(self._journal_folder())
+
+    def _journal_folder(self) -> Path:
+        if storage.is_local(self.cfg.root):
+            return Layout.local(Layout.of(self.cfg).untracked)
+        # a remote root: this machine's cache, one journal per tracking server
+        return Path.home() / ".cache" / "stvideo" / "untracked" / value_identity(self.uri)
 
     def _experiment_id(self) -> str:
         mlflow = _mlflow()
@@ -111,6 +259,52 @@ class Tracker:
             artifact_location = Layout.local(Layout.of(self.cfg).tracking_artifacts).as_uri()
         return mlflow.create_experiment(self.cfg.tracking.experiment, artifact_location=artifact_location)
 
+    def _open(self, start) -> str | None:
+        """Start a run (or find the one a submitter opened) and return its id; None, saying so
+        once, when MLflow does not answer: the work goes on untracked."""
+        if _journal.lost:
+            return None
+        try:
+            if _journal.path.exists():
+                self._experiment_id()  # sets the tracking URI
+                sent = _journal.replay(_client())
+                print(f"MLflow answers again: sent {sent} records it could not take before", file=sys.stderr)
+            return start(self._experiment_id())
+        except Exception as err:
+            _journal.lose(err)
+            return None
+
+    def _close(self, run_id: str, failure: BaseException | None) -> None:
+        status = (
+            "FINISHED"
+            if failure is None
+            else "KILLED"
+            if isinstance(failure, KeyboardInterrupt | SystemExit)
+            else "FAILED"
+        )
+        # end_run drops the run from this process first, then tells the server: tried even when
+        # MLflow was lost, so that no run is left RUNNING once it answers (else kept for later)
+        _journal.send(
+            {"kind": "end", "run_id": run_id, "status": status},
+            lambda: _mlflow().end_run(status),
+            even_if_lost=True,
+        )
+
+    @contextmanager
+    def _run(self, start) -> Iterator[str | None]:
+        run_id = self._open(start)
+        if run_id is None:
+            yield None
+            return
+        failure: BaseException | None = None
+        try:
+            yield run_id
+        except BaseException as err:
+            failure = err
+            raise
+        finally:
+            self._close(run_id, failure)
+
     @contextmanager
     def pipeline_run(self, stages: list[str], tags: dict[str, str] | None = None) -> Iterator[str | None]:
         """The parent run of one pipeline invocation, or the one a submitting process opened."""
@@ -120,18 +314,19 @@ class Tracker:
         if storage.is_local(self.cfg.root):
             Layout.local(self.cfg.root).mkdir(parents=True, exist_ok=True)
         if os.environ.get(PARENT_RUN_ENV):
-            self._experiment_id()  # sets the tracking URI
-            self.parent_id = os.environ[PARENT_RUN_ENV]
+            self.parent_id = self._open(lambda experiment: os.environ[PARENT_RUN_ENV])
             yield self.parent_id
             return
-        mlflow = _mlflow()
-        with mlflow.start_run(experiment_id=self._experiment_id(), run_name=self.cfg.name) as run:
-            mlflow.set_tags(
-                {"stvideo.stages": ",".join(stages), "stvideo.root": self.cfg.root, **(tags or {})}
-            )
-            mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
-            self.parent_id, self.owns_parent = run.info.run_id, True
-            yield self.parent_id
+
+        def start(experiment: str) -> str:
+            return _mlflow().start_run(experiment_id=experiment, run_name=self.cfg.name).info.run_id
+
+        with self._run(start) as run_id:
+            if run_id is not None:
+                set_tags({"stvideo.stages": ",".join(stages), "stvideo.root": self.cfg.root, **(tags or {})})
+                self._log_config()
+                self.parent_id, self.owns_parent = run_id, True
+            yield run_id
 
     @contextmanager
     def stage_run(self, stage: str, params: dict) -> Iterator[str | None]:
@@ -139,35 +334,51 @@ class Tracker:
         if not self.enabled:
             yield None
             return
-        mlflow = _mlflow()
         tags = {"stvideo.stage": stage, "stvideo.root": self.cfg.root}
         if os.environ.get(SUBMISSION_ENV):
             tags["ray.submission_id"] = os.environ[SUBMISSION_ENV]
-        with mlflow.start_run(
-            run_name=stage,
-            nested=self.owns_parent,
-            parent_run_id=self.parent_id,
-            experiment_id=self._experiment_id(),
-            tags=tags,
-        ) as run:
-            mlflow.log_params({key: str(value) for key, value in params.items()})
-            mlflow.log_text(self.cfg.to_yaml(), "config.yaml")
-            yield run.info.run_id
+
+        def start(experiment: str) -> str:
+            run = _mlflow().start_run(
+                run_name=stage,
+                nested=self.owns_parent,
+                parent_run_id=self.parent_id,
+                experiment_id=experiment,
+                tags=tags,
+            )
+            shown = {key: REDACTED if is_secret(key) else str(value) for key, value in params.items()}
+            _mlflow().log_params(shown)
+            return run.info.run_id
+
+        global _quiet
+        with self._run(start) as run_id:
+            if run_id is not None:
+                self._log_config()
+            _quiet = run_id is None
+            try:
+                yield run_id
+            finally:
+                _quiet = False
+
+    def _log_config(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "config.yaml"
+            path.write_text(self.cfg.to_yaml())
+            log_artifact(str(path))
 
     def record(self, result: StageResult, lineage_tags: dict[str, str]) -> None:
         """The stage's metrics and lineage tags, on its nested run."""
-        if not active():
+        if not active() or _quiet:
             return
-        mlflow = _mlflow()
         tags = {f"input.{name}": uri for name, uri in result.inputs.items()}
         tags.update({f"output.{name}": uri for name, uri in result.outputs.items()})
-        mlflow.set_tags({**tags, **lineage_tags})
+        set_tags({**tags, **lineage_tags})
         if result.metrics:
-            mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+            log_metrics(result.metrics)
 
     def note_skipped(self, stage: str, manifest: dict) -> None:
         """A skipped stage opens no run; the parent names the run that produced its outputs."""
         if self.enabled and self.parent_id:
-            _mlflow().MlflowClient().set_tag(
-                self.parent_id, f"stvideo.skipped.{stage}", manifest.get("mlflow_run_id") or "untracked"
+            set_tags(
+                {f"stvideo.skipped.{stage}": manifest.get("mlflow_run_id") or "untracked"}, self.parent_id
             )

@@ -58,10 +58,12 @@ def plan_clips(
 
 
 def video_bytes(row: dict) -> bytes:
+    """A raw sample's video, under its container's extension. In a Ray Data row of a shard that
+    mixes containers, the other containers' columns are there too, empty (None, or a float NaN)."""
     for field in VIDEO_FIELDS:
-        if row.get(field) is not None:
-            return row[field]
-    raise ValueError("no video field in the sample")
+        if isinstance(row.get(field), bytes | bytearray | memoryview):
+            return bytes(row[field])
+    raise ValueError(f"no video in the sample (looked for {', '.join(VIDEO_FIELDS)})")
 
 
 def iter_clips(

@@ -81,6 +81,28 @@ class LatentStore:
     def num_shards(self) -> int:
         return -(-self.num_clips // self.clips_per_shard)
 
+    def read_shard(self, shard: int) -> np.ndarray:
+        """One shard's codes in one read of its file, the chunks decoded as one batch. A shard that
+        does not decode names the array, the shard and the first clip that fails."""
+        start, stop = self.shard_range(shard)
+        try:
+            with zarr.config.set({"codec_pipeline.batch_size": stop - start}):
+                return self.codes[start:stop]
+        except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
+            bad = next((clip for clip in range(start, stop) if not self._readable(clip)), start)
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise LatentStoreError(
+                f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode, "
+                f"first at clip {bad} ({reason}); encode again (--force) to rewrite it"
+            ) from None
+
+    def _readable(self, clip: int) -> bool:
+        try:
+            self.codes[clip]
+            return True
+        except Exception:
+            return False
+
     def shard_of(self, clip: int) -> int:
         return clip // self.clips_per_shard
 
@@ -274,9 +296,7 @@ class LatentClips(IterableDataset):
         keep = splits[start:stop] == self.split
         if not keep.any():
             return []
-        # one read of the whole shard file, its chunks decoded as one batch
-        with zarr.config.set({"codec_pipeline.batch_size": stop - start}):
-            codes = store.codes[start:stop]
+        codes = store.read_shard(shard)
         if not whole:
             keep &= (np.arange(start, stop) % readers) == reader
         return list(torch.from_numpy(codes[keep].astype(np.int64)))  # one conversion per shard

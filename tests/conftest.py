@@ -22,6 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 STVIDEO = [sys.executable, "-m", "jobs.cli"]
 
 
+# A handful of videos split by a hash of their keys: with these fractions the fixtures' few
+# videos put at least one in train and one in val, which is all the stages need when generate
+# continues the val split (ingest refuses a split a later stage needs that would be empty).
+FEW_VIDEOS = [
+    "--set",
+    "data.val_fraction=0.6",
+    "--set",
+    "data.test_fraction=0.1",
+    "--set",
+    "generate.split=val",
+]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.config import ConfigError, PipelineConfig, load_config
+from jobs.config import ConfigError, PipelineConfig, is_secret, load_config
 from tests.conftest import REPO, run_stvideo
 
 
@@ -133,3 +133,16 @@ def test_cli_lists_every_stage_and_the_cluster_commands():
     tiny = str(REPO / "configs" / "tiny.yaml")
     result = run_stvideo("submit", "--config", tiny, "--stages", "ingest,decode")
     assert result.returncode == 2 and "--stages: given decode; expected some of ingest" in result.stderr
+
+
+def test_secrets_are_never_written_out():
+    cfg = load_config(None, ["submit.env={AWS_SECRET_ACCESS_KEY: hunter2, HF_TOKEN: t0ken, PLAIN: visible}"])
+    text = cfg.to_yaml()
+    assert "hunter2" not in text and "t0ken" not in text and "visible" not in text  # all of submit.env
+    assert cfg.submit.env["AWS_SECRET_ACCESS_KEY"] == "hunter2"  # the process itself keeps them
+    assert load_config(None, []).to_yaml() == PipelineConfig().to_yaml()  # nothing else is touched
+    assert [
+        key
+        for key in ("x.api_key", "x.db-password", "ingest.keyframe_interval", "encode.tokenizer")
+        if is_secret(key)
+    ] == ["x.api_key", "x.db-password"]

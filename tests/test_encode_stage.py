@@ -11,7 +11,7 @@ import zarr
 from pipeline.latents import MISSING, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
-from tests.conftest import REPO, build_raw, kill_when, run_stvideo
+from tests.conftest import FEW_VIDEOS, REPO, build_raw, kill_when, run_stvideo
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -77,10 +77,16 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     assert other.returncode == 0, other.stderr[-3000:]
     assert "encode: outdated (encode.clips_per_shard)" in other.stdout
     assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].shards == (4, 20, 16, 16)
-    # a store with no stage manifest (its run was killed) of another layout is refused, not mixed into
-    (root / "latents.zarr" / "_stage.json").unlink()
-    mixed = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
-    assert mixed.returncode == 2 and "encode.overwrite=true" in mixed.stderr
+    # an unfinished run of another layout is started over, never mixed into
+    staging = root / ".staging" / "latents.zarr"
+    staging.mkdir(parents=True)
+    staging.with_name("latents.zarr.started.json").write_text(json.dumps({"fingerprint": "another-config"}))
+    (staging / "stale.bin").write_bytes(b"left by a killed run")
+    redone = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert "starting over (it started with another config or other inputs)" in redone.stdout
+    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].shards == (8, 20, 16, 16)
+    assert not (root / "latents.zarr" / "stale.bin").exists() and not staging.exists()
 
 
 def test_a_video_that_fails_mid_way_is_rejected_and_the_rest_is_intact(tmp_path):
@@ -113,14 +119,17 @@ def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
     root = tmp_path / "run"
     tokenizer = make_root(root, num_videos=240)
     args = encode_args(root, "--set", "encode.clips_per_shard=2", "--set", "encode.batch_size=2")
-    progress = root / "latents.zarr" / "_progress"
-    written = kill_when(args, progress, "shard-*.json", 3)
+    staging = root / ".staging" / "latents.zarr"  # where encode writes until it is complete
+    written = kill_when(args, staging / "_progress", "shard-*.json", 3)
     assert 3 <= written < 120, "the kill must land mid-run"
-    assert not zarr.open_group(str(root / "latents.zarr"), mode="r").attrs["complete"]
+    assert not zarr.open_group(str(staging), mode="r").attrs["complete"]
+    assert not (root / "latents.zarr").exists()
 
     result = run_stvideo(*args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "encode: resuming the unfinished run" in result.stdout
     assert f"{written} shards were already written" in result.stdout
+    assert not staging.exists()
     store = open_latents(str(root / "latents.zarr"), tokenizer_identity=tokenizer.identity)
     sources = list(store.group["source"][:])
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
@@ -152,6 +161,7 @@ def test_ingest_and_encode_into_s3_through_a_local_server(s3_server, tmp_path):
         "tracking.enabled=false",
         "--set",
         "data.moving_mnist.num_videos=12",
+        *FEW_VIDEOS,
     ]
     ingest = run_stvideo("ingest", *common)
     assert ingest.returncode == 0, ingest.stderr[-3000:]
@@ -160,3 +170,26 @@ def test_ingest_and_encode_into_s3_through_a_local_server(s3_server, tmp_path):
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=tokenizer.identity)
     assert store.num_clips == 12 and MISSING not in store.group["split"][:]
     assert sorted(store.group["source"][:]) == [f"mmnist-s0-{i:07d}" for i in range(12)]
+    # both outputs were swapped in from their staging locations, which are gone
+    from pipeline import storage
+
+    assert storage.exists(f"{root}/raw/_stage.json") and storage.exists(f"{root}/latents.zarr/_stage.json")
+    assert not storage.exists(f"{root}/.staging/latents.zarr") and not storage.exists(f"{root}/.staging/raw")
+
+
+def test_a_shard_that_mixes_containers_encodes_every_video(tmp_path, video_folder):
+    """mp4, webm, avi and mkv in one raw shard: Ray Data gives each row every container's
+    column, the absent ones empty; every video must still be found and encoded."""
+    root = tmp_path / "run"
+    torch.manual_seed(0)
+    Tokenizer(VQGANConfig(base_channels=8, channel_mults=(1, 1, 2), codebook_size=64)).save_pretrained(
+        root / "tokenizer"
+    )
+    folder = ["--set", "data.source=folder", "--set", f"data.path={video_folder['path']}", *FEW_VIDEOS]
+    result = run_stvideo("run", "--stages", "ingest,encode", *encode_args(root, *folder)[1:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 1 and manifest["num_samples"] == len(video_folder["good"])
+    store = open_latents(str(root / "latents.zarr"))
+    assert MISSING not in store.group["split"][:] and not store.attrs["rejected"]
+    assert set(store.group["source"][:]) == {video["key"] for video in manifest["shards"][0]["videos"]}

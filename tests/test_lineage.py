@@ -91,12 +91,21 @@ def test_folder_inputs_are_identified_by_their_listing(tmp_path, video_folder):
     assert check(cfg, "ingest").changed == ["input videos"]
 
 
-def test_clear_removes_only_that_stages_outputs(tmp_path):
+def test_a_staged_output_is_swapped_in_whole_and_only_that_output_changes(tmp_path):
     cfg = tiny(tmp_path)
     fake_raw(tmp_path)
-    fake_tokenizer(tmp_path)
-    record(cfg, "train-tokenizer")
-    lineage.clear(STAGES["train-tokenizer"], Layout.of(cfg))
+    fake_tokenizer(tmp_path, b"old weights")
+    (tmp_path / "tokenizer" / "stale.txt").write_text("from an earlier, larger run")
+    layout = Layout.of(cfg)
+    staging = layout.staging(layout.trained_tokenizer)
+    lineage.mark_started(staging, "fingerprint")
+    (tmp_path / ".staging" / "tokenizer").mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".staging" / "tokenizer" / "model.safetensors").write_bytes(b"new weights")
+    lineage.swap_in(staging, layout.trained_tokenizer)
+    assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == ["model.safetensors"]
+    assert (tmp_path / "tokenizer" / "model.safetensors").read_bytes() == b"new weights"
+    assert (tmp_path / "raw" / "manifest.json").exists() and lineage.started_with(staging) is None
+    lineage.clear(str(tmp_path / "tokenizer"))
     assert not (tmp_path / "tokenizer").exists() and (tmp_path / "raw" / "manifest.json").exists()
 
 

@@ -27,7 +27,10 @@ def untracked_tiny(root) -> list[str]:
 
 def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     root = tmp_path / "tiny"
-    result = run_stvideo("run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}")
+    secret = ["--set", "submit.env.WANDB_API_KEY=hunter2"]  # must reach no log, artifact or manifest
+    result = run_stvideo(
+        "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}", *secret
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest, _ = read_manifest(root)
     assert manifest["num_samples"] == 48
@@ -119,6 +122,9 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         assert recorded["stage"] == stage and recorded["mlflow_run_id"] == runs[stage].info.run_id
     metrics_finished = recorded["finished_at"]
     assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
+    logged = client.download_artifacts(parent.info.run_id, "config.yaml", str(root.parent))
+    assert "WANDB_API_KEY: <redacted>" in open(logged).read()
+    assert not [path for path in root.rglob("*") if path.is_file() and b"hunter2" in path.read_bytes()]
 
     # the same seed gives the same continuations whatever the batching and the number of actors
     config = untracked_tiny(root)

@@ -130,3 +130,39 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
     job_id = detached.stdout.split("as Ray job ")[1].split()[0]
     assert wait_for(jobs, job_id) == "SUCCEEDED", jobs.get_job_logs(job_id)[-3000:]
     assert "== generate: skipped" in jobs.get_job_logs(job_id)
+
+
+def test_sigterm_to_submit_stops_its_ray_job_and_says_so(ray_head, tmp_path):
+    """`ray job stop` of a detached submission, or Kubernetes, sends SIGTERM: the stage's job
+    must not go on writing the root with nobody watching."""
+    import os
+    import signal
+    import subprocess
+
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.conftest import STVIDEO
+
+    root = tmp_path / "run"
+    args = ["submit", "--stages", "ingest", "--address", ray_head["dashboard"], "--set", f"root={root}"]
+    args += ["--set", "tracking.enabled=false", "--set", "data.moving_mnist.num_videos=3000"]
+    submit = subprocess.Popen(
+        [*STVIDEO, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    client = JobSubmissionClient(ray_head["dashboard"])
+    deadline, running = time.monotonic() + 120, None
+    while running is None and time.monotonic() < deadline and submit.poll() is None:
+        jobs = [job for job in client.list_jobs() if (job.metadata or {}).get("stvideo.root") == str(root)]
+        running = next((job for job in jobs if str(job.status.value) == "RUNNING"), None)
+        time.sleep(0.5)
+    assert running is not None, submit.communicate(timeout=30)
+    submit.send_signal(signal.SIGTERM)
+    out, err = submit.communicate(timeout=90)
+    assert submit.returncode == 1, out[-2000:] + err[-2000:]
+    assert f"ingest: terminated; stopped Ray job {running.submission_id}" in err
+    assert wait_for(client, running.submission_id, timeout=60) == "STOPPED"

@@ -63,21 +63,20 @@ class StageSpec:
     sections: tuple[str, ...]  # config sections its output depends on (and its MLflow params)
     reads: tuple[str, ...]  # artifacts of earlier stages
     writes: str  # the artifact it produces
+    output_field: str  # the `Layout` field it writes to (moved to staging while it runs)
     # keys of its sections that change how it runs (scale, logging cadence), not what it writes:
     # changing them must not make a finished stage outdated
     run_only_keys: tuple[str, ...] = ()
     # folders of the user's own videos it reads, identified by their listing
     user_inputs: Callable[[PipelineConfig], dict[str, str]] = _no_user_inputs
-    # derived outputs are redone from scratch when outdated; raw shards are the user's data,
-    # so replacing them is the user's call (ingest.overwrite)
-    derived: bool = True
+    # None: a derived output, redone whenever it is outdated. Raw shards are the user's data, so
+    # replacing them with another config's is the user's call: this key must say so
+    overwrite_key: str | None = None
     # what its job's driver holds on a cluster unless `submit.resources.<name>` says otherwise
     resources: StageResources = field(default_factory=StageResources)
-    # where it writes, when not where later stages read its artifact
-    writes_to: Callable[[Layout], str] | None = None
 
     def output(self, layout: Layout) -> str:
-        return (self.writes_to or ARTIFACTS[self.writes].location)(layout)
+        return getattr(layout, self.output_field)
 
     def run(self, cfg: PipelineConfig, layout: Layout) -> StageResult:
         module, function = self.entry.split(":")
@@ -105,9 +104,10 @@ STAGES: dict[str, StageSpec] = {
             sections=("data", "ingest"),
             reads=(),
             writes="raw",
+            output_field="raw",
             run_only_keys=("ingest.overwrite",),
             user_inputs=lambda cfg: {"videos": cfg.data.path} if cfg.data.source == "folder" else {},
-            derived=False,
+            overwrite_key="ingest.overwrite",
         ),
         StageSpec(
             "train-tokenizer",
@@ -117,7 +117,7 @@ STAGES: dict[str, StageSpec] = {
             reads=("raw",),
             writes="tokenizer",
             # under the root, whatever checkpoint `encode.tokenizer` makes later stages read
-            writes_to=lambda layout: layout.trained_tokenizer,
+            output_field="trained_tokenizer",
             run_only_keys=_training_cadence("tokenizer"),
         ),
         StageSpec(
@@ -127,7 +127,8 @@ STAGES: dict[str, StageSpec] = {
             sections=("data", "encode"),
             reads=("raw", "tokenizer"),
             writes="latents",
-            run_only_keys=("encode.overwrite", *_actor_scale("encode")),
+            output_field="latents",
+            run_only_keys=_actor_scale("encode"),
         ),
         StageSpec(
             "train-dynamics",
@@ -136,6 +137,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("dynamics",),
             reads=("latents", "tokenizer"),
             writes="dynamics",
+            output_field="dynamics",
             run_only_keys=_training_cadence("dynamics"),
         ),
         StageSpec(
@@ -145,6 +147,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("generate",),
             reads=("latents", "dynamics", "tokenizer"),
             writes="generations",
+            output_field="generations",
             run_only_keys=_actor_scale("generate"),
             user_inputs=lambda cfg: {"videos": cfg.generate.videos} if cfg.generate.videos else {},
         ),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+
+from jobs.config import PipelineConfig
+from pipeline.splits import SPLIT_NAMES, TRAIN, VAL, split_of
 
 
 class StageInputError(Exception):
@@ -20,3 +24,21 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)  # name -> URI
     metrics: dict[str, float] = field(default_factory=dict)
     summary: str = ""
+
+
+def check_splits(cfg: PipelineConfig, keys: list[str], what: str) -> str:
+    """Videos per split, as a phrase; a split a later stage needs that would be empty is an input
+    error now, not after the hours of training before the stage that needs it."""
+    counts = Counter(split_of(key, cfg.data.val_fraction, cfg.data.test_fraction) for key in keys)
+    needed = {TRAIN, VAL}  # the training stages train on one and evaluate on the other
+    if not cfg.generate.videos:  # generate continues a split of the store unless given videos
+        needed.add(next(code for code, name in SPLIT_NAMES.items() if name == cfg.generate.split))
+    found = ", ".join(f"{name} {counts[code]}" for code, name in SPLIT_NAMES.items())
+    empty = [SPLIT_NAMES[code] for code in sorted(needed) if counts[code] == 0]
+    if empty:
+        raise StageInputError(
+            f"data.val_fraction/test_fraction: given {cfg.data.val_fraction}/{cfg.data.test_fraction}; "
+            f"of the {len(keys)} {what}, the {' and '.join(empty)} split would be empty ({found}) and a "
+            "later stage needs it: change the fractions or bring more videos"
+        )
+    return found

@@ -128,20 +128,17 @@ def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -
 
 
 def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid) -> LatentStore:
+    """The store an unfinished run of this config left (to resume), else a new one. The runner
+    hands encode a fresh staging location whenever the config or inputs changed, so a store
+    found here with other contents is one a crash left half created: it is started over."""
     if storage.exists(storage.join(uri, "zarr.json")):
         try:
             store = open_latents(uri, complete=False)
         except LatentStoreError:
             store = None
         same = store is not None and all(store.attrs.get(k) == v for k, v in identity.items())
-        same = same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard
-        if same:
+        if same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard:
             return store
-        if not cfg.encode.overwrite:
-            raise StageInputError(
-                f"root: {uri} holds latents of another tokenizer, raw data or encode config; "
-                "use another root, or --set encode.overwrite=true to replace them"
-            )
     return LatentStore.create(
         uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity
     )

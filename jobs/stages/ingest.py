@@ -11,7 +11,7 @@ from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
-from jobs.stages.base import StageInputError, StageResult
+from jobs.stages.base import StageInputError, StageResult, check_splits
 from pipeline import storage
 from pipeline.shards import (
     PARTS_DIR,
@@ -72,29 +72,12 @@ def _list_items(source):
     return items
 
 
-def _check_previous(raw_uri: str, current: str, overwrite: bool) -> None:
-    """Refuse to mix shards of two different configs under one root."""
-    previous = set()
-    manifest_uri = storage.join(raw_uri, "manifest.json")
-    if storage.exists(manifest_uri):
-        previous.add(storage.read_json(manifest_uri).get("fingerprint"))
-    for name in storage.list_names(storage.join(raw_uri, PARTS_DIR)):
-        if name.endswith(".json"):
-            previous.add(storage.read_json(storage.join(raw_uri, PARTS_DIR, name)).get("fingerprint"))
-    # a writer killed mid-upload leaves a temporary file behind; nothing reads those
+def _remove_temporary_files(raw_uri: str) -> None:
+    """A writer killed mid-upload leaves a temporary file behind; nothing reads those."""
     for folder in (raw_uri, storage.join(raw_uri, PARTS_DIR)):
         for name in storage.list_names(folder):
             if ".tmp-" in name:
                 storage.remove(storage.join(folder, name))
-    stale = previous - {current}
-    if not stale:
-        return
-    if not overwrite:
-        raise StageInputError(
-            f"root: {raw_uri} already holds shards of other inputs or another data/ingest config; "
-            "use another root, or --set ingest.overwrite=true to replace them"
-        )
-    storage.remove(raw_uri, recursive=True)
 
 
 def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
@@ -103,7 +86,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     items = _list_items(source)
     raw_uri = layout.raw
     current = fingerprint(cfg, [[item.key, item.stamp] for item in items])
-    _check_previous(raw_uri, current, cfg.ingest.overwrite)
+    _remove_temporary_files(raw_uri)
     storage.makedirs(raw_uri)
 
     tasks = [
@@ -111,7 +94,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         for index, chunk in enumerate(plan_shards(items, cfg.ingest.videos_per_shard))
     ]
     reports: dict[int, ShardReport] = {}
-    for task in tasks:
+    for task in tasks:  # shards an unfinished run of this very config already built
         done = read_part(raw_uri, task.index)
         if done is not None and done.fingerprint == current:
             reports[task.index] = done
@@ -127,6 +110,12 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         current,
         {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items)},
     )
+    kept = [video["key"] for shard in manifest["shards"] for video in shard["videos"]]
+    if not kept:
+        raise StageInputError(
+            f"data.path: kept none of the {len(items)} videos; why each was rejected: {layout.raw_rejects}"
+        )
+    splits = check_splits(cfg, kept, "videos kept")
     seconds = time.perf_counter() - started
     first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
     preview = preview_gif(raw_uri, first_full) if first_full else None
@@ -147,7 +136,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics["videos_per_s"] = processed / seconds
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
-        f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}"
+        f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; per split: {splits}"
     )
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"
