@@ -1,0 +1,165 @@
+"""Kill each stage at a random moment, N times in a row, rerun it, and compare with a clean run.
+
+    .venv/bin/python tests/fault_injection.py --runs 3 [--seed 0] [--stages encode,generate]
+
+On the tiny config, tracking off. A clean run of the whole pipeline comes first and times each
+stage. Then, for each stage and each of the N tries: a root holding the clean run's inputs of
+that stage, the stage started and SIGKILLed (its whole process group and every process it
+started) at a random moment within its clean duration, then run again to completion; its
+output is compared with the clean run's:
+
+- ingest: the shard keys, the videos in each shard and their frame counts (the video bytes
+  themselves are not reproducible: libx264 encodes with several threads);
+- train-tokenizer, train-dynamics: the weights, byte for byte;
+- encode: the codes, sources, start frames and splits;
+- generate: `metrics.json` (less `seconds`) and the generated codes.
+
+Prints one line per try and a total; exits 1 if any output differs. Not a pytest module (a few
+minutes long): run it by hand, or from CI when a change touches resuming.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["ingest", "train-tokenizer", "encode", "train-dynamics", "generate"]
+OUTPUTS = {
+    "ingest": "raw",
+    "train-tokenizer": "tokenizer",
+    "encode": "latents.zarr",
+    "train-dynamics": "dynamics",
+    "generate": "generations/default",
+}
+
+
+def stvideo(root: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "jobs.cli", *args, "--config", str(REPO / "configs" / "tiny.yaml")]
+    command += ["--set", f"root={root}", "--set", "tracking.enabled=false"]
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=900)
+    if process.returncode:
+        raise RuntimeError(f"exit {process.returncode}: {err[-2000:]}")
+
+
+def kill_after(process: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL the process and all it started after `seconds`; False if it ended first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    family = [process, *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGKILL)
+    for member in family:  # Ray's daemons may have left the process group
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.communicate(timeout=60)
+    return True
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fingerprint(stage: str, root: Path):
+    """What must be equal between a clean and a killed-then-resumed run of `stage`."""
+    out = root / OUTPUTS[stage]
+    if stage == "ingest":
+        manifest = json.loads((out / "manifest.json").read_text())
+        return [
+            (shard["name"], shard["samples"], [(v["key"], v["num_frames"]) for v in shard["videos"]])
+            for shard in manifest["shards"]
+        ]
+    if stage in ("train-tokenizer", "train-dynamics"):
+        return sha(out / "model.safetensors")
+    if stage == "encode":
+        group = zarr.open_group(str(out), mode="r")
+        # the numbers by their bytes, the keys as text (a string array's bytes hold pointers)
+        numbers = [
+            np.ascontiguousarray(group[name][:]).tobytes() for name in ("codes", "start_frame", "split")
+        ]
+        return [hashlib.sha256(b"".join(numbers)).hexdigest(), group["source"][:].tolist()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("seconds")
+    codes = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]
+    return json.dumps(metrics, sort_keys=True), hashlib.sha256(codes.tobytes()).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="kills per stage")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/stvideo-faults"))
+    parser.add_argument("--stages", default=",".join(STAGES), help="which stages to kill (all run clean)")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    shutil.rmtree(args.work, ignore_errors=True)
+    clean = args.work / "clean"
+    durations = {}
+    for stage in STAGES:
+        started = time.monotonic()
+        finish(stvideo(clean, stage))
+        durations[stage] = time.monotonic() - started
+    print("clean run: " + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in durations.items()))
+
+    tries = mismatches = kills = 0
+    for position, stage in enumerate(STAGES):
+        if stage not in args.stages.split(","):
+            continue
+        for attempt in range(args.runs):
+            root = args.work / f"{stage}-{attempt}"
+            root.mkdir(parents=True)
+            for earlier in STAGES[:position]:  # the clean run's inputs of this stage
+                shutil.copytree(clean / OUTPUTS[earlier], root / OUTPUTS[earlier])
+            at = rng.uniform(0.5, 0.5 * durations[stage])  # within the run, even on a quieter machine
+            killed = kill_after(stvideo(root, stage), at)
+            finish(stvideo(root, stage))
+            same = fingerprint(stage, root) == fingerprint(stage, clean)
+            left = (
+                sorted(path.name for path in (root / ".staging").glob("*"))
+                if (root / ".staging").exists()
+                else []
+            )
+            tries, kills = tries + 1, kills + killed
+            mismatches += not same or bool(left)
+            state = "killed" if killed else "finished before the kill"
+            print(
+                f"{stage} #{attempt + 1}: {state} at {at:.1f}s; resumed output "
+                f"{'equals' if same else 'DIFFERS FROM'} the clean run's"
+                + (f"; left in .staging: {left}" if left else "")
+            )
+            shutil.rmtree(root)
+    print(f"{tries} runs ({kills} killed mid-run, then resumed), {mismatches} mismatches")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
