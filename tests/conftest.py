@@ -158,31 +158,35 @@ def video_folder(tmp_path: Path) -> dict:
     return {"path": folder, "good": good, "bad": bad}
 
 
-def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: float = 300) -> int:
-    """Start `stvideo ARGS`, SIGKILL it and every process it started once `count` files match
-    `pattern` in `folder`; return how many matched at the kill."""
+def start_stvideo(*args: str, **popen) -> subprocess.Popen:
+    """Start the real CLI in a session of its own, so that it can be killed with all it starts."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen([*STVIDEO, *args], cwd=REPO, start_new_session=True, text=True, env=env, **popen)
+
+
+def kill_family(process: subprocess.Popen) -> None:
+    """SIGKILL a process from `start_stvideo` and every process it started."""
     import signal
 
     import psutil
 
-    victim = subprocess.Popen(
-        [*STVIDEO, *args],
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    family = [process, *psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGKILL)
+    for member in family:  # Ray's daemons may have left the process group
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: float = 300) -> int:
+    """Start `stvideo ARGS`, SIGKILL it and every process it started once `count` files match
+    `pattern` in `folder`; return how many matched at the kill."""
+    victim = start_stvideo(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(list(folder.glob(pattern))) < count:
         time.sleep(0.02)
-    family = [victim, *psutil.Process(victim.pid).children(recursive=True)]
-    os.killpg(victim.pid, signal.SIGKILL)
-    for process in family:  # Ray's daemons may have left the process group
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
+    kill_family(victim)
     victim.wait(timeout=30)
     return len(list(folder.glob(pattern)))
 

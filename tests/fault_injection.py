@@ -23,20 +23,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: `tests.conftest` is importable
+
+from tests.conftest import kill_family, start_stvideo  # noqa: E402
+
 STAGES = ["ingest", "train-tokenizer", "encode", "train-dynamics", "generate"]
 OUTPUTS = {
     "ingest": "raw",
@@ -48,17 +49,9 @@ OUTPUTS = {
 
 
 def stvideo(root: Path, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "jobs.cli", *args, "--config", str(REPO / "configs" / "tiny.yaml")]
-    command += ["--set", f"root={root}", "--set", "tracking.enabled=false"]
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    config = ["--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}"]
+    config += ["--set", "tracking.enabled=false"]
+    return start_stvideo(*args, *config, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def finish(process: subprocess.Popen) -> None:
@@ -74,13 +67,7 @@ def kill_after(process: subprocess.Popen, seconds: float) -> bool:
         if process.poll() is not None:
             return False
         time.sleep(0.05)
-    family = [process, *psutil.Process(process.pid).children(recursive=True)]
-    os.killpg(process.pid, signal.SIGKILL)
-    for member in family:  # Ray's daemons may have left the process group
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
+    kill_family(process)
     process.communicate(timeout=60)
     return True
 

@@ -135,25 +135,17 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
 def test_sigterm_to_submit_stops_its_ray_job_and_says_so(ray_head, tmp_path):
     """`ray job stop` of a detached submission, or Kubernetes, sends SIGTERM: the stage's job
     must not go on writing the root with nobody watching."""
-    import os
     import signal
     import subprocess
 
     from ray.job_submission import JobSubmissionClient
 
-    from tests.conftest import STVIDEO
+    from tests.conftest import start_stvideo
 
     root = tmp_path / "run"
     args = ["submit", "--stages", "ingest", "--address", ray_head["dashboard"], "--set", f"root={root}"]
     args += ["--set", "tracking.enabled=false", "--set", "data.moving_mnist.num_videos=3000"]
-    submit = subprocess.Popen(
-        [*STVIDEO, *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    submit = start_stvideo(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     client = JobSubmissionClient(ray_head["dashboard"])
     deadline, running = time.monotonic() + 120, None
     while running is None and time.monotonic() < deadline and submit.poll() is None:

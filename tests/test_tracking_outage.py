@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, STVIDEO, free_port, run_stvideo
+from tests.conftest import REPO, free_port, run_stvideo, start_stvideo
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SCRIPT = REPO / "infra" / "local" / "mlflow-server.sh"
@@ -33,14 +33,7 @@ def test_a_stage_outlives_its_tracking_server_and_catches_up_when_it_returns(tmp
     args += ["--set", f"root={root}", "--set", f"tracking.uri={uri}", "--set", "tokenizer.max_steps=120"]
     server("start", state, port)
     try:
-        run = subprocess.Popen(
-            [*STVIDEO, *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        )
+        run = start_stvideo(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # the first evaluation of train-tokenizer (step 20 of 120): the server goes away
         first_grid = root / ".staging" / "tokenizer" / "recon" / "step-000020.png"
         deadline = time.monotonic() + 240
