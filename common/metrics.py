@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def _unit(frames: torch.Tensor) -> torch.Tensor:
+def to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]; float input is taken as already in [0, 1]."""
     return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
 
 
 def mse_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error in [0, 1] units, one value per frame of [N, C, H, W]."""
-    return (_unit(a) - _unit(b)).pow(2).flatten(1).mean(1)
+    return (to_unit(a) - to_unit(b)).pow(2).flatten(1).mean(1)
 
 
 def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -21,7 +22,7 @@ def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim_per_frame(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
     """SSIM with a Gaussian window (Wang et al. 2004), averaged over channels and positions."""
-    x, y = _unit(a), _unit(b)
+    x, y = to_unit(a), to_unit(b)
     channels = x.shape[1]
     coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
     kernel_1d = torch.exp(-(coords**2) / (2 * sigma**2))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.metrics import psnr_per_frame, ssim_per_frame
+from common.metrics import psnr_per_frame, ssim_per_frame, to_unit
 from dynamics.generate import Continuation
 
 METRICS = ("mse", "mae", "psnr", "ssim")
@@ -44,13 +44,9 @@ DEFINITION = (
 )
 
 
-def _unit(frames: torch.Tensor) -> torch.Tensor:
-    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
-
-
 def frame_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
     """Frames [T, C, H, W] (uint8 or [0, 1]) -> each metric per frame, [T]."""
-    difference = _unit(predicted) - _unit(truth)
+    difference = to_unit(predicted) - to_unit(truth)
     return {
         "mse": difference.pow(2).flatten(1).sum(1),
         "mae": difference.abs().flatten(1).sum(1),
@@ -71,7 +67,7 @@ def sample_diversity(samples: torch.Tensor) -> torch.Tensor:
     count = samples.shape[0]
     if count < 2:
         return torch.zeros(samples.shape[1])
-    unit = _unit(samples)
+    unit = to_unit(samples)
     pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
     return torch.stack([(unit[i] - unit[j]).pow(2).flatten(1).sum(1) for i, j in pairs]).mean(0)
 

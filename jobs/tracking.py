@@ -265,11 +265,11 @@ class Tracker:
         if _journal.lost:
             return None
         try:
+            experiment = self._experiment_id()  # also points mlflow at the tracking URI
             if _journal.path.exists():
-                self._experiment_id()  # sets the tracking URI
                 sent = _journal.replay(_client())
                 print(f"MLflow answers again: sent {sent} records it could not take before", file=sys.stderr)
-            return start(self._experiment_id())
+            return start(experiment)
         except Exception as err:
             _journal.lose(err)
             return None

@@ -11,6 +11,7 @@ import hashlib
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
+SPLIT_CODES = {name: code for code, name in SPLIT_NAMES.items()}
 
 
 def key_unit(key: str) -> float:

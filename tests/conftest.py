@@ -35,6 +35,18 @@ FEW_VIDEOS = [
 ]
 
 
+def untracked_tiny(root) -> list[str]:
+    """CLI arguments: the tiny config into `root`, without MLflow."""
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ import zarr
 from pipeline.latents import MISSING, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
-from tests.conftest import FEW_VIDEOS, REPO, build_raw, kill_when, run_stvideo
+from tests.conftest import FEW_VIDEOS, build_raw, kill_when, run_stvideo, untracked_tiny
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -152,17 +152,7 @@ def test_ingest_and_encode_into_s3_through_a_local_server(s3_server, tmp_path):
     local = tmp_path / "local"
     tokenizer = make_root(local, num_videos=2)  # only its tokenizer is used
     root = f"{s3_server}/tiny"
-    common = [
-        "--config",
-        str(REPO / "configs" / "tiny.yaml"),
-        "--set",
-        f"root={root}",
-        "--set",
-        "tracking.enabled=false",
-        "--set",
-        "data.moving_mnist.num_videos=12",
-        *FEW_VIDEOS,
-    ]
+    common = [*untracked_tiny(root), "--set", "data.moving_mnist.num_videos=12", *FEW_VIDEOS]
     ingest = run_stvideo("ingest", *common)
     assert ingest.returncode == 0, ingest.stderr[-3000:]
     encode = run_stvideo("encode", *common, "--set", f"encode.tokenizer={local / 'tokenizer'}")

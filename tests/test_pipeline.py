@@ -7,22 +7,10 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.conftest import REPO, run_stvideo
+from tests.conftest import REPO, run_stvideo, untracked_tiny
 from tests.test_ingest_stage import read_manifest
 
 pytestmark = pytest.mark.slow
-
-
-def untracked_tiny(root) -> list[str]:
-    """CLI arguments: the tiny config into `root`, without MLflow."""
-    return [
-        "--config",
-        str(REPO / "configs" / "tiny.yaml"),
-        "--set",
-        f"root={root}",
-        "--set",
-        "tracking.enabled=false",
-    ]
 
 
 def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):

@@ -33,7 +33,7 @@ from tokenizer.model import (
     adaptive_gan_weight,
     hinge_d_loss,
 )
-from tokenizer.settings import TokenizerSettings
+from tokenizer.settings import TokenizerSettings, VQGANConfig
 from tokenizer.tokenizer import Tokenizer, to_float, to_uint8
 
 RESTART_CANDIDATES = 512  # encoder outputs each rank offers per dead-code restart
@@ -46,6 +46,18 @@ class FrameSource:
     shard_uris: list[str]
     val_fraction: float
     test_fraction: float
+
+    def videos(self, split: int, arch: VQGANConfig, **options) -> RawVideoFrames:
+        """The videos of one split, decoded at the architecture's frame size and channels."""
+        return RawVideoFrames(
+            self.shard_uris,
+            split,
+            self.val_fraction,
+            self.test_fraction,
+            frame_size=arch.frame_size,
+            channels=arch.in_channels,
+            **options,
+        )
 
 
 FileLogger = Callable[[str, str], None]  # (local path, artifact folder)
@@ -152,14 +164,9 @@ def frame_batches(
     settings: TokenizerSettings, source: FrameSource, accelerator: Accelerator, steps_done: int
 ) -> Iterator[dict]:
     """This rank's own reader of training frames, fast-forwarded past `steps_done` steps."""
-    arch = settings.model
-    dataset = RawVideoFrames(
-        source.shard_uris,
+    dataset = source.videos(
         TRAIN,
-        source.val_fraction,
-        source.test_fraction,
-        frame_size=arch.frame_size,
-        channels=arch.in_channels,
+        settings.model,
         frames_per_video=settings.frames_per_video,
         seed=settings.seed,
         rank=accelerator.process_index,
@@ -240,16 +247,7 @@ def evaluate(
     """Reconstruction quality and codebook health on every frame of the validation videos."""
     arch = settings.model
     device = next(model.parameters()).device
-    videos = RawVideoFrames(
-        source.shard_uris,
-        VAL,
-        source.val_fraction,
-        source.test_fraction,
-        frame_size=arch.frame_size,
-        channels=arch.in_channels,
-        repeat=False,
-        limit=settings.eval_videos,
-    )
+    videos = source.videos(VAL, arch, repeat=False, limit=settings.eval_videos)
     try:
         originals = [item["frames"] for item in videos]
     except RuntimeError:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from jobs.config import PipelineConfig
-from pipeline.splits import SPLIT_NAMES, TRAIN, VAL, split_of
+from pipeline.splits import SPLIT_CODES, SPLIT_NAMES, TRAIN, VAL, split_of
 
 
 class StageInputError(Exception):
@@ -32,7 +32,7 @@ def check_splits(cfg: PipelineConfig, keys: list[str], what: str) -> str:
     counts = Counter(split_of(key, cfg.data.val_fraction, cfg.data.test_fraction) for key in keys)
     needed = {TRAIN, VAL}  # the training stages train on one and evaluate on the other
     if not cfg.generate.videos:  # generate continues a split of the store unless given videos
-        needed.add(next(code for code, name in SPLIT_NAMES.items() if name == cfg.generate.split))
+        needed.add(SPLIT_CODES[cfg.generate.split])
     found = ", ".join(f"{name} {counts[code]}" for code, name in SPLIT_NAMES.items())
     empty = [SPLIT_NAMES[code] for code in sorted(needed) if counts[code] == 0]
     if empty:

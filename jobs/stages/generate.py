@@ -33,7 +33,7 @@ from pipeline.generations import write_codes, write_preview
 from pipeline.latents import LatentStoreError, open_latents
 from pipeline.preview import to_rgb
 from pipeline.sources import FolderSource
-from pipeline.splits import SPLIT_NAMES, TRAIN
+from pipeline.splits import SPLIT_CODES, TRAIN
 from pipeline.truth import RawVideo, StoreTruth, mean_frame, raw_videos, video_start
 from pipeline.video import encode_mp4
 
@@ -273,7 +273,7 @@ def _store_clips(gen, store) -> list[dict]:
             f"generate.prompt_frames: given {gen.prompt_frames}, "
             f"expected fewer than the clips' {clip_frames} frames"
         )
-    split_code = {name: code for code, name in SPLIT_NAMES.items()}[gen.split]
+    split_code = SPLIT_CODES[gen.split]
     chosen = np.flatnonzero(store.group["split"][:] == split_code)[: gen.max_clips or None]
     if len(chosen) == 0:
         raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
