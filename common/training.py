@@ -27,17 +27,27 @@ from tqdm import tqdm
 MetricsLogger = Callable[[dict[str, float], int], None]
 
 
-class Progress:
-    """The step counter, saved and restored with the Accelerate state."""
+PROGRESS_FILE = "progress.json"
 
-    def __init__(self) -> None:
+
+class Progress:
+    """The step counter and the LR schedules' positions, saved beside the Accelerate state
+    as JSON. Registered with Accelerate they would be pickled, and loading a pickle runs
+    whatever code the file names: a resume must not trust the training folder that much."""
+
+    def __init__(self, *schedules: torch.optim.lr_scheduler.LRScheduler) -> None:
         self.step = 0
+        self.schedules = schedules
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"step": self.step, "schedules": [schedule.state_dict() for schedule in self.schedules]}
 
     def load_state_dict(self, state: dict) -> None:
+        if len(state["schedules"]) != len(self.schedules):
+            raise ValueError(f"{len(state['schedules'])} LR schedules saved, {len(self.schedules)} now")
         self.step = int(state["step"])
+        for schedule, saved in zip(self.schedules, state["schedules"], strict=True):
+            schedule.load_state_dict(saved)
 
 
 def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
@@ -71,7 +81,7 @@ def skip_per_worker(batches_done: int, workers: int, batch_size: int) -> list[in
     ]
 
 
-def resume(accelerator: Accelerator, out_dir: Path) -> bool:
+def resume(accelerator: Accelerator, out_dir: Path, progress: Progress) -> bool:
     """Load `out_dir/train_state` when there is one; True when it did."""
     state_dir = out_dir / "train_state"
     if not state_dir.exists() and state_dir.with_suffix(".old").exists():
@@ -79,8 +89,10 @@ def resume(accelerator: Accelerator, out_dir: Path) -> bool:
     if not state_dir.exists():
         return False
     try:
+        # Accelerate loads the tensors with weights_only=True; the rest is JSON
         accelerator.load_state(str(state_dir))
-    except (RuntimeError, KeyError, ValueError) as err:
+        progress.load_state_dict(json.loads((state_dir / PROGRESS_FILE).read_text()))
+    except (RuntimeError, KeyError, ValueError, FileNotFoundError) as err:
         raise RuntimeError(
             f"{state_dir} holds the state of a different model or optimizer setup ({str(err)[:200]}); "
             "train into another root, or delete that folder to start over"
@@ -88,7 +100,7 @@ def resume(accelerator: Accelerator, out_dir: Path) -> bool:
     return True
 
 
-def save_state(accelerator: Accelerator, out_dir: Path) -> None:
+def save_state(accelerator: Accelerator, out_dir: Path, progress: Progress) -> None:
     """The resumable state, written beside the old one and swapped in by renames,
     so a run killed while saving still finds a whole state to resume from."""
     state_dir = out_dir / "train_state"
@@ -99,6 +111,7 @@ def save_state(accelerator: Accelerator, out_dir: Path) -> None:
     accelerator.save_state(str(fresh))
     accelerator.wait_for_everyone()  # every rank's RNG state is in before the swap
     if accelerator.is_main_process:
+        (fresh / PROGRESS_FILE).write_text(json.dumps(progress.state_dict()))
         if state_dir.exists():
             state_dir.rename(old)
         fresh.rename(state_dir)
@@ -118,12 +131,13 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
     return multiplier
 
 
-def resume_progress(accelerator: Accelerator, out_dir: Path, name: str, *stateful) -> Progress:
-    """The step counter, checkpointed with `stateful` (e.g. LR schedules), loaded with the
-    rest of the state from `out_dir/train_state` when a run stopped there."""
-    progress = Progress()
-    accelerator.register_for_checkpointing(*stateful, progress)
-    if resume(accelerator, out_dir) and accelerator.is_main_process:
+def resume_progress(
+    accelerator: Accelerator, out_dir: Path, name: str, *schedules: torch.optim.lr_scheduler.LRScheduler
+) -> Progress:
+    """The step counter and `schedules`, loaded with the rest of the state from
+    `out_dir/train_state` when a run stopped there."""
+    progress = Progress(*schedules)
+    if resume(accelerator, out_dir, progress) and accelerator.is_main_process:
         tqdm.write(f"{name}: resumed from {out_dir / 'train_state'} at step {progress.step}")
     return progress
 
@@ -226,7 +240,7 @@ def run_loop(
                 tqdm.write(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()
         if due(cadence.checkpoint_every):
-            save_state(accelerator, out_dir)
+            save_state(accelerator, out_dir, progress)
             if main:
                 write_checkpoint()
                 if summary:
