@@ -231,6 +231,46 @@ def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | No
     )
 
 
+def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, set]:
+    """Run the real CLI as `run_stvideo` does, and every 0.2 s note the sockets that it and
+    every process it started listen on: {(process name, ip, port)}."""
+    import tempfile
+
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = start_stvideo(*args, stdout=out, stderr=err)
+        listening: set[tuple[str, str, int]] = set()
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for member in family:
+                try:
+                    for sock in member.net_connections(kind="inet"):
+                        if sock.status == psutil.CONN_LISTEN or sock.type == socket.SOCK_DGRAM:
+                            listening.add((member.name(), sock.laddr.ip, sock.laddr.port))
+                except psutil.Error:  # gone, or not ours to look into
+                    pass
+            time.sleep(0.2)
+        if process.poll() is None:
+            kill_family(process)
+        process.wait(timeout=60)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()), listening
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, also written as an IPv4-mapped IPv6 address (::ffff:127.0.0.1)."""
+    import ipaddress
+
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def build_raw(root: Path, num_videos: int = 36, per_shard: int = 12, seed: int = 0) -> list[str]:
     """Raw shards of generated Moving MNIST under root/raw, built without Ray (fast fixtures)."""
     from pipeline.shards import ShardTask, build_shard, plan_shards, write_manifest

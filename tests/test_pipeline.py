@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.conftest import REPO, run_stvideo, untracked_tiny
+from tests.conftest import REPO, is_loopback, run_stvideo, run_stvideo_listening, untracked_tiny
 from tests.test_ingest_stage import read_manifest
 
 pytestmark = pytest.mark.slow
@@ -16,10 +16,15 @@ pytestmark = pytest.mark.slow
 def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     root = tmp_path / "tiny"
     secret = ["--set", "submit.env.WANDB_API_KEY=hunter2"]  # must reach no log, artifact or manifest
-    result = run_stvideo(
+    result, listening = run_stvideo_listening(
         "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}", *secret
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # the embedded Ray (GCS, raylet, workers, agents) and all else listen on loopback only
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, listening
+    exposed = {(name, ip, port) for name, ip, port in listening if not is_loopback(ip)}
+    assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
     manifest, _ = read_manifest(root)
     assert manifest["num_samples"] == 48
     assert (root / "raw" / "preview.gif").exists()
