@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from jobs.config import RayConfig
 from jobs.tracking import SUBMISSION_ENV
@@ -29,14 +30,29 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if not address and os.environ.get(SUBMISSION_ENV):
         address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        stop = ray.shutdown
+        # a head on this host's loopback (infra/local/ray-head.sh) has node IP 127.0.0.1:
+        # a driver that took the host's reachable address would wait for a raylet forever
+        with loopback_node(enabled=_is_loopback_address(address)):
+            ray.init(address=address, logging_level=logging.WARNING)
     else:
-        stop = _start_on_loopback(cfg)
+        with loopback_node():
+            # "local" always starts a fresh embedded Ray: a bare init() would join any
+            # cluster this machine happens to run (it reads /tmp/ray/ray_current_cluster).
+            ray.init(
+                address="local",
+                num_cpus=cfg.num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                _node_ip_address="127.0.0.1",
+            )
+        node_ip = ray.util.get_node_ip_address()
+        if not _is_loopback_address(node_ip):
+            ray.shutdown()
+            raise RuntimeError(f"the embedded Ray took node address {node_ip}, not loopback: refusing to run")
     try:
         yield
     finally:
-        stop()
+        ray.shutdown()
 
 
 # Ray turns a node IP of 127.0.0.1 into this host's reachable address (it expects other
@@ -46,33 +62,39 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _start_on_loopback(cfg: RayConfig) -> Callable[[], None]:
-    """Start a fresh embedded Ray that no other host can reach; return what stops it."""
-    import ray
+@contextmanager
+def loopback_node(enabled: bool = True) -> Iterator[None]:
+    """While the block runs, this process's Ray (and what it starts) takes 127.0.0.1 as the
+    node address; a later ray.init(address=...) to a remote cluster finds its real one again."""
+    if not enabled:
+        yield
+        return
     from ray._private import ray_constants
 
     saved_env, saved_switch = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_SWITCH] = "0"  # read by this process's Ray and by what it starts
+    os.environ[LOOPBACK_SWITCH] = "0"  # read by the processes Ray starts
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when Ray was imported, maybe before this
     try:
-        # "local" always starts a fresh embedded Ray: a bare init() would join any
-        # cluster this machine happens to run (it reads /tmp/ray/ray_current_cluster).
-        ray.init(
-            address="local",
-            num_cpus=cfg.num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            _node_ip_address="127.0.0.1",
-        )
-        node_ip = ray.util.get_node_ip_address()
-        if not ipaddress.ip_address(node_ip).is_loopback:
-            ray.shutdown()
-            raise RuntimeError(f"the embedded Ray took node address {node_ip}, not loopback: refusing to run")
+        yield
     finally:
-        # a later ray.init(address=...) in this process must find its real address again
         ray_constants.ENABLE_RAY_CLUSTER = saved_switch
         if saved_env is None:
             os.environ.pop(LOOPBACK_SWITCH, None)
         else:
             os.environ[LOOPBACK_SWITCH] = saved_env
-    return ray.shutdown
+
+
+def _is_loopback_address(address: str) -> bool:
+    """"127.0.0.1", "127.0.0.1:6379", "ray://localhost:10001", "[::1]:6379", "::1" -> True."""
+    host = address.split("://")[-1]
+    if not _is_ip(host):
+        host = urlsplit("//" + host).hostname or host
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

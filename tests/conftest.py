@@ -78,9 +78,10 @@ def local_service(script: str, state: Path, env: dict[str, str]) -> Iterator[int
         assert not alive(pid)
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A real Ray head on 127.0.0.1 (infra/local/ray-head.sh), 4 logical CPUs."""
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real Ray head on 127.0.0.1 (infra/local/ray-head.sh), 4 logical CPUs, shared by the session."""
+    tmp_path = tmp_path_factory.mktemp("ray-head")
     port, dashboard = free_port(), free_port()
     env = {
         "RAY_PORT": str(port),
@@ -92,9 +93,11 @@ def ray_head(tmp_path):
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "pid": pid}
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow server on 127.0.0.1 (infra/local/mlflow-server.sh): sqlite, artifacts on disk."""
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow server on 127.0.0.1 (infra/local/mlflow-server.sh): sqlite, artifacts on
+    disk, shared by the session (a test that stops its server starts its own)."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     with local_service("mlflow-server.sh", tmp_path / "mlflow-state", {"MLFLOW_PORT": str(port)}) as pid:
         yield {"uri": f"http://127.0.0.1:{port}", "pid": pid}

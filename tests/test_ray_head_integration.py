@@ -7,7 +7,7 @@ import decord
 import pytest
 import webdataset as wds
 
-from tests.conftest import REPO, run_stvideo
+from tests.conftest import REPO, is_loopback, run_stvideo
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -43,3 +43,37 @@ def test_ingest_runs_on_a_real_ray_head(ray_head, tmp_path):
 
     jobs = json.loads(urllib.request.urlopen(f"{ray_head['dashboard']}/api/jobs/", timeout=10).read())
     assert any(job.get("type") == "DRIVER" for job in jobs), jobs
+
+
+def test_the_local_head_listens_on_loopback_only(ray_head, tmp_path):
+    """Every process of infra/local/ray-head.sh (GCS, raylet, workers, agents, client server,
+    dashboard) listens on 127.0.0.0/8 only; a head on another address needs token auth."""
+    import subprocess
+
+    import psutil
+
+    import ray
+
+    from jobs.config import RayConfig
+    from jobs.ray_runtime import ray_session
+
+    # have the head start a worker, then look at every process under `ray start`
+    with ray_session(RayConfig(address=ray_head["address"])):
+        ray.get(ray.remote(lambda: 1).remote())
+        head = psutil.Process(ray_head["pid"])
+        listening = set()
+        for member in [head, *head.children(recursive=True)]:
+            for sock in member.net_connections(kind="inet"):
+                if sock.status == psutil.CONN_LISTEN:
+                    listening.add((member.name(), sock.laddr.ip, sock.laddr.port))
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in listening}, listening
+    exposed = sorted(entry for entry in listening if not is_loopback(entry[1]))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+    refused = subprocess.run(
+        [str(REPO / "infra" / "local" / "ray-head.sh"), "start", str(tmp_path / "refused")],
+        env={"PATH": "/usr/bin:/bin", "RAY_HEAD_IP": "192.0.2.1", "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Start or stop a local Ray head whose dashboard (the Jobs API) binds to 127.0.0.1.
+# Start or stop a local Ray head that listens on 127.0.0.1 only: GCS, raylet, workers, agents,
+# the client server and the dashboard (the Jobs API).
 #   infra/local/ray-head.sh start [STATE_DIR]   -> prints the GCS address and the dashboard URL
 #   infra/local/ray-head.sh stop  [STATE_DIR]
 # The head runs under `ray start --block` in its own process group; stop signals
 # it by the PID recorded in STATE_DIR/ray-head.pid, never a blanket `ray stop`.
 # Env: RAY_PORT (6379), RAY_DASHBOARD_PORT (8265), RAY_DASHBOARD_AGENT_PORT (52365: the job agent
 # the Jobs API hands submissions to; another Ray on the host holding it means "no available agent"),
-# RAY_NUM_CPUS (all), RAY_AUTH_MODE (disabled).
+# RAY_NUM_CPUS (all), RAY_AUTH_MODE (disabled), RAY_HEAD_IP (127.0.0.1: another address lets
+# other hosts join and reach the Jobs API, and is refused unless RAY_AUTH_MODE=token).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -21,6 +23,16 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 port="${RAY_PORT:-6379}"
 dashboard_port="${RAY_DASHBOARD_PORT:-8265}"
 agent_port="${RAY_DASHBOARD_AGENT_PORT:-52365}"
+head_ip="${RAY_HEAD_IP:-127.0.0.1}"
+if [[ "$head_ip" == 127.* ]]; then
+  # Ray turns a node IP of 127.0.0.1 into the host's reachable address, and its servers then
+  # listen on every interface; its single-machine switch ("clusters off") keeps them on loopback.
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+elif [ "$RAY_AUTH_MODE" != token ]; then
+  echo "ray head: RAY_HEAD_IP=$head_ip is reachable from other hosts; set RAY_AUTH_MODE=token" \
+    "(and RAY_AUTH_TOKEN) to start it there" >&2
+  exit 2
+fi
 
 case "${1:-}" in
   start)
@@ -32,12 +44,12 @@ case "${1:-}" in
     cpus=()
     [ -n "${RAY_NUM_CPUS:-}" ] && cpus=(--num-cpus "$RAY_NUM_CPUS")
     start_detached "$pidfile" "$log" "$ray_bin" start --head --block --disable-usage-stats \
-      --node-ip-address 127.0.0.1 --port "$port" \
-      --dashboard-host 127.0.0.1 --dashboard-port "$dashboard_port" \
+      --node-ip-address "$head_ip" --port "$port" \
+      --dashboard-host "$head_ip" --dashboard-port "$dashboard_port" \
       --dashboard-agent-listen-port "$agent_port" \
       --ray-client-server-port "$((port + 1))" ${cpus[@]+"${cpus[@]}"}
-    wait_ready "ray head" "$pidfile" "$log" "http://127.0.0.1:$dashboard_port/api/version"
-    echo "ray head: 127.0.0.1:$port  dashboard/jobs: http://127.0.0.1:$dashboard_port  (pid $(cat "$pidfile"))"
+    wait_ready "ray head" "$pidfile" "$log" "http://$head_ip:$dashboard_port/api/version"
+    echo "ray head: $head_ip:$port  dashboard/jobs: http://$head_ip:$dashboard_port  (pid $(cat "$pidfile"))"
     ;;
   stop) stop_by_pidfile "ray head" "$pidfile" "ray start --head" ;;
   *) echo "usage: $0 start|stop [STATE_DIR]" >&2; exit 2 ;;
