@@ -85,7 +85,7 @@ def loopback_node(enabled: bool = True) -> Iterator[None]:
 
 
 def _is_loopback_address(address: str) -> bool:
-    """"127.0.0.1", "127.0.0.1:6379", "ray://localhost:10001", "[::1]:6379", "::1" -> True."""
+    """ "127.0.0.1", "127.0.0.1:6379", "ray://localhost:10001", "[::1]:6379", "::1" -> True."""
     host = address.split("://")[-1]
     if not _is_ip(host):
         host = urlsplit("//" + host).hostname or host

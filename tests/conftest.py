@@ -262,7 +262,9 @@ def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.Co
             kill_family(process)
         process.wait(timeout=60)
         out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()), listening
+        return subprocess.CompletedProcess(
+            process.args, process.returncode, out.read(), err.read()
+        ), listening
 
 
 def is_loopback(ip: str) -> bool:

@@ -51,7 +51,6 @@ def test_the_local_head_listens_on_loopback_only(ray_head, tmp_path):
     import subprocess
 
     import psutil
-
     import ray
 
     from jobs.config import RayConfig
@@ -77,3 +76,42 @@ def test_the_local_head_listens_on_loopback_only(ray_head, tmp_path):
         text=True,
     )
     assert refused.returncode == 2 and "RAY_AUTH_MODE=token" in refused.stderr
+
+
+def test_a_token_head_takes_submissions_with_its_token_only(tmp_path):
+    """The cluster manifests' auth mode, here: a head with RAY_AUTH_MODE=token runs a stage
+    submitted with its token and refuses one without it, saying why."""
+    import secrets
+
+    from tests.conftest import free_port, local_service
+
+    token = secrets.token_hex(16)
+    port, dashboard = free_port(), free_port()
+    env = {
+        "RAY_PORT": str(port),
+        "RAY_DASHBOARD_PORT": str(dashboard),
+        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
+        "RAY_NUM_CPUS": "2",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+    }
+    address = f"http://127.0.0.1:{dashboard}"
+    root = tmp_path / "tiny"
+    args = [
+        "submit",
+        "--stages",
+        "ingest",
+        "--address",
+        address,
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+    ]
+    args += ["--set", f"root={root}", "--set", "tracking.enabled=false"]
+    with local_service("ray-head.sh", tmp_path / "ray-state", env):
+        refused = run_stvideo(*args, env={"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""})
+        assert refused.returncode != 0 and "authentication token" in refused.stderr.lower(), refused.stderr
+        assert not (root / "raw" / "manifest.json").exists()
+        submitted = run_stvideo(*args, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    assert json.loads((root / "raw" / "manifest.json").read_text())["num_samples"] == 48
+    assert token not in submitted.stdout + submitted.stderr

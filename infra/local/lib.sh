@@ -21,14 +21,14 @@ start_detached() {
   echo $! >"$pidfile"
 }
 
-# wait_ready NAME PIDFILE LOG URL: until URL answers, the process dies, or 60 s pass
+# wait_ready NAME PIDFILE LOG URL [CURL_ARGS...]: until URL answers, the process dies, or 60 s pass
 wait_ready() {
-  local name="$1" pidfile="$2" log="$3" url="$4"
+  local name="$1" pidfile="$2" log="$3" url="$4"; shift 4
   for _ in $(seq 1 120); do
     if ! alive "$(cat "$pidfile")"; then
       echo "$name exited; see $log" >&2; tail -20 "$log" >&2; return 1
     fi
-    curl -fsS "$url" >/dev/null 2>&1 && return 0
+    curl -fsS "$@" "$url" >/dev/null 2>&1 && return 0
     sleep 0.5
   done
   echo "$name did not become ready in 60 s; see $log" >&2; return 1

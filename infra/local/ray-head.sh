@@ -48,7 +48,13 @@ case "${1:-}" in
       --dashboard-host "$head_ip" --dashboard-port "$dashboard_port" \
       --dashboard-agent-listen-port "$agent_port" \
       --ray-client-server-port "$((port + 1))" ${cpus[@]+"${cpus[@]}"}
-    wait_ready "ray head" "$pidfile" "$log" "http://$head_ip:$dashboard_port/api/version"
+    auth=()  # a token head answers nothing else, its readiness check included
+    if [ "$RAY_AUTH_MODE" = token ]; then
+      # from a file, not the command line, where any user of the host could read it
+      (umask 077; echo "Authorization: Bearer ${RAY_AUTH_TOKEN:?RAY_AUTH_MODE=token needs RAY_AUTH_TOKEN}" >"$state/auth-header")
+      auth=(-H "@$state/auth-header")
+    fi
+    wait_ready "ray head" "$pidfile" "$log" "http://$head_ip:$dashboard_port/api/version" ${auth[@]+"${auth[@]}"}
     echo "ray head: $head_ip:$port  dashboard/jobs: http://$head_ip:$dashboard_port  (pid $(cat "$pidfile"))"
     ;;
   stop) stop_by_pidfile "ray head" "$pidfile" "ray start --head" ;;
