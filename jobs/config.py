@@ -84,12 +84,39 @@ class DataConfig(Section):
         "moving-mnist: an MNIST IDX glyph file or a fixed mnist_test_seq.npy (default: sklearn digits)",
     )
     seed: int = 0
-    fps: float = Field(10.0, gt=0, description="frame rate of generated videos")
-    clip_frames: int = Field(20, ge=1, description="frames in one training clip; shorter videos are rejected")
-    val_fraction: float = Field(
-        0.05, ge=0, lt=1, description="share of source videos held out for validation"
+    fps: float = Field(
+        10.0, gt=0, description="frame rate of generated videos, and of brought ones when ingest.transcode"
     )
-    test_fraction: float = Field(0.05, ge=0, lt=1, description="share of source videos held out for testing")
+    frame_size: int | None = Field(
+        None,
+        ge=16,
+        description="side of the square frames ingest stores for brought videos (ingest.transcode); "
+        "default: tokenizer.model.frame_size",
+    )
+    fit: Literal["centre", "random", "pad"] = Field(
+        "centre",
+        description="a brought video's aspect is kept: its short side scaled to frame_size and the long "
+        "side cropped at the centre or at a random place (one per video), or its long side scaled and padded",
+    )
+    shot_threshold: float = Field(
+        30.0,
+        ge=0,
+        le=255,
+        description="mean grey change (0-255) between two frames that can be a shot cut (ingest.transcode); "
+        "clips never cross a cut",
+    )
+    clip_frames: int = Field(20, ge=1, description="frames in one training clip; shorter videos are rejected")
+    split_by: Literal["auto", "video", "time"] = Field(
+        "auto",
+        description="video: whole videos per split; time: train, val and test parts of every video, a "
+        "clip apart; auto: video when each held-out split gets 3 videos or more",
+    )
+    val_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of videos (or of each video's frames) for validation"
+    )
+    test_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of videos (or of each video's frames) for testing"
+    )
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
     moving_mnist: MovingMnistConfig = Field(default_factory=MovingMnistConfig)
 
@@ -116,6 +143,11 @@ class IngestConfig(Section):
     codec: Literal["libx264", "mpeg4"] = "libx264"
     crf: int = Field(12, ge=0, le=51, description="x264 quality for generated videos (0 = lossless)")
     keyframe_interval: int = Field(10, ge=1, description="short GOPs make clip windows cheap to seek")
+    transcode: bool = Field(
+        True,
+        description="brought videos stored at data.fps and data.frame_size with short GOPs, decoded once "
+        "here rather than at every epoch; false stores the files as they are (and finds no shot cuts)",
+    )
     overwrite: bool = Field(
         False, description="replace complete raw shards made from other inputs or another data/ingest config"
     )
@@ -263,6 +295,25 @@ class PipelineConfig(Section):
     submit: SubmitConfig = Field(default_factory=SubmitConfig)
 
     _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _colour_for_footage(cls, raw: Any) -> Any:
+        """Brought footage is in colour unless the config says otherwise; Moving MNIST stays grey."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return raw
+        tokenizer = raw.get("tokenizer", {})
+        model = tokenizer.get("model", {}) if isinstance(tokenizer, dict) else None
+        if raw["data"].get("source") != "folder" or not isinstance(model, dict) or "in_channels" in model:
+            return raw  # not footage, said explicitly, or malformed (validation names it)
+        return {**raw, "tokenizer": {**tokenizer, "model": {**model, "in_channels": 3}}}
+
+    @model_validator(mode="after")
+    def _footage_frame_size(self) -> PipelineConfig:
+        # resolved here, so that the ingest's identity holds the size its shards have
+        if self.data.source == "folder" and self.ingest.transcode and self.data.frame_size is None:
+            self.data.frame_size = self.tokenizer.model.frame_size
+        return self
 
     def to_yaml(self) -> str:
         """The config as YAML with every secret replaced by `REDACTED`: what is logged, printed or

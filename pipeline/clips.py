@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.splits import stored_segments, stored_shots
 from pipeline.video import read_frames, to_channels
 
 VIDEO_FIELDS = ("mp4", "webm", "avi", "mkv")
@@ -24,6 +25,7 @@ class VideoPlan:
     first_clip: int  # global index of this video's first clip
     starts: tuple[int, ...]  # first source frame of each clip
     step: int  # source frames between consecutive clip frames (resampling to the target fps)
+    splits: tuple[int, ...] = ()  # each clip's split (pipeline.splits codes)
 
 
 def frame_step(source_fps: float, target_fps: float | None) -> int:
@@ -33,15 +35,42 @@ def frame_step(source_fps: float, target_fps: float | None) -> int:
     return max(1, round(source_fps / target_fps))
 
 
-def clip_starts(num_frames: int, clip_frames: int, clip_stride: int, step: int) -> tuple[int, ...]:
-    resampled = -(-num_frames // step)
-    return tuple(start * step for start in range(0, resampled - clip_frames + 1, clip_stride))
+def clip_starts(
+    num_frames: int, clip_frames: int, clip_stride: int, step: int, first: int = 0
+) -> tuple[int, ...]:
+    """Starts of the clips that fit in source frames [first, num_frames)."""
+    resampled = -(-(num_frames - first) // step)
+    return tuple(first + start * step for start in range(0, resampled - clip_frames + 1, clip_stride))
+
+
+def clip_windows(
+    video: dict, clip_frames: int, clip_stride: int, target_fps: float | None, fractions: tuple[float, float]
+) -> tuple[list[int], list[int], int]:
+    """A manifest video's clips: (starts, splits, step). Each clip lies inside one shot and one
+    split's segment, so no clip crosses a cut or holds frames of two splits."""
+    step = frame_step(video["fps"], target_fps)
+    starts, splits = [], []
+    for split, seg_start, seg_end in stored_segments(video["key"], video, *fractions):
+        for shot_start, shot_end in stored_shots(video):
+            first, end = max(seg_start, shot_start), min(seg_end, shot_end)
+            if end > first:
+                found = clip_starts(end, clip_frames, clip_stride, step, first)
+                starts += found
+                splits += [split] * len(found)
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    return [starts[i] for i in order], [splits[i] for i in order], step
 
 
 def plan_clips(
-    manifest: dict, raw_uri: str, clip_frames: int, clip_stride: int, target_fps: float | None
+    manifest: dict,
+    raw_uri: str,
+    clip_frames: int,
+    clip_stride: int,
+    target_fps: float | None,
+    fractions: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[list[VideoPlan], int]:
-    """Every video's clips, numbered in manifest order; returns (plans, total clips)."""
+    """Every video's clips, numbered in manifest order; returns (plans, total clips).
+    `fractions` (val, test) split the videos of a raw store written before segments."""
     plans, total = [], 0
     for shard in manifest["shards"]:
         if "videos" not in shard:
@@ -49,10 +78,13 @@ def plan_clips(
                 "raw/manifest.json predates clip planning (no per-video frame counts): rerun ingest"
             )
         for video in shard["videos"]:
-            step = frame_step(video["fps"], target_fps)
-            starts = clip_starts(video["num_frames"], clip_frames, clip_stride, step)
+            starts, splits, step = clip_windows(video, clip_frames, clip_stride, target_fps, fractions)
             if starts:
-                plans.append(VideoPlan(video["key"], f"{raw_uri}/{shard['name']}", total, starts, step))
+                plans.append(
+                    VideoPlan(
+                        video["key"], f"{raw_uri}/{shard['name']}", total, tuple(starts), step, tuple(splits)
+                    )
+                )
                 total += len(starts)
     return plans, total
 

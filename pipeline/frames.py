@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline import storage
 from pipeline.shards import iter_samples
-from pipeline.splits import key_unit, split_of
+from pipeline.splits import key_unit, stored_segments
 from pipeline.video import read_frames, to_channels
 
 
@@ -98,8 +98,8 @@ class RawVideoFrames(IterableDataset):
                 samples = [
                     sample
                     for sample in iter_samples(shards[shard_index])
-                    if split_of(sample["__key__"], *self.fractions) == self.split
-                    and (not by_key or int(key_unit(sample["__key__"]) * 2**32) % readers == reader)
+                    if (not by_key or int(key_unit(sample["__key__"]) * 2**32) % readers == reader)
+                    and self._frames_of_split(sample)
                 ]
                 for sample_index in rng.permutation(len(samples)):
                     sample = samples[sample_index]
@@ -120,14 +120,19 @@ class RawVideoFrames(IterableDataset):
                 return
             epoch += 1
 
+    def _frames_of_split(self, sample: dict) -> list[int]:
+        """The sample's frames that belong to this split (a video split by time has several)."""
+        meta = json.loads(sample["json"])
+        segments = stored_segments(sample["__key__"], meta, *self.fractions)
+        return [i for split, start, end in segments if split == self.split for i in range(start, end)]
+
     def _decode(self, sample: dict, epoch: int) -> dict:
         key = sample["__key__"]
-        num_frames = json.loads(sample["json"])["num_frames"]
-        indices = None
-        if self.frames_per_video and self.frames_per_video < num_frames:
+        indices = self._frames_of_split(sample)
+        if self.frames_per_video and self.frames_per_video < len(indices):
             # seeded by the video itself, so skipping other videos never shifts the choice
             rng = np.random.default_rng([self.seed, epoch, int(key_unit(key) * 2**32)])
-            indices = sorted(rng.choice(num_frames, size=self.frames_per_video, replace=False).tolist())
+            indices = sorted(rng.choice(indices, size=self.frames_per_video, replace=False).tolist())
         frames = read_frames(video_payload(sample), size=self.frame_size, indices=indices)
         frames = to_channels(frames, self.channels)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))), "key": key}

@@ -18,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 import webdataset as wds
 
 from pipeline import storage
+from pipeline.footage import Preparation, prepare
 from pipeline.preview import gif_bytes, tile_videos
 from pipeline.sources import SourceItem
+from pipeline.splits import video_segments
 from pipeline.video import RejectedVideo, probe_video, read_frames
 
 MANIFEST_SCHEMA = 1
@@ -42,7 +44,9 @@ class ShardTask:
     items: list[SourceItem]
     raw_uri: str
     fingerprint: str  # of the config and input list that this shard belongs to
-    min_frames: int
+    min_frames: int  # a clip's frames: a video needs a shot this long
+    preparation: Preparation | None = None  # brought footage re-encoded; None keeps the files
+    splitting: tuple[str, float, float, int] = ("video", 0.0, 0.0, 0)  # mode, val, test, gap frames
 
 
 @dataclass
@@ -51,7 +55,9 @@ class ShardReport:
     name: str
     fingerprint: str
     keys: list[str] = field(default_factory=list)
-    videos: list[dict] = field(default_factory=list)  # key, num_frames, fps: what encode plans by
+    videos: list[dict] = field(
+        default_factory=list
+    )  # key, num_frames, fps, shots, segments: what encode plans by
     rejects: list[dict] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
@@ -73,7 +79,7 @@ def build_shard(task: ShardTask, source) -> ShardReport:
             for item in task.items:
                 try:
                     video = source.fetch(item)
-                    info = probe_video(video.data, min_frames=task.min_frames)
+                    data, extension, meta = _stored_form(video, item, task)
                 except RejectedVideo as reason:
                     report.rejects.append({"path": item.ref, "key": item.key, "reason": str(reason)})
                     continue
@@ -81,14 +87,16 @@ def build_shard(task: ShardTask, source) -> ShardReport:
                     reason = f"unexpected {type(err).__name__}: {err}"[:300]
                     report.rejects.append({"path": item.ref, "key": item.key, "reason": reason})
                     continue
-                meta = {"source": item.ref, **asdict(info)}
-                if video.label is not None:
-                    meta["label"] = video.label
                 # DESIGN names mp4/webm/avi/mkv; QuickTime .mov is the same ISO media family as mp4
-                field = CONTAINER_FIELD.get(video.extension, video.extension)
-                writer.write({"__key__": item.key, field: video.data, "json": json.dumps(meta).encode()})
+                field = CONTAINER_FIELD.get(extension, extension)
+                writer.write({"__key__": item.key, field: data, "json": json.dumps(meta).encode()})
                 report.keys.append(item.key)
-                report.videos.append({"key": item.key, "num_frames": info.num_frames, "fps": info.fps})
+                report.videos.append(
+                    {
+                        "key": item.key,
+                        **{name: meta[name] for name in ("num_frames", "fps", "shots", "segments")},
+                    }
+                )
             writer.close()
         report.bytes = os.path.getsize(local_tar)
         storage.put_file_atomic(local_tar, storage.join(task.raw_uri, report.name))
@@ -97,6 +105,33 @@ def build_shard(task: ShardTask, source) -> ShardReport:
     report.seconds = time.perf_counter() - started
     storage.write_json(part_uri(task.raw_uri, task.index), asdict(report))
     return report
+
+
+def _stored_form(video, item: SourceItem, task: ShardTask) -> tuple[bytes, str, dict]:
+    """The bytes a shard stores for one video, their container and the sample's metadata;
+    raises RejectedVideo with the reason a video cannot make a clip."""
+    meta: dict = {"source": item.ref}
+    data, extension, shots = video.data, video.extension, None
+    if task.preparation is not None:
+        prepared = prepare(video.data, item.key, item.ref, task.preparation)
+        data, extension, shots = prepared.data, "mp4", prepared.shots
+        meta["original"] = prepared.original
+    info = probe_video(data, min_frames=task.min_frames)
+    shots = shots or [(0, info.num_frames)]
+    longest = max(end - start for start, end in shots)
+    if longest < task.min_frames:
+        raise RejectedVideo(
+            f"no shot of {task.min_frames} frames (one clip): {len(shots)} shots, the longest "
+            f"{longest} frames between cuts"
+        )
+    meta.update(asdict(info))
+    meta["shots"] = [list(shot) for shot in shots]
+    meta["segments"] = [
+        list(segment) for segment in video_segments(item.key, info.num_frames, *task.splitting)
+    ]
+    if video.label is not None:
+        meta["label"] = video.label
+    return data, extension, meta
 
 
 def read_part(raw_uri: str, index: int) -> ShardReport | None:

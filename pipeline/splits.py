@@ -26,3 +26,49 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> int:
     if unit < val_fraction + test_fraction:
         return TEST
     return TRAIN
+
+
+# A split is a list of (split, start, end) frame ranges per video, decided at ingest and stored
+# with the video (manifest and sample metadata), so every stage reads the same ranges.
+Segment = tuple[int, int, int]
+
+
+def split_mode(num_videos: int, val_fraction: float, test_fraction: float, wanted: str) -> str:
+    """ "video" (whole videos per split) or "time" (segments within every video). Auto takes
+    "video" once each held-out split can expect three videos or more."""
+    if wanted != "auto":
+        return wanted
+    held_out = [fraction for fraction in (val_fraction, test_fraction) if fraction > 0]
+    return "video" if all(num_videos * fraction >= 3 for fraction in held_out) else "time"
+
+
+def video_segments(
+    key: str, num_frames: int, mode: str, val_fraction: float, test_fraction: float, gap: int
+) -> list[Segment]:
+    """The video's frames by split. By time: train, then val, then test, each held-out part
+    after a gap of `gap` frames that belongs to no split, so that no clip of one split sits
+    right beside a clip of another."""
+    if mode == "video":
+        return [(split_of(key, val_fraction, test_fraction), 0, num_frames)]
+    parts = [(VAL, val_fraction), (TEST, test_fraction)]
+    gaps = gap * sum(1 for _, fraction in parts if fraction > 0)
+    usable = max(0, num_frames - gaps)
+    lengths = {split: int(round(usable * fraction)) for split, fraction in parts}
+    segments, position = [(TRAIN, 0, usable - sum(lengths.values()))], usable - sum(lengths.values())
+    for split, fraction in parts:
+        if fraction > 0:
+            position += gap
+            segments.append((split, position, position + lengths[split]))
+            position += lengths[split]
+    return [segment for segment in segments if segment[2] > segment[1]]
+
+
+def stored_segments(key: str, video: dict, val_fraction: float, test_fraction: float) -> list[Segment]:
+    """A manifest's or sample's segments; a raw store written before segments is split by video."""
+    if "segments" in video:
+        return [tuple(segment) for segment in video["segments"]]
+    return video_segments(key, video["num_frames"], "video", val_fraction, test_fraction, 0)
+
+
+def stored_shots(video: dict) -> list[tuple[int, int]]:
+    return [tuple(shot) for shot in video.get("shots", [(0, video["num_frames"])])]

@@ -7,6 +7,7 @@ truth. Frames come as uint8 [T, C, H, W] at the tokenizer's frame size and chann
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 
 from pipeline.clips import VideoPlan, frame_step, iter_clips, video_bytes
 from pipeline.shards import iter_samples
+from pipeline.splits import TRAIN
 from pipeline.video import probe_video, read_frames, to_channels
 
 
@@ -71,7 +73,8 @@ def mean_frame(
     videos: dict[str, RawVideo], keys: set[str], frame_size: int, channels: int, max_videos: int
 ) -> np.ndarray | None:
     """The mean frame [C, H, W] in [0, 1] over the first `max_videos` of `keys` (in shard
-    order): with the train split's keys, the best constant guess a model could learn.
+    order): with the train split's keys, the best constant guess a model could learn (of a
+    video split by time, its train frames alone).
     None when none of them is found."""
     wanted: dict[str, set[str]] = defaultdict(set)  # shard -> keys, in shard order
     for key, video in videos.items():
@@ -82,7 +85,14 @@ def mean_frame(
         for sample in iter_samples(shard):
             if sample["__key__"] not in shard_keys:
                 continue
-            frames = to_channels(read_frames(video_bytes(sample), size=frame_size), channels)
+            meta, indices = json.loads(sample["json"]), None
+            if "segments" in meta:  # a video split by time lends only its train part
+                indices = [
+                    i for split, start, end in meta["segments"] if split == TRAIN for i in range(start, end)
+                ]
+                if not indices:
+                    continue
+            frames = to_channels(read_frames(video_bytes(sample), size=frame_size, indices=indices), channels)
             frame_sum = (frames.astype(np.float64) / 255.0).sum(axis=0).transpose(2, 0, 1)
             total = frame_sum if total is None else total + frame_sum
             count, seen = count + len(frames), seen + 1

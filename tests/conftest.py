@@ -32,6 +32,8 @@ FEW_VIDEOS = [
     "data.test_fraction=0.1",
     "--set",
     "generate.split=val",
+    "--set",
+    "data.split_by=video",  # whole videos: these videos are too short to split by time
 ]
 
 
@@ -171,6 +173,43 @@ def video_folder(tmp_path: Path) -> dict:
     bad["dangling.mp4"] = "cannot read"
     (folder / "readme.txt").write_text("not a video extension: ignored, not rejected")
     return {"path": folder, "good": good, "bad": bad}
+
+
+def scene(width: int, height: int, num_frames: int, seed: int, pan: int = 2) -> np.ndarray:
+    """uint8 [T, H, W, 3]: a camera panning over a smooth colourful landscape, with a disc
+    crossing it: what footage looks like to a tokenizer, made here and now."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    span = width + pan * num_frames
+    coarse = rng.integers(0, 256, size=(6, 10, 3), dtype=np.uint8)
+    world = np.asarray(Image.fromarray(coarse).resize((span, height), Image.BICUBIC))
+    frames = np.stack([world[:, t * pan : t * pan + width] for t in range(num_frames)]).copy()
+    radius = max(4, min(width, height) // 8)
+    ys, xs = np.ogrid[:height, :width]
+    for t in range(num_frames):
+        cx, cy = int(width * (0.2 + 0.6 * t / num_frames)), height // 2
+        frames[t][(xs - cx) ** 2 + (ys - cy) ** 2 < radius**2] = (250, 240, 60)
+    return frames
+
+
+@pytest.fixture
+def footage_folder(tmp_path: Path) -> dict:
+    """Real-looking footage of the sizes and rates people bring: 1280x720 at 30 fps, 400x300 at
+    25, a 480x360 one at 20 fps with a hard cut half-way, a portrait 240x400, and one too short
+    for a clip. Returns {"path", "cut_at_s": the cut's time, "short": name}."""
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    (folder / "wide.mp4").write_bytes(encode_mp4(scene(1280, 720, 180, seed=1, pan=6), fps=30))
+    (folder / "landscape.mp4").write_bytes(encode_mp4(scene(400, 300, 150, seed=2), fps=25))
+    cut = np.concatenate([scene(480, 360, 80, seed=3), scene(480, 360, 80, seed=4)])
+    (folder / "cut.mp4").write_bytes(encode_mp4(cut, fps=20))
+    # portrait: red sky and blue water in the top and bottom fifth, which a centre crop cuts away
+    portrait = scene(240, 400, 150, seed=5, pan=1)
+    portrait[:, :80], portrait[:, 320:] = (220, 30, 30), (30, 30, 220)
+    write_container(folder / "portrait.mkv", portrait, "libx264", fps=25)
+    (folder / "short.mp4").write_bytes(encode_mp4(scene(320, 240, 10, seed=6), fps=25))
+    return {"path": folder, "cut_at_s": 4.0, "short": "short"}
 
 
 def start_stvideo(*args: str, **popen) -> subprocess.Popen:

@@ -105,13 +105,15 @@ def test_an_ingest_that_keeps_nothing_or_leaves_a_needed_split_empty_fails_at_on
         "--set",
         "ray.num_cpus=2",
     ]
-    # four good videos, the default 5 % validation and test shares: both splits would be empty
+    # four good videos by video, the default 5 % validation and test shares: both splits would be empty
     few = run_stvideo(
-        *folder, "--set", f"data.path={video_folder['path']}", "--set", f"root={tmp_path / 'a'}"
+        *folder,
+        *("--set", f"data.path={video_folder['path']}", "--set", f"root={tmp_path / 'a'}"),
+        *("--set", "data.split_by=video"),
     )
     assert few.returncode == 2, few.stderr[-2000:]
     [line] = [line for line in few.stderr.splitlines() if "data.val_fraction/test_fraction" in line]
-    assert "the val and test split would be empty" in line and "train 4, val 0, test 0" in line
+    assert "give the val and test split no clip" in line and "clips: train 4, val 0, test 0" in line
     assert "Traceback" not in few.stderr and not (tmp_path / "a" / "raw").exists()
 
     bad = tmp_path / "bad"

@@ -6,7 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from jobs.config import PipelineConfig
-from pipeline.splits import SPLIT_CODES, SPLIT_NAMES, TRAIN, VAL, split_of
+from pipeline.clips import clip_windows
+from pipeline.splits import SPLIT_CODES, SPLIT_NAMES, TRAIN, VAL
 
 
 class StageInputError(Exception):
@@ -26,19 +27,26 @@ class StageResult:
     summary: str = ""
 
 
-def check_splits(cfg: PipelineConfig, keys: list[str], what: str) -> str:
-    """Videos per split, as a phrase; a split a later stage needs that would be empty is an input
+def check_splits(cfg: PipelineConfig, videos: list[dict], mode: str) -> str:
+    """Clips per split, as a phrase; a split a later stage needs that would be empty is an input
     error now, not after the hours of training before the stage that needs it."""
-    counts = Counter(split_of(key, cfg.data.val_fraction, cfg.data.test_fraction) for key in keys)
+    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
+    stride = cfg.encode.clip_stride or cfg.data.clip_frames
+    counts: Counter = Counter()
+    for video in videos:
+        counts.update(clip_windows(video, cfg.data.clip_frames, stride, cfg.encode.fps, fractions)[1])
     needed = {TRAIN, VAL}  # the training stages train on one and evaluate on the other
     if not cfg.generate.videos:  # generate continues a split of the store unless given videos
         needed.add(SPLIT_CODES[cfg.generate.split])
     found = ", ".join(f"{name} {counts[code]}" for code, name in SPLIT_NAMES.items())
+    by = f"by {mode}" + (
+        " (data.split_by)" if mode == cfg.data.split_by else ", chosen by data.split_by=auto"
+    )
     empty = [SPLIT_NAMES[code] for code in sorted(needed) if counts[code] == 0]
     if empty:
         raise StageInputError(
-            f"data.val_fraction/test_fraction: given {cfg.data.val_fraction}/{cfg.data.test_fraction}; "
-            f"of the {len(keys)} {what}, the {' and '.join(empty)} split would be empty ({found}) and a "
-            "later stage needs it: change the fractions or bring more videos"
+            f"data.val_fraction/test_fraction: given {fractions[0]}/{fractions[1]}; split {by}, the "
+            f"{len(videos)} videos kept give the {' and '.join(empty)} split no clip (clips: {found}) and "
+            "a later stage needs it: change the fractions or data.split_by, or bring more videos"
         )
-    return found
+    return f"clips {found}, split {by}"

@@ -25,7 +25,6 @@ from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.clips import VideoPlan, iter_clips, plan_clips, video_bytes
 from pipeline.latents import MISSING, LatentStore, LatentStoreError, open_latents
-from pipeline.splits import split_of
 from tokenizer.tokenizer import CheckpointError, Tokenizer
 
 
@@ -150,7 +149,12 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     clip_frames = cfg.data.clip_frames
     try:
         plans, num_clips = plan_clips(
-            manifest, layout.raw, clip_frames, cfg.encode.clip_stride or clip_frames, cfg.encode.fps
+            manifest,
+            layout.raw,
+            clip_frames,
+            cfg.encode.clip_stride or clip_frames,
+            cfg.encode.fps,
+            (cfg.data.val_fraction, cfg.data.test_fraction),
         )
     except ValueError as err:
         raise StageInputError(str(err)) from None
@@ -229,7 +233,11 @@ def _encode_into(
 ) -> int:
     """Decode and encode the pending videos' clips on Ray Data; each shard is handed to a writer
     once all its clips have arrived (and leaves `buffers`). Returns the shards written."""
-    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
+    split_of_clip = {
+        (plan.key, start): split
+        for plan in pending
+        for start, split in zip(plan.starts, plan.splits, strict=True)
+    }
     with ray_session(cfg.ray):
         import ray
         import ray.data
@@ -266,7 +274,7 @@ def _encode_into(
                     shard = store.shard_of(int(clip))
                     if shard not in buffers:
                         continue  # a video spanning a written and an unwritten shard
-                    split = split_of(str(key), *fractions)
+                    split = split_of_clip[str(key), int(start)]
                     if buffers[shard].add(int(clip), codes, str(key), int(start), split, str(error)):
                         # the shard is whole: one writer owns it
                         futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))

@@ -13,6 +13,7 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult, check_splits
 from pipeline import storage
+from pipeline.footage import Preparation
 from pipeline.shards import (
     PARTS_DIR,
     ShardReport,
@@ -24,6 +25,7 @@ from pipeline.shards import (
     write_manifest,
 )
 from pipeline.sources import FolderSource, MovingMnistSource
+from pipeline.splits import split_mode
 
 
 def make_source(cfg: PipelineConfig) -> FolderSource | MovingMnistSource:
@@ -41,6 +43,24 @@ def make_source(cfg: PipelineConfig) -> FolderSource | MovingMnistSource:
         digits_per_video=mm.digits_per_video,
         digit_size=mm.digit_size,
         step_length=mm.step_length,
+        encoding={
+            "codec": cfg.ingest.codec,
+            "crf": cfg.ingest.crf,
+            "keyframe_interval": cfg.ingest.keyframe_interval,
+        },
+    )
+
+
+def preparation(cfg: PipelineConfig) -> Preparation | None:
+    """How brought videos are re-encoded at ingest; None for generated ones, or with transcode off."""
+    if cfg.data.source != "folder" or not cfg.ingest.transcode:
+        return None
+    return Preparation(
+        fps=cfg.data.fps,
+        size=cfg.data.frame_size or cfg.tokenizer.model.frame_size,
+        fit=cfg.data.fit,
+        shot_threshold=cfg.data.shot_threshold,
+        seed=cfg.data.seed,
         encoding={
             "codec": cfg.ingest.codec,
             "crf": cfg.ingest.crf,
@@ -89,8 +109,11 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     _remove_temporary_files(raw_uri)
     storage.makedirs(raw_uri)
 
+    data = cfg.data
+    mode = split_mode(len(items), data.val_fraction, data.test_fraction, data.split_by)
+    splitting = (mode, data.val_fraction, data.test_fraction, data.clip_frames)
     tasks = [
-        ShardTask(index, chunk, raw_uri, current, cfg.data.clip_frames)
+        ShardTask(index, chunk, raw_uri, current, data.clip_frames, preparation(cfg), splitting)
         for index, chunk in enumerate(plan_shards(items, cfg.ingest.videos_per_shard))
     ]
     reports: dict[int, ShardReport] = {}
@@ -108,14 +131,14 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raw_uri,
         list(reports.values()),
         current,
-        {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items)},
+        {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items), "split_by": mode},
     )
-    kept = [video["key"] for shard in manifest["shards"] for video in shard["videos"]]
+    kept = [video for shard in manifest["shards"] for video in shard["videos"]]
     if not kept:
         raise StageInputError(
             f"data.path: kept none of the {len(items)} videos; why each was rejected: {layout.raw_rejects}"
         )
-    splits = check_splits(cfg, kept, "videos kept")
+    splits = check_splits(cfg, kept, mode)
     seconds = time.perf_counter() - started
     first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
     preview = preview_gif(raw_uri, first_full) if first_full else None
@@ -136,7 +159,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics["videos_per_s"] = processed / seconds
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
-        f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; per split: {splits}"
+        f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; {splits}"
     )
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"

@@ -1,0 +1,148 @@
+"""Brought footage, prepared once at ingest: the training frame rate, a square frame of the
+training size with the aspect ratio kept, short GOPs, and where its shots cut.
+
+Every later stage then decodes small frames that seek cheaply, instead of decoding and
+resizing full-resolution originals at every epoch. The original file is only read.
+
+Shot cuts are found on the prepared frames by a frame-difference detector: the mean
+absolute difference between consecutive grey frames, a cut where it is both large and
+far above its neighbourhood's median. It runs on frames already decoded for the
+transcode (no second pass), needs no extra dependency (PySceneDetect brings OpenCV and
+decodes again), and a hard cut between two shots is what it has to catch; a slow
+dissolve is left alone, as a dissolve is motion the dynamics model may as well learn.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import decord
+import numpy as np
+from PIL import Image
+
+from pipeline.splits import key_unit
+from pipeline.video import RejectedVideo, _reason, encode_mp4
+
+DECODE_BATCH = 16  # frames per decode call: bounded memory for long, large videos
+NEIGHBOURHOOD = 9  # frames around a candidate cut whose median difference is "ordinary motion"
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """How ingest prepares footage; None when videos are kept as they came."""
+
+    fps: float
+    size: int  # the side of the square frames stored
+    fit: str  # "centre" or "random" crop after scaling the short side to `size`, or "pad"
+    shot_threshold: float  # mean absolute grey difference (0-255) that can be a cut
+    seed: int
+    encoding: dict  # codec, crf, keyframe_interval for encode_mp4
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    data: bytes
+    num_frames: int
+    original: dict  # path, width, height, fps, num_frames, duration_s
+    shots: list[tuple[int, int]]  # [start, end) frame ranges of the prepared video
+
+
+def resampled_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+    """The source frame shown at each tick of the target rate: every k-th frame when slowing
+    down, repeated frames when speeding up, so that every video plays at one rate."""
+    duration = num_frames / source_fps
+    count = max(1, int(duration * target_fps + 1e-6))
+    return [min(num_frames - 1, int(tick * source_fps / target_fps + 1e-6)) for tick in range(count)]
+
+
+def scaled_size(width: int, height: int, size: int, fit: str) -> tuple[int, int]:
+    """The (even) size to decode at: the short side (crop) or the long side (pad) becomes `size`."""
+    scale = size / (max(width, height) if fit == "pad" else min(width, height))
+    even = lambda side: max(2, int(round(side * scale / 2)) * 2)  # noqa: E731
+    return even(width), even(height)
+
+
+def fit_square(frames: np.ndarray, size: int, fit: str, offset: float) -> np.ndarray:
+    """Scaled frames [T, h, w, 3] -> [T, size, size, 3]: cropped at `offset` (0 first, 0.5 the
+    centre, 1 last) along the long side, or padded with black around the centre."""
+    count, height, width, _ = frames.shape
+    if fit == "pad":
+        canvas = np.zeros((count, size, size, 3), dtype=np.uint8)
+        top, left = (size - min(height, size)) // 2, (size - min(width, size)) // 2
+        canvas[:, top : top + height, left : left + width] = frames[:, :size, :size]
+        return canvas
+    top = int(round(offset * max(0, height - size)))
+    left = int(round(offset * max(0, width - size)))
+    return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
+
+
+def _decode_scaled(data: bytes, indices: list[int], width: int, height: int) -> np.ndarray:
+    """Frames at `indices`, scaled to width x height by decord while decoding (batched)."""
+    try:
+        reader = decord.VideoReader(
+            io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, width=width, height=height
+        )
+        rescale = False
+    except decord.DECORDError:  # decord's scaler rejects some target widths: scale afterwards
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+        rescale = True
+    batches = []
+    for start in range(0, len(indices), DECODE_BATCH):
+        batch = reader.get_batch(indices[start : start + DECODE_BATCH]).asnumpy()
+        if rescale:
+            batch = np.stack(
+                [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in batch]
+            )
+        batches.append(batch)
+    return np.concatenate(batches)
+
+
+def detect_shots(frames: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """[start, end) ranges between hard cuts in frames uint8 [T, H, W, 3]."""
+    grey = frames.astype(np.float32).mean(axis=-1)
+    differences = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))  # [T-1]: frame i -> i+1
+    cuts = []
+    for i, difference in enumerate(differences):
+        around = np.delete(differences[max(0, i - NEIGHBOURHOOD // 2) : i + NEIGHBOURHOOD // 2 + 1], 0)
+        ordinary = float(np.median(around)) if len(around) else 0.0
+        if difference >= threshold and difference >= 3 * ordinary:
+            cuts.append(i + 1)
+    bounds = [0, *cuts, len(frames)]
+    return [(start, end) for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+
+
+def prepare(data: bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
+    """Decode `data` at the training rate and size, find its shots, and encode it again."""
+    if len(data) == 0:
+        raise RejectedVideo("empty file (0 bytes)")
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+    except Exception as err:  # decord raises RuntimeError or DECORDError here
+        raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
+    num_frames, fps = len(reader), float(reader.get_avg_fps())
+    if num_frames == 0 or fps <= 0:
+        raise RejectedVideo("no video frames" if num_frames == 0 else "no frame rate")
+    height, width = reader[0].shape[:2]
+    del reader
+    indices = resampled_indices(num_frames, fps, how.fps)
+    try:
+        scaled = _decode_scaled(data, indices, *scaled_size(width, height, how.size, how.fit))
+    except Exception as err:
+        raise RejectedVideo(f"decoding failed: {_reason(err)}") from None
+    offset = 0.5 if how.fit != "random" else key_unit(f"{how.seed}:{key}")  # one crop per video
+    frames = fit_square(scaled, how.size, how.fit, offset)
+    original = {
+        "path": path,
+        "width": int(width),
+        "height": int(height),
+        "fps": fps,
+        "num_frames": num_frames,
+        "duration_s": round(num_frames / fps, 3),
+    }
+    return PreparedVideo(
+        data=encode_mp4(frames, how.fps, **how.encoding),
+        num_frames=len(frames),
+        original=original,
+        shots=detect_shots(frames, how.shot_threshold),
+    )
