@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.splits import key_unit
-from pipeline.video import RejectedVideo, _reason, encode_mp4
+from pipeline.video import RejectedVideo, _reason, encode_mp4, open_video
 
 DECODE_BATCH = 16  # frames per decode call: bounded memory for long, large videos
 NEIGHBOURHOOD = 9  # frames around a candidate cut whose median difference is "ordinary motion"
@@ -114,15 +114,10 @@ def detect_shots(frames: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 
 def prepare(data: bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
     """Decode `data` at the training rate and size, find its shots, and encode it again."""
-    if len(data) == 0:
-        raise RejectedVideo("empty file (0 bytes)")
-    try:
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-    except Exception as err:  # decord raises RuntimeError or DECORDError here
-        raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
+    reader = open_video(data)
     num_frames, fps = len(reader), float(reader.get_avg_fps())
-    if num_frames == 0 or fps <= 0:
-        raise RejectedVideo("no video frames" if num_frames == 0 else "no frame rate")
+    if fps <= 0:
+        raise RejectedVideo("no frame rate")
     height, width = reader[0].shape[:2]
     del reader
     indices = resampled_indices(num_frames, fps, how.fps)

@@ -45,21 +45,27 @@ def _reason(err: Exception) -> str:
     return line[:200]
 
 
-def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
-    """Open `data` with decord, decode every frame, and describe it.
-
-    Every frame is decoded because a truncated or damaged stream often opens
-    fine and only fails part-way; finding that here keeps it out of the shards.
-    """
+def open_video(data: bytes) -> decord.VideoReader:
+    """A decord reader of `data`; RejectedVideo with the reason when it has no frame to read."""
     if len(data) == 0:
         raise RejectedVideo("empty file (0 bytes)")
     try:
         reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord raises RuntimeError or DECORDError here
         raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
-    num_frames = len(reader)
-    if num_frames == 0:
+    if len(reader) == 0:
         raise RejectedVideo("no video frames")
+    return reader
+
+
+def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
+    """Open `data` with decord, decode every frame, and describe it.
+
+    Every frame is decoded because a truncated or damaged stream often opens
+    fine and only fails part-way; finding that here keeps it out of the shards.
+    """
+    reader = open_video(data)
+    num_frames = len(reader)
     start = 0
     try:
         height, width = reader[0].shape[:2]

@@ -84,15 +84,24 @@ def local_service(script: str, state: Path, env: dict[str, str]) -> Iterator[int
 def ray_head(tmp_path_factory):
     """A real Ray head on 127.0.0.1 (infra/local/ray-head.sh), 4 logical CPUs, shared by the session."""
     tmp_path = tmp_path_factory.mktemp("ray-head")
-    port, dashboard = free_port(), free_port()
-    env = {
-        "RAY_PORT": str(port),
-        "RAY_DASHBOARD_PORT": str(dashboard),
-        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
-        "RAY_NUM_CPUS": "4",
-    }
+    env = ray_head_env(cpus=4)
     with local_service("ray-head.sh", tmp_path / "ray-state", env) as pid:
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "pid": pid}
+        yield {
+            "address": f"127.0.0.1:{env['RAY_PORT']}",
+            "dashboard": f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}",
+            "pid": pid,
+        }
+
+
+def ray_head_env(cpus: int, **extra: str) -> dict[str, str]:
+    """The environment of infra/local/ray-head.sh for a head on free ports."""
+    return {
+        "RAY_PORT": str(free_port()),
+        "RAY_DASHBOARD_PORT": str(free_port()),
+        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
+        "RAY_NUM_CPUS": str(cpus),
+        **extra,
+    }
 
 
 @pytest.fixture(scope="session")

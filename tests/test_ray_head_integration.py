@@ -83,19 +83,11 @@ def test_a_token_head_takes_submissions_with_its_token_only(tmp_path):
     submitted with its token and refuses one without it, saying why."""
     import secrets
 
-    from tests.conftest import free_port, local_service
+    from tests.conftest import local_service, ray_head_env
 
     token = secrets.token_hex(16)
-    port, dashboard = free_port(), free_port()
-    env = {
-        "RAY_PORT": str(port),
-        "RAY_DASHBOARD_PORT": str(dashboard),
-        "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
-        "RAY_NUM_CPUS": "2",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-    }
-    address = f"http://127.0.0.1:{dashboard}"
+    env = ray_head_env(cpus=2, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    address = f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
     root = tmp_path / "tiny"
     args = [
         "submit",
