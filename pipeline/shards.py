@@ -55,9 +55,8 @@ class ShardReport:
     name: str
     fingerprint: str
     keys: list[str] = field(default_factory=list)
-    videos: list[dict] = field(
-        default_factory=list
-    )  # key, num_frames, fps, shots, segments: what encode plans by
+    # key, num_frames, fps, shots, segments: what encode plans its clips by
+    videos: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0

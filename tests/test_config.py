@@ -15,6 +15,17 @@ def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.name == name
     assert cfg.data.source == "moving-mnist"
+    assert cfg.tokenizer.model.in_channels == 1 and cfg.data.frame_size is None  # grey, as generated
+
+
+def test_footage_is_in_colour_and_stored_at_the_tokenizer_size():
+    cfg = load_config(REPO / "configs" / "footage.yaml")
+    assert cfg.data.source == "folder" and cfg.ingest.transcode
+    assert cfg.tokenizer.model.in_channels == 3 and cfg.data.frame_size == cfg.tokenizer.model.frame_size
+    # colour is the default for any folder, grey only when asked for
+    assert load_config(None, ["data.source=folder", "data.path=/videos"]).tokenizer.model.in_channels == 3
+    grey = ["data.source=folder", "data.path=/videos", "tokenizer.model.in_channels=1"]
+    assert load_config(None, grey).tokenizer.model.in_channels == 1
 
 
 def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):

@@ -1,6 +1,7 @@
 """`stvideo encode` end to end: Ray Data, a real Zarr store, rejects, and a real kill."""
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -176,10 +177,21 @@ def test_a_shard_that_mixes_containers_encodes_every_video(tmp_path, video_folde
         root / "tokenizer"
     )
     folder = ["--set", "data.source=folder", "--set", f"data.path={video_folder['path']}", *FEW_VIDEOS]
+    folder += [
+        "--set",
+        "ingest.transcode=false",
+        "--set",
+        "tokenizer.model.in_channels=1",
+    ]  # kept as they came
     result = run_stvideo("run", "--stages", "ingest,encode", *encode_args(root, *folder)[1:])
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
     assert len(manifest["shards"]) == 1 and manifest["num_samples"] == len(video_folder["good"])
+    containers = {
+        name.rsplit(".", 1)[-1]
+        for name in tarfile.open(root / "raw" / manifest["shards"][0]["name"]).getnames()
+    }
+    assert {"mp4", "webm", "avi", "mkv"} <= containers
     store = open_latents(str(root / "latents.zarr"))
     assert MISSING not in store.group["split"][:] and not store.attrs["rejected"]
     assert set(store.group["source"][:]) == {video["key"] for video in manifest["shards"][0]["videos"]}

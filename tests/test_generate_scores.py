@@ -120,6 +120,8 @@ def test_a_continuation_is_scored_beside_every_reference():
     assert same("model_median", frame_scores(ahead.median(0).values, future))
     assert same("model_average", frame_scores(ahead.float().mean(0) / 255, future))
     assert same("copy_last", frame_scores(truth[1:2].expand(3, -1, -1, -1), future))
+    # what the model gets by copying the last prompt frame's codes: their decoding, held
+    assert same("copy_last_latent", frame_scores(run.frames[0, 1:2].expand(3, -1, -1, -1), future))
     assert same("black", frame_scores(torch.zeros_like(future), future))
     assert same("train_mean", frame_scores(mean_frame.expand(3, -1, -1, -1), future))
     assert same("reconstruction", frame_scores(run.reconstruction, future))

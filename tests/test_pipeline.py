@@ -81,6 +81,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         "model_average",
         "model_median",
         "copy_last",
+        "copy_last_latent",
         "black",
         "train_mean",
         "reconstruction",
