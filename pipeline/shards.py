@@ -46,7 +46,9 @@ class ShardTask:
     fingerprint: str  # of the config and input list that this shard belongs to
     min_frames: int  # a clip's frames: a video needs a shot this long
     preparation: Preparation | None = None  # brought footage re-encoded; None keeps the files
-    splitting: tuple[str, float, float, int] = ("video", 0.0, 0.0, 0)  # mode, val, test, gap frames
+    # mode, val, test, gap frames; None stores no segments (readers then split by a hash of the
+    # key with the fractions they are given, as for raw stores written before segments)
+    splitting: tuple[str, float, float, int] | None = None
 
 
 @dataclass
@@ -93,7 +95,7 @@ def build_shard(task: ShardTask, source) -> ShardReport:
                 report.videos.append(
                     {
                         "key": item.key,
-                        **{name: meta[name] for name in ("num_frames", "fps", "shots", "segments")},
+                        **{k: meta[k] for k in ("num_frames", "fps", "shots", "segments") if k in meta},
                     }
                 )
             writer.close()
@@ -125,9 +127,9 @@ def _stored_form(video, item: SourceItem, task: ShardTask) -> tuple[bytes, str, 
         )
     meta.update(asdict(info))
     meta["shots"] = [list(shot) for shot in shots]
-    meta["segments"] = [
-        list(segment) for segment in video_segments(item.key, info.num_frames, *task.splitting)
-    ]
+    if task.splitting is not None:
+        segments = video_segments(item.key, info.num_frames, *task.splitting)
+        meta["segments"] = [list(segment) for segment in segments]
     if video.label is not None:
         meta["label"] = video.label
     return data, extension, meta
