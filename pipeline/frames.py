@@ -95,19 +95,20 @@ class RawVideoFrames(IterableDataset):
             rng = np.random.default_rng([self.seed, epoch, reader])
             seen = 0
             for shard_index in rng.permutation(len(shards)):
-                samples = [
+                mine = (
                     sample
                     for sample in iter_samples(shards[shard_index])
-                    if (not by_key or int(key_unit(sample["__key__"]) * 2**32) % readers == reader)
-                    and self._frames_of_split(sample)
-                ]
+                    if not by_key or int(key_unit(sample["__key__"]) * 2**32) % readers == reader
+                )
+                # each sample with its frames of this split, read from its metadata once
+                samples = [(sample, frames) for sample in mine if (frames := self._frames_of_split(sample))]
                 for sample_index in rng.permutation(len(samples)):
-                    sample = samples[sample_index]
+                    sample, frames = samples[sample_index]
                     seen += 1
                     if skip:
                         skip -= 1
                         continue
-                    yield self._decode(sample, epoch)
+                    yield self._decode(sample, frames, epoch)
                     produced += 1
                     if self.limit is not None and produced >= self.limit:
                         return
@@ -126,9 +127,8 @@ class RawVideoFrames(IterableDataset):
         segments = stored_segments(sample["__key__"], meta, *self.fractions)
         return [i for split, start, end in segments if split == self.split for i in range(start, end)]
 
-    def _decode(self, sample: dict, epoch: int) -> dict:
+    def _decode(self, sample: dict, indices: list[int], epoch: int) -> dict:
         key = sample["__key__"]
-        indices = self._frames_of_split(sample)
         if self.frames_per_video and self.frames_per_video < len(indices):
             # seeded by the video itself, so skipping other videos never shifts the choice
             rng = np.random.default_rng([self.seed, epoch, int(key_unit(key) * 2**32)])

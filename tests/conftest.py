@@ -295,16 +295,9 @@ def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.Co
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+                listening |= listening_sockets(process.pid)
             except psutil.NoSuchProcess:
                 break
-            for member in family:
-                try:
-                    for sock in member.net_connections(kind="inet"):
-                        if sock.status == psutil.CONN_LISTEN or sock.type == socket.SOCK_DGRAM:
-                            listening.add((member.name(), sock.laddr.ip, sock.laddr.port))
-                except psutil.Error:  # gone, or not ours to look into
-                    pass
             time.sleep(0.2)
         if process.poll() is None:
             kill_family(process)
@@ -313,6 +306,23 @@ def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.Co
         return subprocess.CompletedProcess(
             process.args, process.returncode, out.read(), err.read()
         ), listening
+
+
+def listening_sockets(pid: int) -> set[tuple[str, str, int]]:
+    """{(process name, ip, port)} that process `pid` and every process under it listen on
+    (TCP listeners and UDP sockets)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    listening = set()
+    for member in [root, *root.children(recursive=True)]:
+        try:
+            for sock in member.net_connections(kind="inet"):
+                if sock.status == psutil.CONN_LISTEN or sock.type == socket.SOCK_DGRAM:
+                    listening.add((member.name(), sock.laddr.ip, sock.laddr.port))
+        except psutil.Error:  # gone, or not ours to look into
+            pass
+    return listening
 
 
 def is_loopback(ip: str) -> bool:

@@ -7,7 +7,7 @@ import decord
 import pytest
 import webdataset as wds
 
-from tests.conftest import REPO, is_loopback, run_stvideo
+from tests.conftest import REPO, is_loopback, listening_sockets, run_stvideo
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -50,7 +50,6 @@ def test_the_local_head_listens_on_loopback_only(ray_head, tmp_path):
     dashboard) listens on 127.0.0.0/8 only; a head on another address needs token auth."""
     import subprocess
 
-    import psutil
     import ray
 
     from jobs.config import RayConfig
@@ -59,12 +58,7 @@ def test_the_local_head_listens_on_loopback_only(ray_head, tmp_path):
     # have the head start a worker, then look at every process under `ray start`
     with ray_session(RayConfig(address=ray_head["address"])):
         ray.get(ray.remote(lambda: 1).remote())
-        head = psutil.Process(ray_head["pid"])
-        listening = set()
-        for member in [head, *head.children(recursive=True)]:
-            for sock in member.net_connections(kind="inet"):
-                if sock.status == psutil.CONN_LISTEN:
-                    listening.add((member.name(), sock.laddr.ip, sock.laddr.port))
+        listening = listening_sockets(ray_head["pid"])
     assert {"gcs_server", "raylet"} <= {name for name, _, _ in listening}, listening
     exposed = sorted(entry for entry in listening if not is_loopback(entry[1]))
     assert not exposed, f"listening beyond loopback: {exposed}"
