@@ -324,6 +324,9 @@ class STTransformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, self.head_kind.width(codebook_size, code_dim))
         for name, parameter in self.head_kind.new_parameters().items():
             self.register_parameter(name, parameter)
+        if self.residual:  # start from "nothing moved": the first prediction copies the last frame
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def codebook_size(self) -> int:

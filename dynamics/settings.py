@@ -30,7 +30,8 @@ class STTransformerConfig:
     logvar_max: float = 2.0
     max_frames: int = Field(32, ge=2)  # temporal positions, start frame included
     # regression and tied heads: predict the change from the previous frame's code vectors (a bias
-    # towards "nothing moved", which most latent pixels of a frame obey)
+    # towards "nothing moved", which most latent pixels of a frame obey); the head starts at zero, so
+    # an untrained model copies the last frame
     residual: bool = False
 
     @model_validator(mode="after")

@@ -141,6 +141,17 @@ def test_each_head_kind_sizes_scores_and_reads_its_output(head, kind, width, met
     assert not losses.main.requires_grad and not losses.kl.requires_grad
 
 
+@pytest.mark.parametrize("head", ["regression", "tied"])
+def test_an_untrained_residual_model_copies_the_last_frame(head):
+    clip = codes(batch=2, frames=5)
+    residual, plain = model(head, residual=True), model(head)
+    out, _ = residual.predict(clip, deterministic=True)
+    copied = torch.stack([residual.to_codes(out[:, t]) for t in range(1, 5)], 1)
+    assert torch.equal(copied, clip[:, :-1])  # "nothing moved" until training says otherwise
+    out, _ = plain.predict(clip, deterministic=True)
+    assert not torch.equal(torch.stack([plain.to_codes(out[:, t]) for t in range(1, 5)], 1), clip[:, :-1])
+
+
 def test_an_unknown_head_is_refused():
     with pytest.raises((KeyError, ValueError)):
         model("mixture")
