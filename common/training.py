@@ -50,6 +50,37 @@ class Progress:
             schedule.load_state_dict(saved)
 
 
+class Persistence(Protocol):
+    """Where a run's checkpoints become durable. `local` is the folder the loop writes (the
+    output itself on a local root, a scratch copy otherwise); `restore` makes it hold the last
+    durable state before a resume (on each machine's first process), `persist` makes a fresh
+    checkpoint durable (on every process: some backends synchronise there)."""
+
+    local: Path
+
+    def restore(self) -> None: ...
+
+    def persist(self, step: int, summary: dict[str, float], main: bool) -> None: ...
+
+
+@dataclass
+class LocalFolder:
+    """A run folder on a local disk: what the loop writes there is already durable."""
+
+    local: Path
+
+    def restore(self) -> None:
+        pass
+
+    def persist(self, step: int, summary: dict[str, float], main: bool) -> None:
+        pass
+
+
+def persistence_of(out: Path | str | Persistence) -> Persistence:
+    """A plain folder as a `LocalFolder`; a `Persistence` as it is."""
+    return LocalFolder(Path(out)) if isinstance(out, str | Path) else out
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
     if mixed_precision == "auto":
         mixed_precision = "no"
@@ -132,13 +163,21 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
 
 
 def resume_progress(
-    accelerator: Accelerator, out_dir: Path, name: str, *schedules: torch.optim.lr_scheduler.LRScheduler
+    accelerator: Accelerator,
+    out: Path | Persistence,
+    name: str,
+    *schedules: torch.optim.lr_scheduler.LRScheduler,
 ) -> Progress:
     """The step counter and `schedules`, loaded with the rest of the state from
-    `out_dir/train_state` when a run stopped there."""
+    `train_state` when a run stopped there (brought back by `out.restore` first)."""
+    out = persistence_of(out)
+    if accelerator.is_local_main_process:
+        out.local.mkdir(parents=True, exist_ok=True)
+        out.restore()
+    accelerator.wait_for_everyone()
     progress = Progress(*schedules)
-    if resume(accelerator, out_dir, progress) and accelerator.is_main_process:
-        tqdm.write(f"{name}: resumed from {out_dir / 'train_state'} at step {progress.step}")
+    if resume(accelerator, out.local, progress) and accelerator.is_main_process:
+        tqdm.write(f"{name}: resumed from {out.local / 'train_state'} at step {progress.step}")
     return progress
 
 
@@ -186,7 +225,7 @@ def run_loop(
     accelerator: Accelerator,
     progress: Progress,
     cadence: Cadence,
-    out_dir: Path,
+    out: Path | Persistence,
     *,
     name: str,
     unit: str,
@@ -204,9 +243,11 @@ def run_loop(
     counts the step and, every so many steps and at the last: logs the step's metrics with
     the throughput (`{unit}_per_s`); has the main process `evaluate` (the summary, logged
     and printed by `describe`); saves the resumable state and has the main process
-    `write_checkpoint` and `metrics.json`. A run resumed after its last step only evaluates.
+    `write_checkpoint` and `metrics.json`, then `out.persist`s them. A run resumed after its
+    last step only evaluates.
     """
-    main = accelerator.is_main_process
+    out = persistence_of(out)
+    main, out_dir = accelerator.is_main_process, out.local
 
     def log(metrics: dict[str, float]) -> None:
         if main and log_metrics:
@@ -246,6 +287,7 @@ def run_loop(
                 if summary:
                     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
             accelerator.wait_for_everyone()
+            out.persist(progress.step, summary, main)
     bar.close()
     if not summary and main:  # resumed a finished run: report what the checkpoint holds
         summary = evaluate()

@@ -32,10 +32,12 @@ def train_dynamics(
     settings: DynamicsSettings,
     latents_uri: str,
     tokenizer_dir: str | Path,
-    out_dir: str | Path,
+    out: str | Path | training.Persistence,
     log_metrics: training.MetricsLogger | None = None,
 ) -> dict[str, float]:
-    out_dir = Path(out_dir)
+    """`out`: the checkpoint folder, or where its checkpoints become durable (`Persistence`)."""
+    out = training.persistence_of(out)
+    out_dir = out.local
     accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum)
     device = accelerator.device
 
@@ -66,7 +68,7 @@ def train_dynamics(
     # a missing split must fail on every rank now, not on rank 0 at the first evaluation
     if not (store.group["split"][:] == VAL).any():
         raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
-    progress = training.resume_progress(accelerator, out_dir, "train-dynamics", schedule)
+    progress = training.resume_progress(accelerator, out, "train-dynamics", schedule)
     loader = clip_batches(settings, latents_uri, tokenizer_identity, accelerator, progress.step)
     plain = accelerator.unwrap_model(model)
 
@@ -102,7 +104,7 @@ def train_dynamics(
         accelerator,
         progress,
         settings,
-        out_dir,
+        out,
         name="train-dynamics",
         unit="tokens",
         step=train_step,

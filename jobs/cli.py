@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +19,13 @@ app = typer.Typer(
 )
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Pipeline YAML (configs/). Default: built-in defaults.")
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Pipeline YAML: a file or URI (configs/), or env:NAME for one held in an environment "
+        "variable (how submitted jobs get theirs). Default: built-in defaults.",
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -44,7 +49,7 @@ def _fail(lines: list[str], code: int, header: str) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path | None, overrides: list[str] | None) -> PipelineConfig:
+def _load(config: str | None, overrides: list[str] | None) -> PipelineConfig:
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
@@ -145,10 +150,10 @@ def submit_command(
     try:
         if not wait:
             args = [*(["--stages", ",".join(names)] if stages else []), *(["--force"] if force else [])]
-            job, stored = submit_detached(cfg, url, args)
+            job = submit_detached(cfg, url, args)
             typer.echo(f"submitted the pipeline as Ray job {job}")
             typer.echo(f"  follow: ray job logs -f {job} --address {url}")
-            typer.echo(f"  stages: stvideo status --config {stored} --address {url}")
+            typer.echo(f"  stages: stvideo status --config {config or '<this config>'} --address {url}")
             return
         parent = Submission(cfg, url, names, force=force, echo=typer.echo).run()
     except ConfigError as err:

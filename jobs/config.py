@@ -163,6 +163,9 @@ class EncodeConfig(Section):
     batch_size: int = Field(16, ge=1, description="clips per encoder batch")
     num_actors: int = Field(1, ge=1, description="tokenizer encoder actors")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per encoder actor, when the cluster has GPUs")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each encoder actor holds, e.g. {encoder: 1}"
+    )
 
     _absolute_tokenizer = field_validator("tokenizer")(classmethod(lambda cls, value: absolute_local(value)))
 
@@ -204,6 +207,9 @@ class GenerateConfig(Section):
     batch_size: int = Field(8, ge=1)
     num_actors: int = Field(1, ge=1)
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor, when the cluster has GPUs")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each actor holds, e.g. {generator: 1}"
+    )
     preview_clips: int = Field(6, ge=1, description="clips in the preview grid")
     decode: Literal["codes", "expected"] = Field(
         "codes",
@@ -238,7 +244,18 @@ class RayConfig(Section):
     address: str | None = Field(None, description="join this cluster ('auto', 'host:port'); default: local")
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the embedded local Ray; default: all")
     train_workers: int = Field(
-        0, ge=0, description="train-dynamics in this many Ray Train workers; 0: in-process"
+        0, ge=0, description="both training stages in this many Ray Train workers; 0: in the stage's process"
+    )
+    train_cpus: float = Field(1, gt=0, description="CPUs each Ray Train worker holds")
+    train_gpus: float = Field(0, ge=0, description="GPUs each Ray Train worker holds (0: trains on CPU)")
+    train_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each Ray Train worker holds, e.g. {trainer: 1}",
+    )
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="restarts of a training stage's workers from its last checkpoint; -1: no limit",
     )
 
 
@@ -262,6 +279,10 @@ class SubmitConfig(Section):
     )
     working_dir: str | None = Field(None, description="upload this folder as the jobs' working_dir")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env of every job, passed through (pip, env_vars, working_dir, excludes...)",
+    )
     resources: dict[str, StageResources] = Field(
         default_factory=dict,
         description="per stage (its CLI name, e.g. train-dynamics): what its job driver holds",
@@ -284,6 +305,11 @@ class SubmitConfig(Section):
 class PipelineConfig(Section):
     name: str = "stvideo"
     root: str = Field("out/demo", description="output root: a local path or s3://bucket/prefix")
+    scratch: str | None = Field(
+        None,
+        description="local cache of what a remote root's stages read and write (deletable at any time); "
+        "default: $STVIDEO_SCRATCH, else ~/.cache/stvideo",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
@@ -323,12 +349,14 @@ class PipelineConfig(Section):
 
 REDACTED = "<redacted>"
 # a value is a secret when a word of its key says so (AWS_SECRET_ACCESS_KEY, api-key, not
-# keyframe_interval or tokenizer); every value of `submit.env` is treated as one too
+# keyframe_interval or tokenizer); every value of `submit.env` and of the jobs' env_vars is one too
 SECRET_WORD = re.compile(r"(^|[_.-])(key|secret|token|password|passwd|credentials?)($|[_.-])", re.IGNORECASE)
 
 
 def is_secret(dotted_key: str) -> bool:
-    return dotted_key.startswith("submit.env.") or bool(SECRET_WORD.search(dotted_key.rsplit(".", 1)[-1]))
+    return dotted_key.startswith(("submit.env.", "submit.runtime_env.env_vars.")) or bool(
+        SECRET_WORD.search(dotted_key.rsplit(".", 1)[-1])
+    )
 
 
 def redacted(value: Any, path: str = "") -> Any:
@@ -433,8 +461,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+CONFIG_ENV_PREFIX = "env:"  # `--config env:NAME`: the YAML is the value of environment variable NAME
+
+
 def _read_config_text(path: str) -> str:
-    """A local file, or a URI (`stvideo submit` hands its jobs a config stored under the root)."""
+    """A local file, a URI, or `env:NAME` (`stvideo submit` hands its jobs their config that way:
+    it travels with the job, so the submitting machine needs no access to the root)."""
+    if path.startswith(CONFIG_ENV_PREFIX):
+        name = path.removeprefix(CONFIG_ENV_PREFIX)
+        if name in os.environ:
+            return os.environ[name]
+        raise ConfigError(
+            [f"--config: given {path!r}; expected environment variable {name} to hold a config"]
+        )
     if "://" in path:
         from pipeline import storage
 

@@ -82,9 +82,6 @@ class Layout:
         """The stage manifest beside an output location."""
         return storage.join(output, MANIFEST)
 
-    def submission_config(self, stamp: str) -> str:
-        return storage.join(self.root, "_submissions", stamp, "config.yaml")
-
     @staticmethod
     def local(uri: str) -> Path:
         """A local location as a resolved path (it may be written `file:///...`)."""

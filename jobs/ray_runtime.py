@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -12,10 +13,30 @@ from urllib.parse import urlsplit
 from jobs.config import RayConfig
 from jobs.tracking import SUBMISSION_ENV
 
+# set by Ray's job supervisor in every job's driver (beside RAY_ADDRESS, the cluster's GCS)
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def cluster_address(cfg: RayConfig) -> tuple[str | None, str]:
+    """The cluster to join and why, or (None, why) for an embedded one.
+
+    `ray.address` wins. A Ray job's driver (plain `ray job submit`, or `stvideo submit`) joins
+    the cluster its job runs on, which Ray names in RAY_ADDRESS. Elsewhere RAY_ADDRESS names a
+    cluster too, unless it is the Jobs API URL (http://...) a user exported for `ray job`."""
+    if cfg.address:
+        return cfg.address, "ray.address"
+    named = os.environ.get("RAY_ADDRESS", "")
+    if os.environ.get(RAY_JOB_ENV) or os.environ.get(SUBMISSION_ENV):
+        return named or "auto", "the cluster of this Ray job"
+    if named and not named.startswith(("http://", "https://")):
+        return named, "RAY_ADDRESS"
+    return None, "no cluster named (ray.address, RAY_ADDRESS)"
+
 
 @contextmanager
 def ray_session(cfg: RayConfig) -> Iterator[None]:
-    """Use the Ray already initialised in this process, or start/join one for the block."""
+    """Use the Ray already initialised in this process, or join/start one for the block, and
+    say which."""
     # Ray 2.60 switches token auth on by itself when it finds a token file; an
     # embedded local Ray must not depend on what happens to lie in ~/.ray.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -24,16 +45,14 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    # A submitted stage job's driver is told its cluster in RAY_ADDRESS and must join it. Elsewhere
-    # RAY_ADDRESS is often the Jobs API URL a user exported for `ray job`: not for ray.init.
-    address = cfg.address
-    if not address and os.environ.get(SUBMISSION_ENV):
-        address = os.environ.get("RAY_ADDRESS")
+    address, why = cluster_address(cfg)
     if address:
         # a head on this host's loopback (infra/local/ray-head.sh) has node IP 127.0.0.1:
         # a driver that took the host's reachable address would wait for a raylet forever
         with loopback_node(enabled=_is_loopback_address(address)):
             ray.init(address=address, logging_level=logging.WARNING)
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        print(f"ray: joined the cluster at {address} ({why}; {nodes} nodes)", file=sys.stderr)
     else:
         with loopback_node():
             # "local" always starts a fresh embedded Ray: a bare init() would join any
@@ -49,6 +68,8 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         if not _is_loopback_address(node_ip):
             ray.shutdown()
             raise RuntimeError(f"the embedded Ray took node address {node_ip}, not loopback: refusing to run")
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        print(f"ray: started an embedded Ray on 127.0.0.1 with {cpus} CPUs ({why})", file=sys.stderr)
     try:
         yield
     finally:

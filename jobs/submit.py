@@ -26,7 +26,6 @@ from jobs.config import REDACTED, PipelineConfig
 from jobs.layout import Layout
 from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
-from pipeline import storage
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -98,15 +97,17 @@ def _submission_id(cfg: PipelineConfig, stage: str, stamp: str) -> str:
     return f"stvideo-{_slug(cfg.name)}-{stage}-{stamp}"
 
 
-def _job_config(cfg: PipelineConfig, tracking_uri: str | None, stamp: str) -> str:
-    """Write the resolved config where every job can read it (under root), return its URI."""
+CONFIG_ENV = "STVIDEO_CONFIG"  # the job's resolved config, as YAML: it travels with the job
+
+
+def _job_config(cfg: PipelineConfig, tracking_uri: str | None) -> str:
+    """The resolved config every job of this submission runs with, as YAML (secrets redacted:
+    the jobs get their real values in their environment)."""
     resolved = cfg.model_copy(deep=True)
     if tracking_uri:
         # every job must log to the store the parent run lives in, whatever its own default
         resolved.tracking.uri = tracking_uri
-    uri = Layout.of(cfg).submission_config(stamp)
-    storage.write_bytes_atomic(uri, resolved.to_yaml().encode())
-    return uri
+    return resolved.to_yaml()
 
 
 def _entrypoint(cfg: PipelineConfig, args: list[str]) -> str:
@@ -114,17 +115,30 @@ def _entrypoint(cfg: PipelineConfig, args: list[str]) -> str:
     return shlex.join([cfg.submit.python or sys.executable, "-m", "jobs.cli", *args])
 
 
-def _runtime_env(cfg: PipelineConfig, parent_run_id: str | None, submission_id: str) -> dict[str, Any]:
-    # a detached submission reads a stored config whose `submit.env` is redacted: its own job
-    # was given the real values in its environment, and passes them on from there
-    extra = {
-        name: os.environ.get(name, value) if value == REDACTED else value
-        for name, value in cfg.submit.env.items()
+def _from_environment(values: dict[str, str]) -> dict[str, str]:
+    """A stored config's redacted values replaced by this process's own: a detached submission
+    was given the real ones in its environment, and passes them on."""
+    return {
+        name: os.environ.get(name, value) if value == REDACTED else value for name, value in values.items()
     }
-    env = {"PYTHONUNBUFFERED": "1", **extra, SUBMISSION_ENV: submission_id}
+
+
+def _runtime_env(
+    cfg: PipelineConfig, parent_run_id: str | None, submission_id: str, config_yaml: str
+) -> dict[str, Any]:
+    """`submit.runtime_env` as given, with the job's own variables added to its env_vars: the
+    config, the submission id, the parent run; `submit.env` and `submit.working_dir` as before."""
+    runtime_env: dict[str, Any] = {key: value for key, value in cfg.submit.runtime_env.items()}
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        **_from_environment(dict(runtime_env.get("env_vars", {}))),
+        **_from_environment(cfg.submit.env),
+        SUBMISSION_ENV: submission_id,
+        CONFIG_ENV: config_yaml,
+    }
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
-    runtime_env: dict[str, Any] = {"env_vars": env}
+    runtime_env["env_vars"] = env
     if cfg.submit.working_dir:
         runtime_env["working_dir"] = cfg.submit.working_dir
     return runtime_env
@@ -213,12 +227,12 @@ class Submission:
         stamp = _stamp()
         tags = {"stvideo.submit.address": self.address}
         with tracker.pipeline_run(self.stages, tags) as parent_id:
-            config_uri = _job_config(self.cfg, tracker.uri, stamp)
+            config_yaml = _job_config(self.cfg, tracker.uri)
             for stage in self.stages:
-                self._stage(client, tracker, stage, config_uri, stamp, parent_id)
+                self._stage(client, tracker, stage, config_yaml, stamp, parent_id)
         return parent_id
 
-    def _stage(self, client, tracker: Tracker, stage: str, config_uri: str, stamp: str, parent_id) -> None:
+    def _stage(self, client, tracker: Tracker, stage: str, config_yaml: str, stamp: str, parent_id) -> None:
         spec = STAGES[stage]
         status = lineage.check(self.cfg, spec)
         if status.done and not self.force:
@@ -232,9 +246,10 @@ class Submission:
                 client,
                 submission_id,
                 entrypoint=_entrypoint(
-                    self.cfg, [stage, "--config", config_uri, *(["--force"] if self.force else [])]
+                    self.cfg,
+                    [stage, "--config", f"env:{CONFIG_ENV}", *(["--force"] if self.force else [])],
                 ),
-                runtime_env=_runtime_env(self.cfg, parent_id, submission_id),
+                runtime_env=_runtime_env(self.cfg, parent_id, submission_id, config_yaml),
                 metadata=_metadata(self.cfg, stage, parent_id),
                 entrypoint_num_cpus=resources.num_cpus,
                 entrypoint_num_gpus=resources.num_gpus,
@@ -267,26 +282,25 @@ class Submission:
         self.echo(f"== {stage}: SUCCEEDED in {time.perf_counter() - started:.1f}s")
 
 
-def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -> tuple[str, str]:
+def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -> str:
     """Submit the submission itself as a Ray job, so it goes on without this process."""
     Tracker(cfg)  # a config the submission cannot track with fails here, not in the detached job
     client = connect(address, cfg.submit.retries)
     stamp = _stamp()
-    config_uri = _job_config(cfg, None, stamp)
-    args = ["submit", "--config", config_uri, "--address", address, *submit_args]
+    args = ["submit", "--config", f"env:{CONFIG_ENV}", "--address", address, *submit_args]
     submission_id = _submission_id(cfg, "pipeline", stamp)
     retrying(
         lambda: _submit_once(
             client,
             submission_id,
             entrypoint=_entrypoint(cfg, args),
-            runtime_env=_runtime_env(cfg, None, submission_id),
+            runtime_env=_runtime_env(cfg, None, submission_id, _job_config(cfg, None)),
             metadata=_metadata(cfg, "pipeline", None),
         ),
         cfg.submit.retries,
         "submitting the pipeline",
     )
-    return submission_id, config_uri
+    return submission_id
 
 
 def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> list[dict[str, str]]:

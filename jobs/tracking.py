@@ -183,7 +183,8 @@ def log_bytes(data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             local = Path(folder) / Path(artifact_file).name
             local.write_bytes(data)
-            log_artifact(str(local), str(Path(artifact_file).parent) or None)
+            folder = str(Path(artifact_file).parent)
+            log_artifact(str(local), None if folder == "." else folder)
 
 
 def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:

@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import zarr
 
+from pipeline import storage
 from pipeline.preview import continuation_grid, gif_bytes
 from pipeline.video import encode_mp4
 
 
-def write_codes(path: Path, codes: list[np.ndarray], clips: list[int], names: list[str], attrs: dict) -> None:
+def write_codes(uri: str, codes: list[np.ndarray], clips: list[int], names: list[str], attrs: dict) -> None:
     """`codes.zarr`: codes [N, S, P + K, h, w] (prompt and generated, every sample), one chunk
     per clip, with each clip's index and name, and the settings that made them as attributes."""
     stacked = np.stack(codes)
-    group = zarr.open_group(str(path), mode="w")
+    group = zarr.open_group(uri, mode="w")
     group.create_array("codes", data=stacked, chunks=(1, *stacked.shape[1:]))
     group.create_array("clip", data=np.array(clips, dtype=np.int64))
     group.create_array("name", data=np.array(names, dtype=str))
@@ -24,7 +23,7 @@ def write_codes(path: Path, codes: list[np.ndarray], clips: list[int], names: li
 
 
 def write_preview(
-    out: Path,
+    out: str,
     generated: list[np.ndarray],
     truth: list[np.ndarray],
     median: list[np.ndarray] | None,
@@ -32,8 +31,8 @@ def write_preview(
     fps: float,
 ) -> None:
     """`preview.gif` and `preview.mp4`: a row per clip, prompt held | sample 0 | the samples'
-    median (when given) | truth; frames uint8 [T, C, H, W]."""
+    median (when given) | truth; frames uint8 [T, C, H, W]. `out`: the folder, any URI."""
     grid = continuation_grid(generated, truth, prompt_frames, median)
-    (out / "preview.gif").write_bytes(gif_bytes(grid, fps, scale=2))
+    storage.write_bytes_atomic(storage.join(out, "preview.gif"), gif_bytes(grid, fps, scale=2))
     even = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]  # yuv420p wants even sizes
-    (out / "preview.mp4").write_bytes(encode_mp4(even, fps=fps))
+    storage.write_bytes_atomic(storage.join(out, "preview.mp4"), encode_mp4(even, fps=fps))

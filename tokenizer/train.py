@@ -66,11 +66,13 @@ FileLogger = Callable[[str, str], None]  # (local path, artifact folder)
 def train_tokenizer(
     settings: TokenizerSettings,
     source: FrameSource,
-    out_dir: str | Path,
+    out: str | Path | training.Persistence,
     log_metrics: training.MetricsLogger | None = None,
     log_file: FileLogger | None = None,
 ) -> dict[str, float]:
-    out_dir = Path(out_dir)
+    """`out`: the checkpoint folder, or where its checkpoints become durable (`Persistence`)."""
+    out = training.persistence_of(out)
+    out_dir = out.local
     arch = settings.model
     accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum)
     device = accelerator.device
@@ -91,7 +93,7 @@ def train_tokenizer(
         discriminator.parameters(), settings.disc_lr, settings.betas, 0.0, disc_warmup, disc_steps
     )
     model, discriminator, opt_g, opt_d = accelerator.prepare(model, discriminator, opt_g, opt_d)
-    progress = training.resume_progress(accelerator, out_dir, "train-tokenizer", sched_g, sched_d)
+    progress = training.resume_progress(accelerator, out, "train-tokenizer", sched_g, sched_d)
     loader = frame_batches(settings, source, accelerator, progress.step)
     plain_model, plain_disc = accelerator.unwrap_model(model), accelerator.unwrap_model(discriminator)
 
@@ -146,7 +148,7 @@ def train_tokenizer(
         accelerator,
         progress,
         settings,
-        out_dir,
+        out,
         name="train-tokenizer",
         unit="frames",
         step=train_step,

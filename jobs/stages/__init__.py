@@ -91,7 +91,7 @@ def _training_cadence(section: str) -> tuple[str, ...]:
 
 
 def _actor_scale(section: str) -> tuple[str, ...]:
-    return tuple(f"{section}.{key}" for key in ("batch_size", "num_actors", "num_gpus"))
+    return tuple(f"{section}.{key}" for key in ("batch_size", "num_actors", "num_gpus", "actor_resources"))
 
 
 STAGES: dict[str, StageSpec] = {

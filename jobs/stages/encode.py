@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -65,12 +66,14 @@ class ClipDecoder:
 class TokenizerEncoder:
     """Ray Data actor: loads the tokenizer once, encodes batches of clips."""
 
-    def __init__(self, checkpoint: str, threads: int = 1):
+    def __init__(self, checkpoint: str, scratch: Path, threads: int = 1):
         import torch
 
         torch.set_num_threads(threads)
+        # an actor may run on any node: the checkpoint comes from its URI, through the scratch cache
         self.tokenizer = Tokenizer.from_pretrained(
-            checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu"
+            storage.local_copy(checkpoint, scratch),
+            map_location="cuda" if torch.cuda.is_available() else "cpu",
         )
 
     def __call__(self, batch: dict) -> dict:
@@ -145,7 +148,7 @@ def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig
 
 def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     started = time.perf_counter()
-    tokenizer, manifest = _load_inputs(layout)
+    tokenizer, manifest = _load_inputs(layout, storage.scratch_root(cfg.scratch))
     clip_frames = cfg.data.clip_frames
     try:
         plans, num_clips = plan_clips(
@@ -212,12 +215,16 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
 
 
-def _load_inputs(layout: Layout) -> tuple[Tokenizer, dict]:
+def _load_inputs(layout: Layout, scratch: Path) -> tuple[Tokenizer, dict]:
     """The tokenizer to encode with and the raw manifest, or a clear error naming what is missing."""
     if not storage.exists(layout.raw_manifest):
         raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first")
     try:
-        tokenizer = Tokenizer.from_pretrained(layout.tokenizer)
+        tokenizer = Tokenizer.from_pretrained(storage.local_copy(layout.tokenizer, scratch))
+    except FileNotFoundError:
+        raise StageInputError(
+            f"encode.tokenizer: {layout.tokenizer}: no checkpoint there; run `stvideo train-tokenizer` first"
+        ) from None
     except CheckpointError as err:
         raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
     return tokenizer, storage.read_json(layout.raw_manifest)
@@ -255,11 +262,12 @@ def _encode_into(
             .flat_map(decoder)  # stateless CPU tasks
             .map_batches(
                 TokenizerEncoder,
-                fn_constructor_args=(checkpoint,),
+                fn_constructor_args=(checkpoint, storage.scratch_root(cfg.scratch)),
                 batch_size=cfg.encode.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
                 num_gpus=gpus,
+                resources=cfg.encode.actor_resources or None,
             )
         )
         total = sum(buffer.remaining for buffer in buffers.values())

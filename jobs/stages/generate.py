@@ -53,18 +53,20 @@ class ClipGenerator:
     """Ray Data actor: continues, scores and writes a batch of clips. A row is a clip of the
     latent store (`codes`, its source video's `key` and `start`) or a brought video (`path`)."""
 
-    def __init__(self, layout, settings, protocols, raw_videos, train_mean, preview_clips, fps):
+    def __init__(self, layout, settings, protocols, raw_videos, train_mean, preview_clips, fps, scratch):
         from tokenizer.tokenizer import Tokenizer
 
         torch.set_num_threads(1)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, _ = load_dynamics(Layout.local(layout.dynamics), map_location=device)
-        self.tokenizer = Tokenizer.from_pretrained(Layout.local(layout.tokenizer), map_location=device)
+        # an actor may run on any node: the checkpoints come from the root, through its scratch cache
+        self.model, _ = load_dynamics(storage.local_copy(layout.dynamics, scratch), map_location=device)
+        tokenizer = storage.local_copy(layout.tokenizer, scratch)
+        self.tokenizer = Tokenizer.from_pretrained(tokenizer, map_location=device)
         self.settings, self.protocols, self.preview_clips, self.fps = settings, protocols, preview_clips, fps
         self.size, self.channels = self.tokenizer.config.frame_size, self.tokenizer.config.in_channels
         self.truth = StoreTruth(raw_videos, self.size, self.channels)
         self.train_mean = None if train_mean is None else torch.tensor(train_mean)  # Ray's is read-only
-        self.videos = Layout.local(layout.generations) / "videos"
+        self.videos = storage.join(layout.generations, "videos")
         s, none = settings, np.zeros((0, self.channels, self.size, self.size), np.uint8)
         self.rejected = {  # the row of an input that failed: zero codes, NaN scores, no preview
             "codes": np.zeros((s.samples, s.prompt_frames + s.generate_frames, *self.model.grid), np.uint16),
@@ -114,7 +116,7 @@ class ClipGenerator:
                 scores = evaluate.score_continuation(other, truth, self.train_mean)
             row[scores_column(prompt_frames, steps)] = evaluate.score_table(scores, steps)
         video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.fps, codec="libx264", crf=12)
-        (self.videos / f"{name}.mp4").write_bytes(video)
+        storage.write_bytes_atomic(storage.join(self.videos, f"{name}.mp4"), video)
         if clip in self.preview_clips:
             shown = (run.frames[0], run.median, truth)
             row.update(
@@ -133,20 +135,17 @@ def _column(values: list) -> np.ndarray:
 
 
 def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
-    gen = cfg.generate
-    if not layout.is_local:
-        raise StageInputError(f"root: given {cfg.root!r}; generate writes videos to a local root")
+    gen, scratch = cfg.generate, storage.scratch_root(cfg.scratch)
     try:
-        _, dynamics_config = load_dynamics(Layout.local(layout.dynamics))
+        _, dynamics_config = load_dynamics(storage.local_copy(layout.dynamics, scratch))
         store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
-    except (DynamicsCheckpointError, LatentStoreError) as err:
+    except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
     raw_videos = _raw_videos(layout, store.attrs["fps"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     if not gen.videos and not raw_videos:
         raise StageInputError(f"{layout.raw_manifest}: unreadable; store clips are scored on the raw videos")
-    out = Layout.local(layout.generations)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+    out = layout.generations
     settings, protocols = GenerationSettings.of(gen), [tuple(protocol) for protocol in gen.protocols]
     preview_clips = [item["clip"] for item in items[: gen.preview_clips]]
     fps = float(store.attrs["fps"] or cfg.data.fps)
@@ -155,7 +154,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     train = set(np.asarray(store.group["source"][:])[store.group["split"][:] == TRAIN].tolist())
     size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
     train_mean = mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos)
-    actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps)
+    actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps, scratch)
     results = _continue_all(cfg, items, actor)
     seconds = time.perf_counter() - started
 
@@ -165,9 +164,9 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(
             f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
         )
-    identity = file_identity(Layout.local(layout.dynamics) / "model.safetensors")
+    identity = file_identity(storage.join(layout.dynamics, "model.safetensors"))
     write_codes(
-        out / "codes.zarr",
+        storage.join(out, "codes.zarr"),
         [result["codes"] for result in done],
         [result["clip"] for result in done],
         [str(result["name"]) for result in done],
@@ -190,14 +189,14 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "samples": gen.samples,
         "seconds": seconds,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    storage.write_bytes_atomic(storage.join(out, "metrics.json"), json.dumps(metrics, indent=2).encode())
     shown = [results[i] for i in preview_clips if len(results.get(i, {}).get("preview_generated", ()))]
     frames = {kind: [result[f"preview_{kind}"] for result in shown] for kind in PREVIEW}
     median = frames["median"] if gen.samples > 1 else None
     write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
 
-    tracking.log_artifact(str(out / "preview.gif"), "preview")
-    tracking.log_artifact(str(out / "metrics.json"))
+    tracking.log_bytes(storage.read_bytes(storage.join(out, "preview.gif")), "preview/preview.gif")
+    tracking.log_bytes(json.dumps(metrics, indent=2).encode(), "metrics.json")
     headline = tracking.log_scores_by_step(metrics)
     for prompt_frames, steps in protocols:
         if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
@@ -210,11 +209,13 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         summary += f"; {len(rejected)} rejected (see metrics.json)"
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
-        summary += f"; preview {out / 'preview.gif'}, metrics {out / 'metrics.json'}"
+        summary += (
+            f"; preview {storage.join(out, 'preview.gif')}, metrics {storage.join(out, 'metrics.json')}"
+        )
     return StageResult(
         stage="generate",
         inputs={"latents": layout.latents, "dynamics": layout.dynamics, "tokenizer": layout.tokenizer},
-        outputs={"generations": layout.generations, "metrics": str(out / "metrics.json")},
+        outputs={"generations": layout.generations, "metrics": storage.join(out, "metrics.json")},
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
@@ -235,6 +236,7 @@ def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
             num_gpus=gen.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0,
+            resources=gen.actor_resources or None,
         )
         with tqdm(total=len(items), desc="generate", unit="clip") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
