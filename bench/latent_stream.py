@@ -118,7 +118,7 @@ def main() -> None:
     store = open_latents(uri)
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer")
     split = store.group["split"][:]
-    sources = store.group["source"][:]
+    sources = store.sources()
     train_keys = {str(key) for key, s in zip(sources, split, strict=True) if s == TRAIN}
     clips = min(args.clips, int((split == TRAIN).sum()))
 

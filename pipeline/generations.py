@@ -7,19 +7,28 @@ import numpy as np
 import zarr
 
 from pipeline import storage
+from pipeline.latents import key_bytes, key_strings
 from pipeline.preview import continuation_grid, gif_bytes
 from pipeline.video import encode_mp4
 
 
 def write_codes(uri: str, codes: list[np.ndarray], clips: list[int], names: list[str], attrs: dict) -> None:
     """`codes.zarr`: codes [N, S, P + K, h, w] (prompt and generated, every sample), one chunk
-    per clip, with each clip's index and name, and the settings that made them as attributes."""
+    per clip, with each clip's index and name (uint8 [N, width], UTF-8), and the settings that
+    made them as attributes."""
     stacked = np.stack(codes)
     group = zarr.open_group(uri, mode="w")
     group.create_array("codes", data=stacked, chunks=(1, *stacked.shape[1:]))
     group.create_array("clip", data=np.array(clips, dtype=np.int64))
-    group.create_array("name", data=np.array(names, dtype=str))
+    # names as UTF-8 bytes (a Zarr v3 core type: every Zarr v3 reader opens it); `read_names`
+    width = max((len(name.encode()) for name in names), default=1)
+    group.create_array("name", data=key_bytes(names, width))
     group.attrs.update(attrs)
+
+
+def read_names(uri: str) -> list[str]:
+    """The clip names of a `codes.zarr` (stores written before names were bytes too)."""
+    return key_strings(zarr.open_group(uri, mode="r")["name"][:]).tolist()
 
 
 def write_preview(

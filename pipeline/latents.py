@@ -3,9 +3,12 @@ reader that streams them to training without touching pixels.
 
 Layout (Zarr v3 group):
 - `codes`  uint16 [N, T, h, w]: one clip per chunk, zstd, `clips_per_shard` clips per shard file;
-- `source` str [N], `start_frame` int32 [N], `split` uint8 [N] (0 train, 1 val,
-  2 test, 255 missing: the clip's video failed to decode), chunked one shard's
-  worth of clips per chunk, so whoever writes a shard owns every byte of it;
+- `source` uint8 [N, key_bytes]: each clip's video key in UTF-8, zero-padded (a Zarr v3 core
+  type, so every Zarr v3 reader opens it: zarr-python's variable-length strings have no
+  Zarr v3 spec, and tensorstore refuses them); `LatentStore.sources` gives them as text;
+- `start_frame` int32 [N], `split` uint8 [N] (0 train, 1 val, 2 test, 255 missing: the
+  clip's video failed to decode); these three are chunked one shard's worth of clips per
+  chunk, so whoever writes a shard owns every byte of it;
 - attributes: schema version, tokenizer identity, codebook size, grid, clip
   length, stride, fps, frame size, and `complete` once every shard is written.
 
@@ -31,7 +34,10 @@ from zarr.codecs import ZstdCodec
 from pipeline import storage
 from pipeline.splits import TRAIN
 
-SCHEMA_VERSION = 1
+# 2: `source` as UTF-8 bytes in uint8; stores of 1 (`source` as variable-length strings) are
+# still read, and encode writes a store of 2 in their place
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MISSING = 255  # split value of a clip whose video could not be decoded
 PROGRESS_DIR = "_progress"
 REQUIRED_ATTRS = (
@@ -103,6 +109,10 @@ class LatentStore:
         except Exception:
             return False
 
+    def sources(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """The video keys of clips start..stop as text (every clip by default)."""
+        return key_strings(self.group["source"][start:stop])
+
     def shard_of(self, clip: int) -> int:
         return clip // self.clips_per_shard
 
@@ -121,8 +131,10 @@ class LatentStore:
         grid: tuple[int, int],
         clips_per_shard: int,
         attrs: dict,
+        key_bytes: int = 64,
     ) -> LatentStore:
-        """Pre-size every array (driver only), so writers never resize or race on metadata."""
+        """Pre-size every array (driver only), so writers never resize or race on metadata.
+        `key_bytes`: room for the longest video key, in UTF-8."""
         group = _open_group(uri, "w")
         height, width = grid
         group.create_array(
@@ -134,7 +146,13 @@ class LatentStore:
             compressors=ZstdCodec(level=3),
             fill_value=0,
         )
-        group.create_array("source", shape=(num_clips,), chunks=(clips_per_shard,), dtype=str)
+        group.create_array(
+            "source",
+            shape=(num_clips, key_bytes),
+            chunks=(clips_per_shard, key_bytes),
+            dtype="uint8",
+            fill_value=0,
+        )
         group.create_array("start_frame", shape=(num_clips,), chunks=(clips_per_shard,), dtype="int32")
         group.create_array(
             "split", shape=(num_clips,), chunks=(clips_per_shard,), dtype="uint8", fill_value=MISSING
@@ -169,7 +187,7 @@ class LatentStore:
                 f"shard {shard} holds clips {start}..{stop - 1}: got {len(codes)}, not {stop - start}"
             )
         self.codes[start:stop] = codes.astype(np.uint16, copy=False)
-        self.group["source"][start:stop] = np.asarray(source, dtype=str)
+        self.group["source"][start:stop] = key_bytes(source, self.group["source"].shape[1])
         self.group["start_frame"][start:stop] = start_frame
         self.group["split"][start:stop] = split
         if rejects:
@@ -202,6 +220,25 @@ class LatentStore:
         self.group.attrs.update({**(extra_attrs or {}), "complete": True})
 
 
+def key_bytes(keys: list[str], width: int) -> np.ndarray:
+    """Keys as UTF-8 in uint8 [len(keys), width], zero-padded; a key too long is refused."""
+    out = np.zeros((len(keys), width), dtype=np.uint8)
+    for row, key in enumerate(keys):
+        encoded = key.encode()
+        if len(encoded) > width or b"\0" in encoded:
+            raise ValueError(f"key {key!r}: {len(encoded)} bytes, room for {width} (and no NUL)")
+        out[row, : len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+    return out
+
+
+def key_strings(stored: np.ndarray) -> np.ndarray:
+    """Keys as text from `key_bytes`' uint8 [N, width], or from a schema-1 string array."""
+    stored = np.asarray(stored)
+    if stored.dtype != np.uint8:  # schema 1: zarr-python's variable-length strings
+        return np.array(stored.tolist(), dtype=str)
+    return np.array([row.tobytes().rstrip(b"\0").decode() for row in stored], dtype=str)
+
+
 def open_latents(
     uri: str,
     tokenizer_identity: str | None = None,
@@ -216,9 +253,10 @@ def open_latents(
     missing = [name for name in REQUIRED_ATTRS if name not in attrs]
     if missing:
         raise LatentStoreError(f"{uri}: not a latent store (attributes missing: {', '.join(missing)})")
-    if attrs["schema_version"] != SCHEMA_VERSION:
+    if attrs["schema_version"] not in READABLE_SCHEMAS:
         raise LatentStoreError(
-            f"{uri}: schema version {attrs['schema_version']}, this code reads {SCHEMA_VERSION}"
+            f"{uri}: schema version {attrs['schema_version']}, this code reads "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}; encode again (--force) to rewrite it"
         )
     for name in ("codes", "source", "start_frame", "split"):
         if name not in group:

@@ -354,9 +354,10 @@ def raw_shards(tmp_path_factory) -> list[str]:
     return build_raw(tmp_path_factory.mktemp("raw-fixture"))
 
 
-@pytest.fixture
-def s3_server():
-    """moto's S3-compatible server on 127.0.0.1, started and stopped by PID."""
+@contextmanager
+def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3-compatible server on 127.0.0.1 with `bucket` made, started and stopped by PID;
+    yields the environment that reaches it (botocore reads AWS_ENDPOINT_URL)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -369,8 +370,6 @@ def s3_server():
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -381,14 +380,76 @@ def s3_server():
                 time.sleep(0.2)
         import s3fs
 
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem().mkdir("latents-bucket")
-        yield "s3://latents-bucket"
+        s3fs.S3FileSystem(
+            key="test",
+            secret="test",
+            client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+            skip_instance_cache=True,
+        ).mkdir(bucket)
+        yield env
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `values` set, restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on 127.0.0.1, this process's environment pointed at it."""
+    import s3fs
+
+    with moto_s3("latents-bucket") as env, environment(env):
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield "s3://latents-bucket"
+
+
+def reachable_ip() -> str:
+    """This host's address on its network (the one Ray gives a node that is not loopback-only).
+    A UDP socket 'connected' to a TEST-NET address sends nothing; it only picks the route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.254", 9))
+        return sock.getsockname()[0]
+
+
+@contextmanager
+def ray_worker_node(head: str, temp_dir: Path, cpus: int, resources: dict, env: dict) -> Iterator[int]:
+    """A second Ray node on this machine joining `head`: its own temp dir (logs, sockets), its own
+    custom resources so work can be placed on it; stopped by its PID and process group."""
+    import json
+    import signal
+
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--address", head, "--block"]
+    command += ["--disable-usage-stats", "--num-cpus", str(cpus), "--resources", json.dumps(resources)]
+    command += ["--temp-dir", str(temp_dir), "--dashboard-agent-listen-port", str(free_port())]
+    with (temp_dir / "node.log").open("w") as log:
+        node = subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield node.pid
+    finally:
+        node.send_signal(signal.SIGTERM)  # the leader tears down what it started
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(node.pid, signal.SIGKILL)  # whatever of its group is left
+        except ProcessLookupError:
+            pass
+        node.wait(timeout=30)

@@ -88,12 +88,14 @@ def fingerprint(stage: str, root: Path):
     if stage in ("train-tokenizer", "train-dynamics"):
         return sha(out / "model.safetensors")
     if stage == "encode":
+        from pipeline.latents import key_strings
+
         group = zarr.open_group(str(out), mode="r")
         # the numbers by their bytes, the keys as text (a string array's bytes hold pointers)
         numbers = [
             np.ascontiguousarray(group[name][:]).tobytes() for name in ("codes", "start_frame", "split")
         ]
-        return [hashlib.sha256(b"".join(numbers)).hexdigest(), group["source"][:].tolist()]
+        return [hashlib.sha256(b"".join(numbers)).hexdigest(), key_strings(group["source"][:]).tolist()]
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("seconds")
     codes = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]

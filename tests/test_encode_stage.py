@@ -9,7 +9,7 @@ import torch
 import webdataset as wds
 import zarr
 
-from pipeline.latents import MISSING, open_latents
+from pipeline.latents import MISSING, key_strings, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
 from tests.conftest import FEW_VIDEOS, build_raw, kill_when, run_stvideo, untracked_tiny
@@ -55,7 +55,7 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     assert "40 clips of 20 frames" in result.stdout
 
     group = zarr.open_group(str(root / "latents.zarr"), mode="r")  # plain zarr
-    codes, sources = group["codes"], group["source"][:]
+    codes, sources = group["codes"], key_strings(group["source"][:])
     assert codes.shape == (40, 20, 16, 16) and codes.dtype == np.uint16 and codes.shards == (8, 20, 16, 16)
     assert group.attrs["tokenizer_identity"] == tokenizer.identity and group.attrs["complete"]
     assert MISSING not in group["split"][:]
@@ -109,7 +109,7 @@ def test_a_video_that_fails_mid_way_is_rejected_and_the_rest_is_intact(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 missing" in result.stdout
     store = open_latents(str(root / "latents.zarr"))
-    split, sources = store.group["split"][:], store.group["source"][:]
+    split, sources = store.group["split"][:], store.sources()
     assert [sources[i] for i in np.flatnonzero(split == MISSING)] == [victim]
     assert (split != MISSING).sum() == 11
     [reject] = store.attrs["rejected"]
@@ -132,7 +132,7 @@ def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
     assert f"{written} shards were already written" in result.stdout
     assert not staging.exists()
     store = open_latents(str(root / "latents.zarr"), tokenizer_identity=tokenizer.identity)
-    sources = list(store.group["source"][:])
+    sources = list(store.sources())
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
     assert sources == [
         v["key"] for shard in manifest["shards"] for v in shard["videos"]
@@ -160,7 +160,7 @@ def test_ingest_and_encode_into_s3_through_a_local_server(s3_server, tmp_path):
     assert encode.returncode == 0, encode.stderr[-3000:]
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=tokenizer.identity)
     assert store.num_clips == 12 and MISSING not in store.group["split"][:]
-    assert sorted(store.group["source"][:]) == [f"mmnist-s0-{i:07d}" for i in range(12)]
+    assert sorted(store.sources()) == [f"mmnist-s0-{i:07d}" for i in range(12)]
     # both outputs were swapped in from their staging locations, which are gone
     from pipeline import storage
 
@@ -194,4 +194,4 @@ def test_a_shard_that_mixes_containers_encodes_every_video(tmp_path, video_folde
     assert {"mp4", "webm", "avi", "mkv"} <= containers
     store = open_latents(str(root / "latents.zarr"))
     assert MISSING not in store.group["split"][:] and not store.attrs["rejected"]
-    assert set(store.group["source"][:]) == {video["key"] for video in manifest["shards"][0]["videos"]}
+    assert set(store.sources()) == {video["key"] for video in manifest["shards"][0]["videos"]}

@@ -10,7 +10,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from pipeline.latents import MISSING, LatentClips, LatentStore, LatentStoreError, open_latents
+from pipeline.latents import MISSING, LatentClips, LatentStore, LatentStoreError, key_strings, open_latents
 from pipeline.splits import TEST, TRAIN, VAL
 
 CLIP_FRAMES, GRID = 6, (4, 4)
@@ -63,8 +63,9 @@ def test_schema_is_plain_zarr_and_validated(tmp_path):
     codes = group["codes"]
     assert codes.shape == (10, CLIP_FRAMES, 4, 4) and codes.dtype == np.uint16
     assert codes.chunks == (1, CLIP_FRAMES, 4, 4) and codes.shards == (4, CLIP_FRAMES, 4, 4)
-    assert group.attrs["schema_version"] == 1 and group.attrs["complete"] is True
-    assert list(group["source"][:2]) == ["video-0", "video-1"]
+    assert group.attrs["schema_version"] == 2 and group.attrs["complete"] is True
+    assert group["source"].dtype == np.uint8  # UTF-8 bytes: a Zarr v3 core type
+    assert list(key_strings(group["source"][:2])) == ["video-0", "video-1"]
     assert np.array_equal(codes[7], clip_codes(7))
     assert open_latents(uri, tokenizer_identity="tok-a").num_shards == 3
 
@@ -208,3 +209,44 @@ def test_a_corrupted_chunk_is_one_line_naming_array_shard_and_clip(tmp_path):
         list(LatentClips(uri, TRAIN, shuffle_buffer=1))
     message = str(caught.value)
     assert "\n" not in message and "array 'codes', shard 1 (clips 4..7)" in message and "clip 4" in message
+
+
+def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
+    """tensorstore's zarr3 driver (what JAX-side trainers use) reads every array of the latent
+    store and of generations' codes.zarr, with the values zarr-python wrote."""
+    import tensorstore
+
+    from pipeline.generations import read_names, write_codes
+
+    latents = str(tmp_path / "latents.zarr")
+    store = make_store(latents, num_clips=10, per_shard=4)
+    codes = str(tmp_path / "codes.zarr")
+    names = ["000001", "clip-ü-2", "a much longer clip name"]
+    write_codes(codes, [np.full((2, 3, *GRID), i, np.uint16) for i in range(3)], [1, 2, 3], names, {"s": 1})
+    opened = 0
+    for folder in (latents, codes):
+        for name, array in zarr.open_group(folder, mode="r").arrays():
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{folder}/{name}/"}}
+            other = tensorstore.open(spec, read=True).result()
+            assert np.array_equal(other.read().result(), array[:]), (folder, name)
+            opened += 1
+    assert opened == 4 + 3  # codes, source, start_frame, split; codes, clip, name
+    assert list(store.sources()) == [f"video-{i}" for i in range(10)]
+    assert read_names(codes) == names
+
+
+def test_a_store_of_the_previous_schema_is_still_read(tmp_path):
+    """Schema 1 kept the keys as zarr-python's variable-length strings: readers still take it."""
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=6, per_shard=3)
+    group = zarr.open_group(uri, mode="r+")
+    del group["source"]
+    group.create_array("source", shape=(6,), chunks=(3,), dtype=str)
+    group["source"][:] = np.array([f"old-{i}" for i in range(6)], dtype=str)
+    group.attrs["schema_version"] = 1
+    store = open_latents(uri)
+    assert list(store.sources()) == [f"old-{i}" for i in range(6)]
+    assert clip_ids(LatentClips(uri, TRAIN, shuffle_buffer=1)) == list(range(6))
+    group.attrs["schema_version"] = 9
+    with pytest.raises(LatentStoreError, match="schema version 9"):
+        open_latents(uri)

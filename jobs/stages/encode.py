@@ -25,7 +25,7 @@ from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.clips import VideoPlan, iter_clips, plan_clips, video_bytes
-from pipeline.latents import MISSING, LatentStore, LatentStoreError, open_latents
+from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
 from tokenizer.tokenizer import CheckpointError, Tokenizer
 
 
@@ -129,7 +129,9 @@ def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -
     }
 
 
-def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid) -> LatentStore:
+def _prepare_store(
+    uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid, key_bytes: int
+) -> LatentStore:
     """The store an unfinished run of this config left (to resume), else a new one. The runner
     hands encode a fresh staging location whenever the config or inputs changed, so a store
     found here with other contents is one a crash left half created: it is started over."""
@@ -138,11 +140,12 @@ def _prepare_store(uri: str, identity: dict, num_clips: int, cfg: PipelineConfig
             store = open_latents(uri, complete=False)
         except LatentStoreError:
             store = None
-        same = store is not None and all(store.attrs.get(k) == v for k, v in identity.items())
+        same = store is not None and store.attrs["schema_version"] == SCHEMA_VERSION
+        same = same and all(store.attrs.get(k) == v for k, v in identity.items())
         if same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard:
             return store
     return LatentStore.create(
-        uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity
+        uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity, key_bytes
     )
 
 
@@ -165,7 +168,8 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {layout.raw} is that long")
 
     identity = _identity(cfg, tokenizer, manifest["fingerprint"])
-    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid)
+    key_bytes = max((len(plan.key.encode()) for plan in plans), default=1)
+    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, key_bytes)
     done = store.done_shards()
     buffers = {
         s: ShardBuffer(*store.shard_range(s), clip_frames, tokenizer.grid)

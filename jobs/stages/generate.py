@@ -151,7 +151,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     fps = float(store.attrs["fps"] or cfg.data.fps)
 
     started = time.perf_counter()
-    train = set(np.asarray(store.group["source"][:])[store.group["split"][:] == TRAIN].tolist())
+    train = set(store.sources()[store.group["split"][:] == TRAIN].tolist())
     size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
     train_mean = mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos)
     actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps, scratch)
@@ -280,7 +280,7 @@ def _store_clips(gen, store) -> list[dict]:
     if len(chosen) == 0:
         raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
     codes = store.codes.get_orthogonal_selection((chosen,))
-    sources, starts = store.group["source"][:], store.group["start_frame"][:]
+    sources, starts = store.sources(), store.group["start_frame"][:]
     return [
         {
             "clip": int(i),

@@ -1,0 +1,278 @@
+"""Two Ray nodes that share no disk, an S3 root: the tiny pipeline as a cluster runs it.
+
+A Ray head (token auth, on this host's network address) and a second Ray node started on
+this machine with its own temp dir and a custom resource, an S3 server (moto) on 127.0.0.1
+and the session's MLflow server. Every node has the S3 credentials in its environment, as
+a cloud node has its role; the submitting process works from a folder holding only a copy
+of the config.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import (
+    REPO,
+    STVIDEO,
+    local_service,
+    moto_s3,
+    ray_head_env,
+    ray_worker_node,
+    reachable_ip,
+    run_stvideo,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+STAGES = ["ingest", "train-tokenizer", "encode", "train-dynamics", "generate"]
+BUCKET = "stvideo"
+
+
+def alive_nodes(dashboard: str, token: str) -> list[dict]:
+    request = urllib.request.Request(
+        f"{dashboard}/api/v0/nodes?limit=10", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        nodes = json.load(answer)["data"]["result"]["result"]
+    return [node for node in nodes if node["state"] == "ALIVE"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, mlflow_server):
+    tmp = tmp_path_factory.mktemp("two-nodes")
+    token, ip = secrets.token_hex(16), reachable_ip()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    with moto_s3(BUCKET) as s3:
+        head_env = ray_head_env(cpus=2, RAY_HEAD_IP=ip, **auth, **s3)
+        with local_service("ray-head.sh", tmp / "head", head_env) as head_pid:
+            address, dashboard = (
+                f"{ip}:{head_env['RAY_PORT']}",
+                f"http://{ip}:{head_env['RAY_DASHBOARD_PORT']}",
+            )
+            with ray_worker_node(address, tmp / "node2", 2, {"node2": 4}, {**auth, **s3}) as node_pid:
+                deadline = time.monotonic() + 60
+                while len(alive_nodes(dashboard, token)) < 2:
+                    assert time.monotonic() < deadline, (tmp / "node2" / "node.log").read_text()[-3000:]
+                    time.sleep(0.5)
+                yield SimpleNamespace(
+                    tmp=tmp,
+                    dashboard=dashboard,
+                    client_env={**auth, **s3},  # what the submitting user has: the token, S3 access
+                    pids=(head_pid, node_pid),
+                    node2_logs=tmp / "node2",
+                    mlflow=mlflow_server["uri"],
+                )
+
+
+def client_folder(cluster, name: str) -> Path:
+    """A working folder holding only a copy of the config: no root, nothing shared."""
+    folder = cluster.tmp / name
+    folder.mkdir()
+    shutil.copy(REPO / "configs" / "tiny.yaml", folder / "tiny.yaml")
+    return folder
+
+
+def settings(cluster, scratch: Path) -> list[str]:
+    pairs = {
+        "root": f"s3://{BUCKET}/tiny",
+        "tracking.uri": cluster.mlflow,
+        "tracking.experiment": "stvideo-two-nodes",
+        "ray.train_workers": "2",
+        "generate.actor_resources": "{node2: 1}",  # only the second node has it
+        "scratch": str(scratch),
+        "submit.python": sys.executable,
+    }
+    return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
+
+
+def submit(cluster, folder: Path, *extra: str, scratch: Path | None = None):
+    args = ["submit", "--config", "tiny.yaml", "--address", cluster.dashboard]
+    args += settings(cluster, scratch or cluster.tmp / "scratch")
+    return run_stvideo(*args, *extra, cwd=folder, env=cluster.client_env, timeout=900)
+
+
+def s3(cluster):
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key="test",
+        secret="test",
+        client_kwargs={"endpoint_url": cluster.client_env["AWS_ENDPOINT_URL"]},
+        skip_instance_cache=True,
+    )
+
+
+def stage_runs(cluster, stage: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cluster.mlflow)
+    experiment = client.get_experiment_by_name("stvideo-two-nodes")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [run for run in runs if run.data.tags.get("stvideo.stage") == stage]
+
+
+def metric_steps(cluster, run, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    return [
+        point.step
+        for point in MlflowClient(tracking_uri=cluster.mlflow).get_metric_history(run.info.run_id, key)
+    ]
+
+
+@pytest.fixture(scope="module")
+def pipeline(cluster):
+    folder = client_folder(cluster, "laptop")
+    before = sorted(path.name for path in folder.iterdir())
+    started = time.time()
+    done = submit(cluster, folder)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return SimpleNamespace(folder=folder, before=before, started=started, result=done)
+
+
+def test_every_stage_runs_on_two_nodes_with_an_s3_root_and_nothing_local(cluster, pipeline):
+    for stage in STAGES:
+        assert f"== {stage}: SUCCEEDED" in pipeline.result.stdout, pipeline.result.stdout[-3000:]
+    assert "(2 Ray Train workers)" in pipeline.result.stdout  # both training stages
+    assert pipeline.result.stdout.count("Ray Train workers)") == 2
+    assert "joined the cluster at" in pipeline.result.stdout  # each job's driver, not a Ray of its own
+    assert "started an embedded Ray" not in pipeline.result.stdout
+
+    fs = s3(cluster)
+    for output in ("raw", "tokenizer", "latents.zarr", "dynamics", "generations/default"):
+        assert fs.exists(f"{BUCKET}/tiny/{output}/_stage.json"), output
+    for checkpoint in ("tokenizer", "dynamics"):
+        assert fs.exists(f"{BUCKET}/tiny/{checkpoint}/model.safetensors")
+    metrics = json.loads(fs.cat_file(f"{BUCKET}/tiny/generations/default/metrics.json"))
+    assert metrics["clips"] > 0 and len(metrics["per_step"]["model"]["mse"]) == 10
+    assert len(fs.ls(f"{BUCKET}/tiny/generations/default/videos")) == metrics["clips"]
+    assert fs.info(f"{BUCKET}/tiny/generations/default/preview.gif")["size"] > 0
+    assert fs.ls(f"{BUCKET}/tiny/ray_results")  # Ray Train's own runs, under the root
+
+    # generate's actors ran on the second node: their logs are in its own temp dir
+    logs = "".join(path.read_text(errors="replace") for path in cluster.node2_logs.rglob("worker-*.out"))
+    assert "ClipGenerator" in logs
+
+    # nothing was written locally but the scratch cache, which can go
+    assert sorted(path.name for path in pipeline.folder.iterdir()) == pipeline.before
+    assert not (pipeline.folder / "out").exists() and not (REPO / "out" / "tiny" / "_untracked").exists()
+    scratch = cluster.tmp / "scratch"
+    assert (scratch / "fetched").is_dir() and (scratch / "ray-train").is_dir()
+
+    # each training stage's MLflow run has its whole curve, every step once
+    for stage, every, last in (("train-tokenizer", 10, 40), ("train-dynamics", 5, 30)):
+        [run] = stage_runs(cluster, stage)
+        assert metric_steps(cluster, run, "loss") == list(range(every, last + 1, every)), stage
+        assert run.data.metrics["world_size"] == 2
+
+
+def test_a_second_submit_from_another_folder_finds_every_stage_complete(cluster, pipeline):
+    folder = client_folder(cluster, "another-laptop")
+    shutil.rmtree(cluster.tmp / "scratch")  # the cache is only a cache
+    again = submit(cluster, folder, scratch=cluster.tmp / "other-scratch")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for stage in STAGES:
+        assert f"== {stage}: skipped, complete" in again.stdout
+    status = run_stvideo(
+        "status",
+        "--config",
+        "tiny.yaml",
+        "--address",
+        cluster.dashboard,
+        *settings(cluster, cluster.tmp / "other-scratch"),
+        cwd=folder,
+        env=cluster.client_env,
+    )
+    assert status.returncode == 0, status.stderr[-3000:]
+    states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+    assert states == dict.fromkeys(STAGES, "done"), status.stdout
+
+
+def test_a_plain_ray_job_joins_the_cluster_it_runs_on(cluster, pipeline):
+    """`ray job submit -- stvideo <stage>`, with no `ray.address`: the stage joins this cluster."""
+    folder = client_folder(cluster, "plain-job")
+    stage = [*STVIDEO, "generate", "--config", str(folder / "tiny.yaml")]
+    stage += settings(cluster, cluster.tmp / "scratch") + ["--set", "generate.name=plain"]
+    ray = str(Path(sys.executable).parent / "ray")
+    submitted = subprocess.run(
+        [ray, "job", "submit", "--address", cluster.dashboard, "--", *stage],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**subprocess.os.environ, **cluster.client_env},
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    output = submitted.stdout + submitted.stderr
+    assert "ray: joined the cluster at" in output and "the cluster of this Ray job" in output
+    assert "2 nodes" in output and "embedded" not in output
+    assert s3(cluster).exists(f"{BUCKET}/tiny/generations/plain/metrics.json")
+
+
+@pytest.mark.parametrize(
+    ("stage", "changes", "log_every", "last"),
+    [  # checkpoints every 15 and 20 steps (configs/tiny.yaml)
+        ("train-dynamics", {"dynamics.max_steps": 60}, 5, 60),
+        ("train-tokenizer", {"tokenizer.max_steps": 80}, 10, 80),
+    ],
+)
+def test_a_killed_ray_train_worker_restarts_from_the_last_checkpoint(
+    cluster, pipeline, stage, changes, log_every, last
+):
+    import psutil
+
+    folder = client_folder(cluster, f"kill-{stage}")
+    fs = s3(cluster)
+    runs_before = set(fs.ls(f"{BUCKET}/tiny/ray_results"))
+    extra = ["--stages", stage] + [
+        arg for key, value in changes.items() for arg in ("--set", f"{key}={value}")
+    ]
+    args = [
+        "submit",
+        "--config",
+        "tiny.yaml",
+        "--address",
+        cluster.dashboard,
+        *settings(cluster, cluster.tmp / "scratch"),
+    ]
+    submitting = subprocess.Popen(
+        [*STVIDEO, *args, *extra],
+        cwd=folder,
+        env={**subprocess.os.environ, "RAY_AUTH_MODE": "disabled", **cluster.client_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # once the new run has reported a checkpoint, kill one of its workers
+    deadline, victim = time.monotonic() + 300, None
+    while victim is None:
+        assert time.monotonic() < deadline and submitting.poll() is None, submitting.communicate()
+        fs.invalidate_cache()
+        fresh = set(fs.ls(f"{BUCKET}/tiny/ray_results")) - runs_before
+        if any("checkpoint_" in path for run in fresh for path in fs.ls(run)):
+            workers = [
+                process
+                for process in psutil.process_iter(["cmdline"])
+                if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+                and any(parent.pid in cluster.pids for parent in process.parents())
+            ]
+            victim = workers[0] if workers else None
+        time.sleep(0.2)
+    victim.kill()
+    out, err = submitting.communicate(timeout=600)
+    assert submitting.returncode == 0, out[-4000:] + err[-4000:]
+    assert f"== {stage}: SUCCEEDED" in out
+    assert "resumed from" in out  # from the checkpoint, not from step 0
+
+    run = stage_runs(cluster, stage)[-1]
+    steps = metric_steps(cluster, run, "loss")
+    assert steps == list(range(log_every, last + 1, log_every)), steps  # every step once
+    assert run.info.status == "FINISHED"
