@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -58,19 +59,22 @@ def cluster(tmp_path_factory, mlflow_server):
                 f"{ip}:{head_env['RAY_PORT']}",
                 f"http://{ip}:{head_env['RAY_DASHBOARD_PORT']}",
             )
-            with ray_worker_node(address, tmp / "node2", 2, {"node2": 4}, {**auth, **s3}) as node_pid:
+            # its own temp dir, short: Ray's socket paths under it must fit in 107 bytes
+            node_dir = Path(tempfile.mkdtemp(prefix="stv-node2-", dir="/tmp"))
+            with ray_worker_node(address, node_dir, 2, {"node2": 4}, {**auth, **s3}) as node_pid:
                 deadline = time.monotonic() + 60
                 while len(alive_nodes(dashboard, token)) < 2:
-                    assert time.monotonic() < deadline, (tmp / "node2" / "node.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, (node_dir / "node.log").read_text()[-3000:]
                     time.sleep(0.5)
                 yield SimpleNamespace(
                     tmp=tmp,
                     dashboard=dashboard,
                     client_env={**auth, **s3},  # what the submitting user has: the token, S3 access
                     pids=(head_pid, node_pid),
-                    node2_logs=tmp / "node2",
+                    node2_logs=node_dir,
                     mlflow=mlflow_server["uri"],
                 )
+            shutil.rmtree(node_dir, ignore_errors=True)
 
 
 def client_folder(cluster, name: str) -> Path:
