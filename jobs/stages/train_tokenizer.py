@@ -64,6 +64,8 @@ def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**summary, "seconds": time.perf_counter() - started},
         summary=f"train-tokenizer: checkpoint {output} (identity {identity})",
     )
+    if "world_size" in summary:
+        result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
     if "psnr" in summary:  # the main process evaluated; other ranks only trained
         tracking.log_bytes(storage.read_bytes(storage.join(output, "config.json")), "checkpoint/config.json")
         result.summary += (
