@@ -178,7 +178,7 @@ class MirroredFolder:
 def run_folder(uri: str, scratch: Path):
     """Where a training run at `uri` writes: the folder itself on a local root, else a
     scratch copy mirrored to it (`MirroredFolder`)."""
-    from common.training import LocalFolder
+    from common.training import LocalFolder  # torch and Accelerate: only for a training stage
 
     if is_local(uri):
         return LocalFolder(Path(url_to_fs(uri)[1]))

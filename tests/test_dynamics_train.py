@@ -184,6 +184,41 @@ def test_an_interrupted_run_resumes_where_it_stopped(latent_root, tmp_path):
     assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
 
 
+def test_a_run_on_an_s3_root_resumes_from_the_bucket_with_a_fresh_scratch(latent_root, tmp_path, s3_server):
+    """A remote root: checkpoints are sent to the bucket as they are written; a run killed
+    after step 5 resumes on another machine (a new, empty scratch) from the bucket's step 4,
+    and ends where an uninterrupted run ends."""
+    from safetensors.torch import load as safetensors_load
+
+    from pipeline.storage import MirroredFolder, list_names, read_bytes, read_json
+
+    latents, tokenizer = str(latent_root / "latents.zarr"), latent_root / "tokenizer"
+    train_dynamics(settings(), latents, tokenizer, tmp_path / "straight")
+    uri = f"{s3_server}/run/dynamics"
+
+    def stop_at_5(metrics, step):
+        if step == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        first = MirroredFolder(uri, tmp_path / "first")
+        train_dynamics(settings(), latents, tokenizer, first, log_metrics=stop_at_5)
+    assert read_json(f"{uri}/train_state.json") == {"folder": "train_state-000000004", "step": 4}
+    steps = []
+    fresh = MirroredFolder(uri, tmp_path / "second-machine")
+    train_dynamics(settings(), latents, tokenizer, fresh, log_metrics=lambda m, s: steps.append(s))
+    assert steps[0] == 5
+    last = f"train_state-{settings().max_steps:09d}"
+    assert [name for name in list_names(uri) if name.startswith("train_state")] == [last, "train_state.json"]
+    (tmp_path / "downloaded").mkdir()
+    MirroredFolder(uri, tmp_path / "downloaded").restore()  # what a third resume would start from
+    progress = json.loads((tmp_path / "downloaded" / "train_state" / "progress.json").read_text())
+    assert progress["step"] == settings().max_steps
+    resumed = safetensors_load(read_bytes(f"{uri}/model.safetensors"))
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    assert all(torch.allclose(straight[k], resumed[k], atol=1e-6) for k in straight)
+
+
 def test_a_training_step_needs_no_video_decoder_and_no_tokenizer_decoder(latent_root, tmp_path):
     code = f"""
 import sys

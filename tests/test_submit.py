@@ -52,3 +52,46 @@ def test_submit_says_why_it_cannot_start_and_writes_nothing(tmp_path):
     )
     assert unreachable.returncode == 1 and f"cannot reach the Jobs API at {nobody}" in unreachable.stderr
     assert not root.exists()
+
+
+def test_a_job_carries_its_config_and_the_runtime_env_given(monkeypatch):
+    """What a stage's job is handed: `submit.runtime_env` as given, its env_vars joined by the
+    job's own (the resolved config among them, secrets redacted and filled in from this
+    process's environment), so the cluster needs nothing from the submitting machine."""
+    import yaml
+
+    from jobs.config import CONFIG_ENV_PREFIX, PipelineConfig, load_config
+    from jobs.submit import CONFIG_ENV, _entrypoint, _job_config, _runtime_env
+    from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV
+
+    # a detached submission's own job was handed the real values: they are in its environment
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-real-secret")
+    monkeypatch.setenv("A", "1")
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "root=s3://bucket/run",
+            "tracking.uri=http://mlflow:5000",
+            "submit.runtime_env={pip: [extra-package], excludes: [out/], "
+            "env_vars: {A: '1', AWS_SECRET_ACCESS_KEY: x}}",
+        ],
+    )
+    stored = yaml.safe_load(_job_config(cfg, "http://mlflow:5000"))
+    # the config a job carries holds no secret (every env_vars value counts as one) ...
+    assert stored["submit"]["runtime_env"]["env_vars"] == {
+        "A": "<redacted>",
+        "AWS_SECRET_ACCESS_KEY": "<redacted>",
+    }
+    detached = PipelineConfig.model_validate(stored)
+    runtime_env = _runtime_env(detached, "parent-1", "job-1", _job_config(cfg, None))
+    assert runtime_env["pip"] == ["extra-package"] and runtime_env["excludes"] == ["out/"]
+    env = runtime_env["env_vars"]
+    # ... and its jobs get the real values from the submitting process's environment
+    assert env["A"] == "1" and env["AWS_SECRET_ACCESS_KEY"] == "the-real-secret"
+    assert env[SUBMISSION_ENV] == "job-1" and env[PARENT_RUN_ENV] == "parent-1"
+    assert yaml.safe_load(env[CONFIG_ENV])["root"] == "s3://bucket/run"
+    entrypoint = _entrypoint(cfg, ["encode", "--config", f"{CONFIG_ENV_PREFIX}{CONFIG_ENV}"])
+    assert entrypoint.endswith(f"-m jobs.cli encode --config env:{CONFIG_ENV}")
+    # the job's CLI reads that variable back as its config
+    monkeypatch.setenv(CONFIG_ENV, env[CONFIG_ENV])
+    assert load_config(f"env:{CONFIG_ENV}").root == "s3://bucket/run"
