@@ -249,19 +249,10 @@ def test_a_killed_ray_train_worker_restarts_from_the_last_checkpoint(
     import psutil
 
     folder = client_folder(cluster, f"kill-{stage}")
-    fs = s3(cluster)
-    runs_before = set(fs.ls(f"{BUCKET}/tiny/ray_results"))
-    extra = ["--stages", stage] + [
-        arg for key, value in changes.items() for arg in ("--set", f"{key}={value}")
-    ]
-    args = [
-        "submit",
-        "--config",
-        "tiny.yaml",
-        "--address",
-        cluster.dashboard,
-        *settings(cluster, cluster.tmp / "scratch"),
-    ]
+    runs_before = len(stage_runs(cluster, stage))
+    args = ["submit", "--config", "tiny.yaml", "--address", cluster.dashboard, "--stages", stage]
+    args += settings(cluster, cluster.tmp / "scratch")
+    extra = [arg for key, value in changes.items() for arg in ("--set", f"{key}={value}")]
     submitting = subprocess.Popen(
         [*STVIDEO, *args, *extra],
         cwd=folder,
@@ -270,13 +261,13 @@ def test_a_killed_ray_train_worker_restarts_from_the_last_checkpoint(
         stderr=subprocess.PIPE,
         text=True,
     )
-    # once the new run has reported a checkpoint, kill one of its workers
+    # once Ray Train has taken the new run's first checkpoint (its metrics reach MLflow only
+    # then), kill one of its workers
     deadline, victim = time.monotonic() + 300, None
     while victim is None:
         assert time.monotonic() < deadline and submitting.poll() is None, submitting.communicate()
-        fs.invalidate_cache()
-        fresh = set(fs.ls(f"{BUCKET}/tiny/ray_results")) - runs_before
-        if any("checkpoint_" in path for run in fresh for path in fs.ls(run)):
+        runs = stage_runs(cluster, stage)
+        if len(runs) > runs_before and metric_steps(cluster, runs[-1], "loss"):
             workers = [
                 process
                 for process in psutil.process_iter(["cmdline"])
@@ -289,7 +280,7 @@ def test_a_killed_ray_train_worker_restarts_from_the_last_checkpoint(
     out, err = submitting.communicate(timeout=600)
     assert submitting.returncode == 0, out[-4000:] + err[-4000:]
     assert f"== {stage}: SUCCEEDED" in out
-    assert "resumed from" in out  # from the checkpoint, not from step 0
+    assert "resumed from" in out, out[-6000:]  # from the checkpoint, not from step 0
 
     run = stage_runs(cluster, stage)[-1]
     steps = metric_steps(cluster, run, "loss")
