@@ -13,7 +13,6 @@ run ends, the driver copies its last checkpoint to the stage's output.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -136,16 +135,12 @@ def _log(history: list[dict]) -> None:
 
 
 def _publish(checkpoint, output: str) -> None:
-    """The checkpoint's files at `output`, replacing what was there."""
-    with tempfile.TemporaryDirectory(prefix="stvideo-checkpoint-") as folder:
-        checkpoint.to_directory(folder)
-        if storage.is_local(output):
-            target = Layout.local(output)
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(folder, target)
-        else:
-            storage.remove(output, recursive=True)
-            storage.upload_folder(Path(folder), output)
+    """The checkpoint's files at `output`, replacing what was there. Ray Train stored it under
+    the root (`_storage`), on the output's own filesystem: copied there, server-side on an
+    object store, never through this machine."""
+    storage.remove(output, recursive=True)
+    fs, target = storage.filesystem(output)
+    fs.copy(checkpoint.path, target, recursive=True)
 
 
 def _storage(uri: str) -> tuple[str, Any]:

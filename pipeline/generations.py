@@ -38,10 +38,13 @@ def write_preview(
     median: list[np.ndarray] | None,
     prompt_frames: int,
     fps: float,
-) -> None:
+) -> bytes:
     """`preview.gif` and `preview.mp4`: a row per clip, prompt held | sample 0 | the samples'
-    median (when given) | truth; frames uint8 [T, C, H, W]. `out`: the folder, any URI."""
+    median (when given) | truth; frames uint8 [T, C, H, W]. `out`: the folder, any URI.
+    Returns the GIF's bytes (to log them without reading them back)."""
     grid = continuation_grid(generated, truth, prompt_frames, median)
-    storage.write_bytes_atomic(storage.join(out, "preview.gif"), gif_bytes(grid, fps, scale=2))
+    gif = gif_bytes(grid, fps, scale=2)
+    storage.write_bytes_atomic(storage.join(out, "preview.gif"), gif)
     even = grid[:, : grid.shape[1] // 2 * 2, : grid.shape[2] // 2 * 2]  # yuv420p wants even sizes
     storage.write_bytes_atomic(storage.join(out, "preview.mp4"), encode_mp4(even, fps=fps))
+    return gif

@@ -3,7 +3,7 @@ reader that streams them to training without touching pixels.
 
 Layout (Zarr v3 group):
 - `codes`  uint16 [N, T, h, w]: one clip per chunk, zstd, `clips_per_shard` clips per shard file;
-- `source` uint8 [N, key_bytes]: each clip's video key in UTF-8, zero-padded (a Zarr v3 core
+- `source` uint8 [N, key_width]: each clip's video key in UTF-8, zero-padded (a Zarr v3 core
   type, so every Zarr v3 reader opens it: zarr-python's variable-length strings have no
   Zarr v3 spec, and tensorstore refuses them); `LatentStore.sources` gives them as text;
 - `start_frame` int32 [N], `split` uint8 [N] (0 train, 1 val, 2 test, 255 missing: the
@@ -131,10 +131,10 @@ class LatentStore:
         grid: tuple[int, int],
         clips_per_shard: int,
         attrs: dict,
-        key_bytes: int = 64,
+        key_width: int = 64,
     ) -> LatentStore:
         """Pre-size every array (driver only), so writers never resize or race on metadata.
-        `key_bytes`: room for the longest video key, in UTF-8."""
+        `key_width`: room for the longest video key, in UTF-8 bytes."""
         group = _open_group(uri, "w")
         height, width = grid
         group.create_array(
@@ -148,8 +148,8 @@ class LatentStore:
         )
         group.create_array(
             "source",
-            shape=(num_clips, key_bytes),
-            chunks=(clips_per_shard, key_bytes),
+            shape=(num_clips, key_width),
+            chunks=(clips_per_shard, key_width),
             dtype="uint8",
             fill_value=0,
         )

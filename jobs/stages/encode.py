@@ -130,7 +130,7 @@ def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -
 
 
 def _prepare_store(
-    uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid, key_bytes: int
+    uri: str, identity: dict, num_clips: int, cfg: PipelineConfig, grid, key_width: int
 ) -> LatentStore:
     """The store an unfinished run of this config left (to resume), else a new one. The runner
     hands encode a fresh staging location whenever the config or inputs changed, so a store
@@ -145,7 +145,7 @@ def _prepare_store(
         if same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard:
             return store
     return LatentStore.create(
-        uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity, key_bytes
+        uri, num_clips, cfg.data.clip_frames, grid, cfg.encode.clips_per_shard, identity, key_width
     )
 
 
@@ -168,8 +168,8 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {layout.raw} is that long")
 
     identity = _identity(cfg, tokenizer, manifest["fingerprint"])
-    key_bytes = max((len(plan.key.encode()) for plan in plans), default=1)
-    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, key_bytes)
+    key_width = max((len(plan.key.encode()) for plan in plans), default=1)
+    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, key_width)
     done = store.done_shards()
     buffers = {
         s: ShardBuffer(*store.shard_range(s), clip_frames, tokenizer.grid)

@@ -137,7 +137,8 @@ def _column(values: list) -> np.ndarray:
 def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     gen, scratch = cfg.generate, storage.scratch_root(cfg.scratch)
     try:
-        _, dynamics_config = load_dynamics(storage.local_copy(layout.dynamics, scratch))
+        dynamics_local = storage.local_copy(layout.dynamics, scratch)
+        _, dynamics_config = load_dynamics(dynamics_local)
         store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
     except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
@@ -164,7 +165,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(
             f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
         )
-    identity = file_identity(storage.join(layout.dynamics, "model.safetensors"))
+    identity = file_identity(dynamics_local / "model.safetensors")
     write_codes(
         storage.join(out, "codes.zarr"),
         [result["codes"] for result in done],
@@ -189,14 +190,15 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "samples": gen.samples,
         "seconds": seconds,
     }
-    storage.write_bytes_atomic(storage.join(out, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    metrics_json = json.dumps(metrics, indent=2).encode()
+    storage.write_bytes_atomic(storage.join(out, "metrics.json"), metrics_json)
     shown = [results[i] for i in preview_clips if len(results.get(i, {}).get("preview_generated", ()))]
     frames = {kind: [result[f"preview_{kind}"] for result in shown] for kind in PREVIEW}
     median = frames["median"] if gen.samples > 1 else None
-    write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
+    preview_gif = write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
 
-    tracking.log_bytes(storage.read_bytes(storage.join(out, "preview.gif")), "preview/preview.gif")
-    tracking.log_bytes(json.dumps(metrics, indent=2).encode(), "metrics.json")
+    tracking.log_bytes(preview_gif, "preview/preview.gif")
+    tracking.log_bytes(metrics_json, "metrics.json")
     headline = tracking.log_scores_by_step(metrics)
     for prompt_frames, steps in protocols:
         if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
