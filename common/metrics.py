@@ -20,22 +20,23 @@ def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse_per_frame(a, b).clamp(min=1e-10))
 
 
-def ssim_per_frame(a: torch.Tensor, b: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    """SSIM with a Gaussian window (Wang et al. 2004), averaged over channels and positions."""
+def ssim_per_frame(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """SSIM as OpenSTL reports it: scikit-image's `structural_similarity` on [0, 1] frames
+    (data range 1, a uniform `window` x `window` window, sample covariances, averaged over the
+    positions a whole window fits and over channels). One value per frame of [N, C, H, W]."""
     x, y = to_unit(a), to_unit(b)
     channels = x.shape[1]
-    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
-    kernel_1d = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel_1d = kernel_1d / kernel_1d.sum()
-    kernel = (kernel_1d[:, None] * kernel_1d[None, :]).expand(channels, 1, window, window).to(x.device)
+    kernel = torch.full((channels, 1, window, window), 1.0 / window**2, device=x.device)
 
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=channels)
+    def local_mean(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=channels)  # no padding: scikit-image crops the border
 
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
+    samples = window**2
+    unbiased = samples / (samples - 1)
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = unbiased * (local_mean(x * x) - mu_x**2)
+    var_y = unbiased * (local_mean(y * y) - mu_y**2)
+    cov = unbiased * (local_mean(x * y) - mu_x * mu_y)
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1)

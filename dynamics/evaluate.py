@@ -2,7 +2,7 @@
 
 MSE and MAE are summed over C x H x W on [0, 1] pixels and averaged over frames
 (OpenSTL's definition, so Moving MNIST figures compare with its table); PSNR and
-SSIM are per frame.
+SSIM are per frame, SSIM as OpenSTL computes it (scikit-image's, on [0, 1] frames).
 
 A continuation is scored beside references measured on the same clips: the last
 prompt frame held (as it is, and as the tokenizer reconstructs it), an all-black
@@ -44,6 +44,7 @@ SAMPLE_ESTIMATES = ("model_average", "model_median")
 SCORED = (*REFERENCES, "diversity")
 DEFINITION = (
     "mse/mae: sum over CxHxW of [0,1] pixels, mean over frames; "
+    "ssim: scikit-image's structural_similarity on [0,1] frames (7x7 uniform window); "
     "diversity: mean pairwise MSE between the samples of one prompt"
 )
 
