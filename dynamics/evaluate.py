@@ -14,13 +14,15 @@ true future (the bound of any latent model).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from common.metrics import psnr_per_frame, ssim_per_frame, to_unit
 from dynamics.generate import Continuation
 
-METRICS = ("mse", "mae", "psnr", "ssim")
+METRICS = ("mse", "mae", "psnr", "ssim", "identity")
 REFERENCES = (
     "model",  # sample 0: the continuation written to videos/ and shown in the preview
     "model_samples",  # the mean of every sample's scores
@@ -32,6 +34,7 @@ REFERENCES = (
     "black",
     "train_mean",
     "reconstruction",
+    "truth",  # the true frames themselves: only their digit identity, the ceiling of that score
 )
 # the trivial references a model has to beat; the reconstruction is a bound, not a rival. Copy-last
 # in latents is what a latent model gets by copying the last prompt frame's codes; the gap from
@@ -45,8 +48,13 @@ SCORED = (*REFERENCES, "diversity")
 DEFINITION = (
     "mse/mae: sum over CxHxW of [0,1] pixels, mean over frames; "
     "ssim: scikit-image's structural_similarity on [0,1] frames (7x7 uniform window); "
+    "identity: share of the digits a classifier trained on the glyphs names right in a crop at "
+    "each digit's true position (Moving MNIST only; truth: the original frames, its ceiling); "
     "diversity: mean pairwise MSE between the samples of one prompt"
 )
+# an identity score: frames uint8 [T, C, H, W] of consecutive steps and the first step's index in the
+# clip -> the share of digits named right in each frame [T]
+Identify = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def frame_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,12 +86,16 @@ def sample_diversity(samples: torch.Tensor) -> torch.Tensor:
 
 
 def score_continuation(
-    run: Continuation, truth: torch.Tensor, mean_frame: torch.Tensor | None = None
+    run: Continuation,
+    truth: torch.Tensor,
+    mean_frame: torch.Tensor | None = None,
+    identify: Identify | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """A continuation and the references, scored against the clip's true frames [T, C, H, W]
     over the generated steps that have a true frame: reference -> metric -> [steps]. Empty when
     no step has one; `train_mean` only with a `mean_frame` [C, H, W] in [0, 1], `diversity`
-    (MSE only) only with several samples, `reconstruction` only when the run has one."""
+    (MSE only) only with several samples, `reconstruction` only when the run has one; the digit
+    `identity` of every reference and of the `truth` (its only score) only with `identify`."""
     start = run.prompt_frames
     horizon = min(run.steps, len(truth) - start)
     if horizon <= 0:
@@ -91,23 +103,46 @@ def score_continuation(
     future, ahead = truth[start : start + horizon], run.frames[:, start : start + horizon]
     per_sample = [frame_scores(sample, future) for sample in ahead]
     best = min(range(len(per_sample)), key=lambda i: float(per_sample[i]["mse"].mean()))
-    scores = {
-        "model": per_sample[0],
-        "model_samples": {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in METRICS},
-        "model_best": per_sample[best],
-        "model_average": frame_scores(run.average[start : start + horizon], future),
-        "model_median": frame_scores(run.median[start : start + horizon], future),
-        "copy_last": copy_last_scores(truth[start - 1 : start], future),
-        "copy_last_latent": copy_last_scores(run.frames[0, start - 1 : start], future),
-        "black": frame_scores(torch.zeros_like(future), future),
+    estimates = {
+        "model": ahead[0],
+        "model_best": ahead[best],
+        "model_average": run.average[start : start + horizon],
+        "model_median": run.median[start : start + horizon],
+        "copy_last": truth[start - 1 : start].expand_as(future),
+        "copy_last_latent": run.frames[0, start - 1 : start].expand_as(future),
+        "black": torch.zeros_like(future),
     }
     if mean_frame is not None:
-        scores["train_mean"] = frame_scores(mean_frame.expand(future.shape), future)
+        estimates["train_mean"] = mean_frame.expand(future.shape)
+    if run.reconstruction is not None:
+        estimates["reconstruction"] = run.reconstruction[:horizon]
+    scores = {ref: frame_scores(frames, future) for ref, frames in estimates.items()}
+    scores["model_samples"] = {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in per_sample[0]}
     if len(ahead) > 1:
         scores["diversity"] = {"mse": sample_diversity(ahead)}
-    if run.reconstruction is not None:
-        scores["reconstruction"] = frame_scores(run.reconstruction[:horizon], future)
+    if identify is not None:
+        for ref, frames in estimates.items():
+            scores[ref]["identity"] = identify(as_uint8(frames), start)
+        scores["model_samples"]["identity"] = torch.stack([identify(s, start) for s in ahead]).mean(0)
+        scores["truth"] = {"identity": identify(future, start)}
     return scores
+
+
+def as_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Frames uint8, or float in [0, 1] -> uint8."""
+    if frames.dtype == torch.uint8:
+        return frames
+    return (frames.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def prompt_identity(run: Continuation, truth: torch.Tensor, identify: Identify) -> dict[str, float]:
+    """The digit identity of the prompt as the tokenizer reconstructs it (the frames the preview
+    holds) and of the original prompt frames, averaged over the prompt."""
+    prompt = run.prompt_frames
+    return {
+        "reconstructed": float(identify(run.frames[0, :prompt], 0).mean()),
+        "original": float(identify(truth[:prompt], 0).mean()),
+    }
 
 
 def score_table(scores: dict[str, dict], steps: int) -> np.ndarray:
@@ -127,7 +162,7 @@ def table_scores(table: np.ndarray) -> dict[str, dict[str, list[float]]]:
     """`score_table`'s inverse, as lists: reference -> metric -> per step, absent ones left out."""
     scores = {}
     for row, ref in zip(table, SCORED, strict=True):
-        steps = int((~np.isnan(row[0])).sum())  # every reference has an MSE
+        steps = int((~np.isnan(row)).any(0).sum())  # a reference may lack a metric, never a step
         if steps:
             scores[ref] = {
                 m: row[i, :steps].tolist() for i, m in enumerate(METRICS) if not np.isnan(row[i, 0])
@@ -176,9 +211,10 @@ def aggregate(per_clip: list[dict[str, dict[str, list[float]]]]) -> dict:
     per_step: dict[str, dict[str, list[float]]] = {}
     for ref in REFERENCES:
         runs = [scores[ref] for scores in per_clip if ref in scores]
-        if runs:
-            per_step[ref] = {m: np.mean([run[m] for run in runs], axis=0).tolist() for m in METRICS}
-    mean = {ref: {m: float(np.mean(values[m])) for m in METRICS} for ref, values in per_step.items()}
+        if runs:  # a metric every clip has (identity: Moving MNIST only)
+            scored = [m for m in METRICS if all(m in run for run in runs)]
+            per_step[ref] = {m: np.mean([run[m] for run in runs], axis=0).tolist() for m in scored}
+    mean = {ref: {m: float(np.mean(v)) for m, v in values.items()} for ref, values in per_step.items()}
     metrics = {"per_step": per_step, "mean": mean, "definition": DEFINITION}
     spread = [scores["diversity"]["mse"] for scores in per_clip if "diversity" in scores]
     if spread:
@@ -212,4 +248,64 @@ def describe(metrics: dict, samples: int) -> str:
         text += "; below every trivial reference on MSE / above on SSIM at steps: " + ", ".join(
             f"{label} {steps(wins['mse'])} / {steps(wins['ssim'])}" for label, wins in named
         )
+    if "identity" in mean["model"] and "truth" in mean:
+        named = [(label, ref) for label, ref in IDENTITY_NAMES if "identity" in mean.get(ref, {})]
+        text += "; digits named right: " + ", ".join(
+            f"{label} {mean[ref]['identity']:.0%}" for label, ref in named
+        )
+    if "prompt_identity" in metrics:
+        prompt = metrics["prompt_identity"]
+        text += f" (prompt: reconstructed {prompt['reconstructed']:.0%}, original {prompt['original']:.0%})"
     return text
+
+
+# how `describe` names the identity scores it quotes
+IDENTITY_NAMES = (
+    ("sample 0", "model"),
+    ("median", "model_median"),
+    ("copy-last", "copy_last"),
+    ("reconstruction", "reconstruction"),
+    ("originals", "truth"),
+)
+
+
+# the rows of the README's tables, in its order and words
+TABLE_ROWS = (
+    ("model", "likeliest continuation (sample 0)"),
+    ("model_median", "median of {samples} samples"),
+    ("model_average", "average of {samples} samples"),
+    ("model_samples", "mean over samples"),
+    ("model_best", "best of {samples} (oracle)"),
+    ("copy_last", "copy-last"),
+    ("copy_last_latent", "copy-last in latents (its reconstruction, held)"),
+    ("black", "all-black"),
+    ("train_mean", "training-set mean frame"),
+    ("reconstruction", "tokenizer reconstruction (bound)"),
+    ("truth", "original frames (ceiling)"),
+)
+TABLE_METRICS = {
+    "mse": ("MSE", "{:.1f}"),
+    "ssim": ("SSIM", "{:.3f}"),
+    "identity": ("digits named right", "{:.0%}"),
+}
+
+
+def markdown_tables(metrics: dict, samples: int) -> str:
+    """`metrics.json`'s per-step scores as markdown tables, one per metric (MSE, SSIM, and digit
+    identity where scored): the README's tables, made from a run rather than typed."""
+    per_step, mean = metrics["per_step"], metrics["mean"]
+    steps = len(per_step["model"]["mse"])
+    tables = []
+    for metric, (title, number) in TABLE_METRICS.items():
+        rows = [(ref, label) for ref, label in TABLE_ROWS if metric in per_step.get(ref, {})]
+        if not rows or metric not in per_step["model"]:
+            continue
+        lines = [
+            "| " + " | ".join([title, *map(str, range(1, steps + 1)), "mean"]) + " |",
+            "| " + " | ".join(["---"] * (steps + 2)) + " |",
+        ]
+        for ref, label in rows:
+            values = [number.format(v) for v in per_step[ref][metric]] + [number.format(mean[ref][metric])]
+            lines.append("| " + " | ".join([label.format(samples=samples), *values]) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables) + "\n"

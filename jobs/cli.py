@@ -190,6 +190,35 @@ def status_command(
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
 
 
+@app.command("tables")
+def tables_command(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="A generate stage's metrics.json (default: the config's generations)."),
+    ] = None,
+) -> None:
+    """Print a generate run's per-step scores as markdown tables (MSE, SSIM, digit identity)."""
+    from dynamics.evaluate import markdown_tables
+    from jobs.layout import Layout
+    from pipeline import storage
+
+    cfg = _load(config, overrides)
+    path = metrics or storage.join(Layout.of(cfg).generations, "metrics.json")
+    try:
+        scores = storage.read_json(path)
+    except (OSError, ValueError) as err:
+        _fail([f"{path}: {err}"], EXIT_BAD_INPUT, "stvideo tables: no metrics to show; run generate first.")
+    typer.echo(markdown_tables(scores, int(scores.get("samples", cfg.generate.samples))), nl=False)
+    if "prompt_identity" in scores:
+        prompt = scores["prompt_identity"]
+        typer.echo(
+            f"\nPrompt frames, digits named right: reconstructed {prompt['reconstructed']:.0%}, "
+            f"original {prompt['original']:.0%}"
+        )
+
+
 def _terminated(signum, frame) -> None:
     # `ray job stop` and Kubernetes send SIGTERM: unwind, so open MLflow runs end as failed
     raise SystemExit(128 + signum)

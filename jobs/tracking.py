@@ -203,18 +203,21 @@ def _client():
 
 
 def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Generation scores (`metrics.json`'s shape): MSE and SSIM per horizon step, the step as
-    MLflow's step, for the model and every reference, and the samples' diversity. Returns the
-    overall means, for the run's summary metrics."""
+    """Generation scores (`metrics.json`'s shape): MSE, SSIM and digit identity (where scored)
+    per horizon step, the step as MLflow's step, for the model and every reference, and the
+    samples' diversity. Returns the overall means, for the run's summary metrics."""
     means = metrics["mean"]
     headline = {f"{prefix}{ref}_{name}": value for ref in means for name, value in means[ref].items()}
     if "diversity" in metrics:
         headline[f"{prefix}diversity_mse"] = metrics["diversity"]["mean"]
+    for kind, value in metrics.get("prompt_identity", {}).items():
+        headline[f"{prefix}prompt_identity_{kind}"] = value
     for step in range(1, len(metrics["per_step"].get("model", {}).get("mse", [])) + 1):
         by_step = {
             f"{prefix}{ref}_{name}_by_step": metrics["per_step"][ref][name][step - 1]
             for ref in metrics["per_step"]
-            for name in ("mse", "ssim")
+            for name in ("mse", "ssim", "identity")
+            if name in metrics["per_step"][ref]
         }
         if "diversity" in metrics:
             by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]

@@ -104,8 +104,9 @@ def moving_mnist_sequence(
     canvas_size: int = 64,
     digits_per_video: int = 2,
     step_length: float = 0.1,
-) -> tuple[np.ndarray, list[int]]:
-    """Sequence `index` of the data set seeded by `seed`: uint8 [T, H, W] and its digit labels.
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Sequence `index` of the data set seeded by `seed`: uint8 [T, H, W], its digits' labels
+    and their top-left corners int [digits, T, 2] (y, x) in every frame.
 
     Each sequence draws from its own generator, seeded by (seed, index), so any
     worker can make any sequence without the others.
@@ -115,13 +116,15 @@ def moving_mnist_sequence(
     free_range = canvas_size - digit_size
     video = np.zeros((num_frames, canvas_size, canvas_size), dtype=np.uint8)
     chosen = rng.integers(0, len(glyphs), size=digits_per_video)
+    tracks = []
     for glyph_index in chosen:
         glyph = glyphs[glyph_index]
         corners = trajectory(rng, num_frames, free_range, step_length)
         for frame, (top, left) in enumerate(corners):
             window = video[frame, top : top + digit_size, left : left + digit_size]
             np.maximum(window, glyph, out=window)
-    return video, [int(labels[i]) for i in chosen]
+        tracks.append(corners)
+    return video, [int(labels[i]) for i in chosen], np.stack(tracks).reshape(len(chosen), num_frames, 2)
 
 
 def load_fixed_sequences(path: str | Path) -> np.ndarray:

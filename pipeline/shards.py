@@ -132,6 +132,8 @@ def _stored_form(video, item: SourceItem, task: ShardTask) -> tuple[bytes, str, 
         meta["segments"] = [list(segment) for segment in segments]
     if video.label is not None:
         meta["label"] = video.label
+    if video.digits is not None:
+        meta["digits"] = video.digits
     return data, extension, meta
 
 

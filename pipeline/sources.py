@@ -30,6 +30,8 @@ class FetchedVideo:
     data: bytes
     extension: str
     label: object = None
+    # generated Moving MNIST: where each digit is in every frame (`pipeline.truth.digit_tracks`)
+    digits: dict | None = None
 
 
 def _info(fs, path: str) -> dict:
@@ -124,17 +126,25 @@ class MovingMnistSource:
     def fetch(self, item: SourceItem) -> FetchedVideo:
         index = int(item.key.rsplit("-", 1)[-1])
         if self.fixed:
-            video, labels = np.asarray(load_fixed_sequences(self.path)[:, index]), None
-        else:
-            glyphs, glyph_labels = load_glyphs(self.path, self.digit_size)
-            video, labels = moving_mnist_sequence(
-                index,
-                glyphs,
-                glyph_labels,
-                seed=self.seed,
-                num_frames=self.num_frames,
-                canvas_size=self.canvas_size,
-                digits_per_video=self.digits_per_video,
-                step_length=self.step_length,
-            )
-        return FetchedVideo(data=encode_mp4(video, self.fps, **self.encoding), extension="mp4", label=labels)
+            video = np.asarray(load_fixed_sequences(self.path)[:, index])
+            return FetchedVideo(data=encode_mp4(video, self.fps, **self.encoding), extension="mp4")
+        glyphs, glyph_labels = load_glyphs(self.path, self.digit_size)
+        video, labels, corners = moving_mnist_sequence(
+            index,
+            glyphs,
+            glyph_labels,
+            seed=self.seed,
+            num_frames=self.num_frames,
+            canvas_size=self.canvas_size,
+            digits_per_video=self.digits_per_video,
+            step_length=self.step_length,
+        )
+        digits = {
+            "canvas": self.canvas_size,
+            "size": self.digit_size,
+            "labels": labels,
+            "corners": corners.tolist(),
+        }
+        return FetchedVideo(
+            data=encode_mp4(video, self.fps, **self.encoding), extension="mp4", label=labels, digits=digits
+        )

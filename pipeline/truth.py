@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
+from common.digit_identity import DigitTrack
 from pipeline.clips import VideoPlan, frame_step, iter_clips, video_bytes
 from pipeline.shards import iter_samples
 from pipeline.splits import TRAIN
@@ -53,6 +54,20 @@ class StoreTruth:
         plan = VideoPlan(key, video.shard, 0, (start,), video.step)
         [clip] = iter_clips(video_bytes(self.samples[key]), plan, frames, self.frame_size, self.channels)
         return clip
+
+    def digit_tracks(self, key: str, start: int, frames: int) -> list[DigitTrack]:
+        """Where each labelled digit of a generated Moving MNIST video is in the clip's frames
+        (the frames `clip` gives); empty for any other video, or frames of another size than
+        the canvas the digits were drawn on. Call after `clip`."""
+        digits = json.loads(self.samples[key].get("json", b"{}")).get("digits")
+        if not digits or digits["canvas"] != self.frame_size:
+            return []
+        source_frames = start + self.videos[key].step * np.arange(frames)
+        return [
+            DigitTrack(int(label), np.asarray(corners, dtype=np.int64)[source_frames])
+            for label, corners in zip(digits["labels"], digits["corners"], strict=True)
+            if label >= 0
+        ]
 
 
 def video_start(uri: str, prompt_frames: int, frames: int, frame_size: int, channels: int) -> np.ndarray:

@@ -107,16 +107,21 @@ def test_a_continuation_is_scored_beside_every_reference():
     future, ahead = truth[2:], run.frames[:, 2:]
     mean_frame = torch.full((1, 8, 8), 0.5)
     scores = score_continuation(run, truth, mean_frame)
-    assert set(scores) == {*REFERENCES, "diversity"}
-    assert all(len(values) == 3 for ref in REFERENCES for values in scores[ref].values())
+    # no identity score asked: every reference but the truth, whose only score it is
+    assert set(scores) == {*REFERENCES, "diversity"} - {"truth"}
+    assert all(len(values) == 3 for ref in scores for values in scores[ref].values())
+    assert all("identity" not in values for values in scores.values())
 
     def same(ref, expected):
-        return all(torch.equal(scores[ref][m], expected[m]) for m in METRICS)
+        return set(scores[ref]) == set(expected) and all(
+            torch.equal(scores[ref][m], expected[m]) for m in expected
+        )
 
     per_sample = [frame_scores(sample, future) for sample in ahead]
     best = int(torch.stack([p["mse"].mean() for p in per_sample]).argmin())
     assert same("model", per_sample[0]) and same("model_best", per_sample[best])
     assert torch.allclose(scores["model_samples"]["mse"], sum(p["mse"] for p in per_sample) / 3)
+    assert set(scores["model_samples"]) == set(METRICS) - {"identity"}
     assert same("model_median", frame_scores(ahead.median(0).values, future))
     assert same("model_average", frame_scores(ahead.float().mean(0) / 255, future))
     assert same("copy_last", frame_scores(truth[1:2].expand(3, -1, -1, -1), future))
@@ -164,3 +169,19 @@ def test_preview_grid_adds_the_consensus_column():
     assert tuple(four[0, pad + 4, left + 4]) == (0, 0, 0)  # a prompt frame
     assert tuple(four[-1, pad + 4, left + 4]) == (100, 100, 100)  # a generated step
     assert tuple(four[-1, pad + 4, left + size + pad + 4]) == (200, 200, 200)  # truth comes last
+
+
+def test_markdown_tables_show_every_scored_row_and_step():
+    from dynamics.evaluate import markdown_tables
+
+    run, truth = continuation()
+    metrics = aggregate([table_scores(score_table(score_continuation(run, truth), 3))])
+    text = markdown_tables(metrics, samples=3)
+    mse, ssim = text.strip().split("\n\n")  # no identity scored: two tables
+    assert mse.startswith("| MSE | 1 | 2 | 3 | mean |") and ssim.startswith("| SSIM | 1 | 2 | 3 | mean |")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in mse.splitlines()[2:]}
+    assert "median of 3 samples" in rows and "training-set mean frame" not in rows  # no mean frame given
+    assert rows["copy-last"][0] == f"{metrics['per_step']['copy_last']['mse'][0]:.1f}"
+    assert (
+        rows["likeliest continuation (sample 0)"][-1].rstrip(" |") == f"{metrics['mean']['model']['mse']:.1f}"
+    )

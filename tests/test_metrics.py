@@ -31,7 +31,7 @@ def test_ssim_equals_scikit_image_on_random_frames(channels, height, width):
 
 def test_ssim_equals_scikit_image_on_moving_mnist_frames():
     glyphs, labels = load_glyphs(None, 28)
-    video, _ = moving_mnist_sequence(3, glyphs, labels, num_frames=20)
+    video, _, _ = moving_mnist_sequence(3, glyphs, labels, num_frames=20)
     frames = torch.from_numpy(video[:, None])
     ours = ssim_per_frame(frames[10:11].expand(3, -1, -1, -1), frames[[11, 15, 19]]).numpy()
     expected = [reference_ssim(video[None, 10], video[None, t]) for t in (11, 15, 19)]

@@ -31,17 +31,18 @@ def test_bundled_glyphs_look_like_mnist(glyphs):
 
 
 def test_sequence_shape_dtype_and_labels(glyphs):
-    video, labels = moving_mnist_sequence(7, *glyphs, seed=3)
+    video, labels, corners = moving_mnist_sequence(7, *glyphs, seed=3)
     assert video.shape == (20, 64, 64) and video.dtype == np.uint8
     assert len(labels) == 2 and all(0 <= label <= 9 for label in labels)
     assert video.max() > 200
+    assert corners.shape == (2, 20, 2) and corners.min() >= 0 and corners.max() <= 64 - 28
 
 
 def test_sequences_are_deterministic_per_seed_and_index(glyphs):
-    a, _ = moving_mnist_sequence(5, *glyphs, seed=1)
-    b, _ = moving_mnist_sequence(5, *glyphs, seed=1)
-    c, _ = moving_mnist_sequence(6, *glyphs, seed=1)
-    d, _ = moving_mnist_sequence(5, *glyphs, seed=2)
+    a, _, _ = moving_mnist_sequence(5, *glyphs, seed=1)
+    b, _, _ = moving_mnist_sequence(5, *glyphs, seed=1)
+    c, _, _ = moving_mnist_sequence(6, *glyphs, seed=1)
+    d, _, _ = moving_mnist_sequence(5, *glyphs, seed=2)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
@@ -49,11 +50,16 @@ def test_sequences_are_deterministic_per_seed_and_index(glyphs):
 def test_a_digit_never_leaves_the_frame(glyphs):
     images, labels = glyphs
     for index in range(40):
-        video, _ = moving_mnist_sequence(index, images, labels, seed=0, num_frames=60, digits_per_video=1)
+        video, _, corners = moving_mnist_sequence(
+            index, images, labels, seed=0, num_frames=60, digits_per_video=1
+        )
         rng = np.random.default_rng([0, index])
         glyph = images[rng.integers(0, len(images), size=1)[0]]
-        # with one digit and max compositing, every frame holds the whole glyph exactly once
+        # with one digit and max compositing, every frame holds the whole glyph exactly once...
         assert (video.reshape(60, -1).sum(axis=1) == int(glyph.sum())).all()
+        # ...where its corners say
+        for frame, (top, left) in zip(video, corners[0], strict=True):
+            assert np.array_equal(frame[top : top + 28, left : left + 28], glyph)
 
 
 def test_trajectory_bounces_with_the_standard_step():

@@ -85,7 +85,14 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         "black",
         "train_mean",
         "reconstruction",
+        "truth",  # generated Moving MNIST: the originals' digit identity, that score's ceiling
     }
+    assert set(metrics["per_step"]["truth"]) == {"identity"}
+    assert all(len(metrics["per_step"][ref]["identity"]) == 10 for ref in metrics["per_step"])
+    ceiling, prompt = metrics["mean"]["truth"]["identity"], metrics["prompt_identity"]
+    assert ceiling > 0.8 and prompt["original"] > 0.8 and 0 <= prompt["reconstructed"] <= 1
+    assert metrics["mean"]["black"]["identity"] < ceiling
+    assert "digits named right: sample 0" in result.stdout + result.stderr
     # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
     assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
     assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average", "model_median"}
@@ -104,6 +111,8 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert (out / "preview.gif").stat().st_size > 0 and (out / "preview.mp4").stat().st_size > 0
     generate = runs["generate"]
     assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
+    assert generate.data.metrics["truth_identity"] == ceiling
+    assert generate.data.metrics["prompt_identity_original"] == prompt["original"]
     # every stage recorded its completion, with the run that produced it
     for stage, folder in [
         ("ingest", "raw"),
@@ -165,3 +174,6 @@ def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):
     assert metrics["clips"] == 1 and (root / "generations" / "mine" / "videos" / "square.mp4").exists()
     assert "fewer than the 10 prompt frames" in reasons["short"]
     assert {"empty", "notes", "truncated", "damaged", "dangling", "short"} <= set(reasons)
+    # brought videos have no digit tracks: no identity score, rather than a wrong one
+    assert "truth" not in metrics["per_step"] and "prompt_identity" not in metrics
+    assert "identity" not in metrics["per_step"]["model"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.digit_identity import DigitIdentity, DigitTrack
 from common.identity import file_identity
 from dynamics import evaluate
 from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
@@ -31,6 +32,7 @@ from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.generations import write_codes, write_preview
 from pipeline.latents import LatentStoreError, open_latents
+from pipeline.moving_mnist import load_glyphs
 from pipeline.preview import to_rgb
 from pipeline.sources import FolderSource
 from pipeline.splits import SPLIT_CODES, TRAIN
@@ -53,7 +55,9 @@ class ClipGenerator:
     """Ray Data actor: continues, scores and writes a batch of clips. A row is a clip of the
     latent store (`codes`, its source video's `key` and `start`) or a brought video (`path`)."""
 
-    def __init__(self, layout, settings, protocols, raw_videos, train_mean, preview_clips, fps, scratch):
+    def __init__(
+        self, layout, settings, protocols, raw_videos, train_mean, preview_clips, fps, scratch, identity
+    ):
         from tokenizer.tokenizer import Tokenizer
 
         torch.set_num_threads(1)
@@ -66,11 +70,13 @@ class ClipGenerator:
         self.size, self.channels = self.tokenizer.config.frame_size, self.tokenizer.config.in_channels
         self.truth = StoreTruth(raw_videos, self.size, self.channels)
         self.train_mean = None if train_mean is None else torch.tensor(train_mean)  # Ray's is read-only
+        self.identity = identity  # a DigitIdentity for generated Moving MNIST, else None
         self.videos = storage.join(layout.generations, "videos")
         s, none = settings, np.zeros((0, self.channels, self.size, self.size), np.uint8)
         self.rejected = {  # the row of an input that failed: zero codes, NaN scores, no preview
             "codes": np.zeros((s.samples, s.prompt_frames + s.generate_frames, *self.model.grid), np.uint16),
             "scores": evaluate.score_table({}, s.generate_frames),
+            "prompt_identity": np.full(2, np.nan),  # reconstructed, original
             **{scores_column(p, k): evaluate.score_table({}, k) for p, k in protocols},
             **{f"preview_{kind}": none for kind in PREVIEW},
         }
@@ -88,32 +94,46 @@ class ClipGenerator:
                 columns[key].append(value)
         return {key: _column(values) for key, values in columns.items()}
 
-    def _clip(self, batch: dict[str, np.ndarray], index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A row's codes [T, h, w] and its true frames uint8 [T, C, H, W]."""
+    def _clip(self, batch: dict[str, np.ndarray], index: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """A row's codes [T, h, w], its true frames uint8 [T, C, H, W] and its digits' tracks."""
         if "path" in batch:  # a brought video: its own frames are the truth, encoded here
             s = self.settings
             frames = s.prompt_frames + s.generate_frames
             truth = video_start(str(batch["path"][index]), s.prompt_frames, frames, self.size, self.channels)
-            return self.tokenizer.encode(torch.from_numpy(truth)).cpu(), torch.from_numpy(truth)
+            return self.tokenizer.encode(torch.from_numpy(truth)).cpu(), torch.from_numpy(truth), []
         codes = torch.from_numpy(batch["codes"][index].astype(np.int64))
-        truth = self.truth.clip(str(batch["key"][index]), int(batch["start"][index]), len(codes))
-        return codes, torch.from_numpy(truth)
+        key, start = str(batch["key"][index]), int(batch["start"][index])
+        truth = self.truth.clip(key, start, len(codes))
+        return codes, torch.from_numpy(truth), self.truth.digit_tracks(key, start, len(codes))
 
-    def _continue(self, clip: int, name: str, codes: torch.Tensor, truth: torch.Tensor) -> dict:
+    def _identify(self, tracks: list) -> evaluate.Identify | None:
+        if self.identity is None or not tracks:
+            return None
+
+        def identify(frames: torch.Tensor, first: int) -> torch.Tensor:
+            span = [DigitTrack(t.label, t.corners[first : first + len(frames)]) for t in tracks]
+            return self.identity.score(frames, span)
+
+        return identify
+
+    def _continue(self, clip: int, name: str, codes: torch.Tensor, truth: torch.Tensor, tracks: list) -> dict:
         """S continuations of one clip: their codes, score table and mp4 (sample 0), the preview
         frames of a preview clip; then the score table of each further protocol."""
-        s = self.settings
+        s, identify = self.settings, self._identify(tracks)
         run = continue_clip(self.model, self.tokenizer, codes, clip, s)
-        scores = evaluate.score_continuation(run, truth, self.train_mean)
+        scores = evaluate.score_continuation(run, truth, self.train_mean, identify)
         row = {
             "codes": run.codes.numpy().astype(np.uint16),
             "scores": evaluate.score_table(scores, run.steps),
         }
+        if identify is not None:
+            prompt = evaluate.prompt_identity(run, truth, identify)
+            row["prompt_identity"] = np.array([prompt["reconstructed"], prompt["original"]])
         for prompt_frames, steps in self.protocols:
             scores = {}
             if prompt_frames < len(codes):
                 other = continue_clip(self.model, self.tokenizer, codes, clip, s, prompt_frames, steps)
-                scores = evaluate.score_continuation(other, truth, self.train_mean)
+                scores = evaluate.score_continuation(other, truth, self.train_mean, identify)
             row[scores_column(prompt_frames, steps)] = evaluate.score_table(scores, steps)
         video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.fps, codec="libx264", crf=12)
         storage.write_bytes_atomic(storage.join(self.videos, f"{name}.mp4"), video)
@@ -155,7 +175,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     train = set(store.sources()[store.group["split"][:] == TRAIN].tolist())
     size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
     train_mean = mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos)
-    actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps, scratch)
+    identity = _digit_identity(cfg.data) if not gen.videos else None
+    actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps, scratch, identity)
     results = _continue_all(cfg, items, actor)
     seconds = time.perf_counter() - started
 
@@ -248,9 +269,22 @@ def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[
     return dict(sorted(results.items()))
 
 
+def _digit_identity(data) -> DigitIdentity | None:
+    """The digit classifier for generated Moving MNIST, fitted on its glyph source; else None."""
+    if data.source != "moving-mnist" or (data.path or "").endswith(".npy"):
+        return None
+    glyphs, labels = load_glyphs(data.path, data.moving_mnist.digit_size)
+    return DigitIdentity(glyphs, labels) if len(set(labels.tolist()) - {-1}) > 1 else None
+
+
 def _aggregate(done: list[dict], protocols: list[tuple[int, int]]) -> dict:
-    """The clips' score tables aggregated: the run's protocol, then each further one."""
+    """The clips' score tables aggregated: the run's protocol, then each further one; and the
+    digit identity of the prompts as reconstructed and as they are, where it was scored."""
     metrics = evaluate.aggregate([evaluate.table_scores(result["scores"]) for result in done])
+    prompts = np.array([result["prompt_identity"] for result in done])
+    if len(prompts) and not np.isnan(prompts).any():
+        reconstructed, original = prompts.mean(0).tolist()
+        metrics["prompt_identity"] = {"reconstructed": reconstructed, "original": original}
     if protocols:
         metrics["protocols"] = {}
     for prompt_frames, steps in protocols:
