@@ -24,6 +24,7 @@ FORMAT = "stvideo-st-transformer"
 FORMAT_VERSION = 1
 TOKENIZER_FORMAT = "stvideo-vqgan"
 CODEBOOK_KEY = "quantizer.embedding.weight"
+FSQ_CODEBOOK_KEY = "quantizer.grid"  # an FSQ tokenizer's every code vector
 
 
 class DynamicsCheckpointError(Exception):
@@ -31,7 +32,8 @@ class DynamicsCheckpointError(Exception):
 
 
 def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, str, dict]:
-    """The tokenizer's code vectors [K, D], its identity and its architecture."""
+    """The tokenizer's code vectors [K, D], its identity and its architecture (whose
+    `fsq_levels`, for an FSQ tokenizer, the dynamics model's factorized head needs)."""
     tokenizer_dir = Path(tokenizer_dir)
     config_path, weights = tokenizer_dir / "config.json", tokenizer_dir / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
@@ -43,7 +45,8 @@ def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, str, dict]:
         )
     try:
         with safe_open(str(weights), framework="pt") as tensors:
-            codebook = tensors.get_tensor(CODEBOOK_KEY)
+            fsq = config["model"].get("quantizer") == "fsq"
+            codebook = tensors.get_tensor(FSQ_CODEBOOK_KEY if fsq else CODEBOOK_KEY)
     except (SafetensorError, OSError) as err:
         raise DynamicsCheckpointError(f"{weights}: unreadable ({err})") from None
     return codebook, file_identity(weights), config["model"]
@@ -64,6 +67,7 @@ def save_dynamics(
         "grid": list(model.grid),
         "codebook_size": model.codebook.shape[0],
         "code_dim": model.codebook.shape[1],
+        "code_levels": model.levels,
         "tokenizer_identity": tokenizer_identity,
         **(extra or {}),
     }
@@ -88,7 +92,10 @@ def load_dynamics(path: str | Path, map_location: str = "cpu") -> tuple[STTransf
         raise DynamicsCheckpointError(f"{weights}: unreadable or truncated ({err})") from None
     arch = STTransformerConfig(**config["model"])
     model = STTransformer(
-        arch, torch.zeros(config["codebook_size"], config["code_dim"]), tuple(config["grid"])
+        arch,
+        torch.zeros(config["codebook_size"], config["code_dim"]),
+        tuple(config["grid"]),
+        config.get("code_levels"),
     )
     try:
         model.load_state_dict(state)

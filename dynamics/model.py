@@ -9,9 +9,11 @@ layer's KL to a standard normal is added to the loss. The model predicts a
 whole next frame per step; a start frame precedes the sequence so frame 0 is
 predicted too.
 
-The head is one of three kinds (`HEADS`, chosen once from `config.head`): regression
-(the next code vectors, MSE), categorical (a softmax over the codebook) or tied (code
-vectors scored against the codebook, a softmax over those scores).
+The head is one of four kinds (`HEADS`, chosen once from `config.head`): regression
+(the next code vectors, MSE), categorical (a softmax over the codebook), tied (code
+vectors scored against the codebook, a softmax over those scores), or factorized (for an
+FSQ tokenizer: one softmax per code dimension over its levels, so a codebook of 64,000
+codes costs 6 small softmaxes, not one over 64,000).
 
 Padding: a clip shorter than the batch's longest has its tail masked out of
 the loss. Causality already keeps the padded frames from reaching any real
@@ -180,9 +182,17 @@ class Head:
     metric: str  # the name the main loss term is logged under
     residual: bool  # whether the output may be a change from the previous frame's code vectors
 
-    def width(self, codebook_size: int, code_dim: int) -> int:
+    def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         """The linear layer's output size."""
         raise NotImplementedError
+
+    def check(self, levels: list[int] | None) -> None:
+        """Refuse a tokenizer this head cannot model (its `fsq_levels`, None for VQ)."""
+        if levels is not None:
+            raise ValueError(
+                f"head: {type(self).__name__} scores a VQ codebook; an FSQ tokenizer's codes need "
+                "head: factorized"
+            )
 
     def new_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters besides the linear layer, registered on the model under these names."""
@@ -218,7 +228,7 @@ class RegressionHead(Head):
 
     metric, residual = "mse", True
 
-    def width(self, codebook_size: int, code_dim: int) -> int:
+    def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         return code_dim
 
     def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
@@ -240,7 +250,7 @@ class CategoricalHead(Head):
 
     metric, residual = "ce", False
 
-    def width(self, codebook_size: int, code_dim: int) -> int:
+    def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         return codebook_size
 
     def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
@@ -267,7 +277,7 @@ class TiedHead(CategoricalHead):
 
     metric, residual = "ce", True
 
-    def width(self, codebook_size: int, code_dim: int) -> int:
+    def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         return code_dim
 
     def new_parameters(self) -> dict[str, nn.Parameter]:
@@ -283,10 +293,59 @@ class TiedHead(CategoricalHead):
         return super().to_codes(model, out, temperature, top_k, generator)
 
 
+class FactorizedHead(Head):
+    """For an FSQ tokenizer, whose code is one level per dimension: a softmax per dimension over
+    its levels, cross-entropy summed over the dimensions (the code's log-likelihood when the
+    dimensions are taken as independent given the context); read by argmax per dimension, or
+    drawn per dimension at a temperature. The output is the dimensions' logits side by side."""
+
+    metric, residual = "ce", False
+
+    def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
+        return sum(levels or ())
+
+    def check(self, levels: list[int] | None) -> None:
+        if levels is None:
+            raise ValueError("head: factorized needs an FSQ tokenizer (tokenizer.model.quantizer: fsq)")
+
+    def _per_dimension(self, model: STTransformer, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return out.float().split(model.levels, dim=-1)
+
+    def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return out  # each dimension's logits over its levels, side by side
+
+    def loss_per_frame(self, model: STTransformer, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        digits = model.digits(targets)  # [B, T, N, D]
+        per_code = sum(
+            F.cross_entropy(logits.flatten(0, 2), digits[..., d].flatten(), reduction="none")
+            for d, logits in enumerate(self._per_dimension(model, out))
+        )
+        return per_code.view(targets.shape).mean(-1)
+
+    def expected_vectors(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [
+                logits.softmax(-1) @ model.level_values(d)
+                for d, logits in enumerate(self._per_dimension(model, out))
+            ],
+            dim=-1,
+        )
+
+    def to_codes(self, model, out, temperature, top_k, generator) -> torch.Tensor:
+        digits = []
+        for logits in self._per_dimension(model, out):
+            if temperature <= 0:
+                digits.append(logits.argmax(-1))
+            else:
+                digits.append(sample_codes(logits, temperature, top_k, generator))
+        return (torch.stack(digits, -1) * model.level_basis).sum(-1)
+
+
 HEADS: dict[str, Head] = {
     "regression": RegressionHead(),
     "categorical": CategoricalHead(),
     "tied": TiedHead(),
+    "factorized": FactorizedHead(),
 }
 
 
@@ -308,12 +367,28 @@ def sample_codes(
 
 
 class STTransformer(nn.Module):
-    def __init__(self, cfg: STTransformerConfig, codebook: torch.Tensor, grid: tuple[int, int]):
+    def __init__(
+        self,
+        cfg: STTransformerConfig,
+        codebook: torch.Tensor,
+        grid: tuple[int, int],
+        levels: list[int] | None = None,
+    ):
+        """`codebook`: the tokenizer's code vectors [K, D]; `levels`: its FSQ levels per code
+        dimension (None: a VQ codebook, compared by cosine, so kept l2-normalised)."""
         super().__init__()
         self.config, self.grid = cfg, tuple(grid)
         pixels = grid[0] * grid[1]
         codebook_size, code_dim = codebook.shape
-        self.register_buffer("codebook", F.normalize(codebook.float(), dim=-1))  # frozen
+        self.levels = None if levels is None else [int(level) for level in levels]
+        if self.levels is not None:
+            sizes = torch.tensor(self.levels)
+            self.register_buffer("level_sizes", sizes, persistent=False)
+            self.register_buffer(
+                "level_basis", torch.cumprod(torch.cat([sizes.new_ones(1), sizes[:-1]]), 0), persistent=False
+            )
+        vectors = codebook.float() if levels is not None else F.normalize(codebook.float(), dim=-1)
+        self.register_buffer("codebook", vectors)  # frozen
         self.embed = nn.Linear(code_dim, cfg.d_model)
         self.spatial_position = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
         self.temporal_position = nn.Parameter(torch.randn(cfg.max_frames, cfg.d_model) * 0.02)
@@ -321,7 +396,8 @@ class STTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head_kind = HEADS[cfg.head]  # the one place the configured name is read
-        self.head = nn.Linear(cfg.d_model, self.head_kind.width(codebook_size, code_dim))
+        self.head_kind.check(levels)
+        self.head = nn.Linear(cfg.d_model, self.head_kind.width(codebook_size, code_dim, levels))
         for name, parameter in self.head_kind.new_parameters().items():
             self.register_parameter(name, parameter)
         if self.residual:  # start from "nothing moved": the first prediction copies the last frame
@@ -331,6 +407,15 @@ class STTransformer(nn.Module):
     @property
     def codebook_size(self) -> int:
         return self.codebook.shape[0]
+
+    def digits(self, codes: torch.Tensor) -> torch.Tensor:
+        """FSQ codes [...] -> their level per dimension [..., D]."""
+        return (codes[..., None] // self.level_basis) % self.level_sizes
+
+    def level_values(self, dimension: int) -> torch.Tensor:
+        """The code-vector values of one dimension's levels (as the tokenizer's grid holds them)."""
+        levels = self.levels[dimension]
+        return (torch.arange(levels, device=self.codebook.device) - levels // 2).float() / (levels // 2)
 
     def _embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, T, h, w] -> [B, T, h*w, d]."""

@@ -22,8 +22,9 @@ class STTransformerConfig:
     ff_mult: int = Field(4, ge=1)
     # regression: the next code vectors, MSE (the original's); categorical: a softmax over codes;
     # tied: code vectors scored against the frozen codebook by cosine, a softmax over those
-    # scores (a categorical head whose output weights are the codebook)
-    head: Literal["regression", "categorical", "tied"] = "regression"
+    # scores (a categorical head whose output weights are the codebook); factorized: for an FSQ
+    # tokenizer, a softmax per code dimension over its levels
+    head: Literal["regression", "categorical", "tied", "factorized"] = "regression"
     kl_weight: float = Field(1e-6, ge=0)  # the original's weight on the Gaussian layers' KL
     gaussian_kernel: int = Field(3, ge=1)  # the Gaussian layer's convolution over the latent grid
     logvar_min: float = -10.0

@@ -42,7 +42,7 @@ def train_dynamics(
     device = accelerator.device
 
     # --- the tokenizer's codebook and the store it encoded (refused if another tokenizer's) ---
-    codebook, tokenizer_identity, _ = load_codebook(tokenizer_dir)
+    codebook, tokenizer_identity, tokenizer_arch = load_codebook(tokenizer_dir)
     store = open_latents(latents_uri, tokenizer_identity=tokenizer_identity)
     clip_frames, grid = int(store.attrs["clip_frames"]), tuple(store.attrs["grid"])
     arch = settings.model
@@ -53,7 +53,7 @@ def train_dynamics(
 
     # --- the model, its optimizer and schedule, then the state of a run that stopped ----------
     torch.manual_seed(settings.seed)
-    model = STTransformer(arch, codebook, grid)
+    model = STTransformer(arch, codebook, grid, tokenizer_arch.get("fsq_levels"))
     optimizer, schedule = training.adamw(
         model.parameters(),
         settings.lr,

@@ -235,3 +235,72 @@ def test_rollout_prompts_follow_the_settings():
     half = DynamicsSettings(rollout_passes=2, rollout_prob=0.5)
     skipped = sum(rollout_prompt(half, 20, step, 0) is None for step in range(400))
     assert 120 < skipped < 280
+
+
+LEVELS = [4, 3, 2]  # 24 FSQ codes
+
+
+def fsq_model(**changes) -> STTransformer:
+    from tokenizer.model import FiniteScalarQuantizer
+    from tokenizer.settings import VQGANConfig
+
+    grid = FiniteScalarQuantizer(
+        VQGANConfig(quantizer="fsq", fsq_levels=tuple(LEVELS), code_dim=3, codebook_size=24)
+    ).codebook
+    torch.manual_seed(0)
+    cfg = STTransformerConfig(
+        **{"d_model": 32, "n_layers": 2, "n_heads": 4, "head": "factorized", "max_frames": 12, **changes}
+    )
+    return STTransformer(cfg, grid, GRID, LEVELS).eval(), grid
+
+
+def test_the_factorized_head_predicts_each_fsq_dimension_over_its_levels():
+    net, grid = fsq_model()
+    assert net.head.out_features == sum(LEVELS) and torch.equal(net.codebook, grid)  # not normalised
+    # a code's digits, and the values of its levels, are the tokenizer's grid
+    every = torch.arange(24)
+    digits = net.digits(every)
+    assert digits.shape == (24, 3) and (digits.max(0).values + 1).tolist() == LEVELS
+    assert torch.equal(torch.stack([net.level_values(d)[digits[:, d]] for d in range(3)], -1), grid)
+    clip = torch.randint(0, 24, (2, 5, *GRID), generator=torch.Generator().manual_seed(1))
+    out, _ = net.predict(clip, deterministic=True)
+    assert out.shape == (2, 5, 12, sum(LEVELS))
+    # argmax per dimension, read back as a code; the cross-entropy sums the dimensions'
+    chosen = net.to_codes(out[:, 0])
+    per_dimension = out[:, 0].split(LEVELS, -1)
+    expected_digits = torch.stack([logits.argmax(-1) for logits in per_dimension], -1)
+    assert torch.equal(net.digits(chosen.flatten(1)), expected_digits)
+    targets = clip.flatten(2)
+    ce = sum(
+        torch.nn.functional.cross_entropy(
+            logits.flatten(0, 2), net.digits(targets)[..., d].flatten(), reduction="none"
+        )
+        for d, logits in enumerate(out.split(LEVELS, -1))
+    ).view(targets.shape)
+    assert torch.allclose(net.head_kind.loss_per_frame(net, out, targets), ce.mean(-1))
+    # drawn codes are codes; the expected vector lies inside the grid's box
+    drawn = net.to_codes(out[:, 0], 1.0, None, torch.Generator().manual_seed(0))
+    assert drawn.shape == (2, *GRID) and 0 <= int(drawn.min()) and int(drawn.max()) < 24
+    expected = net.expected_vectors(out[:, 0])
+    assert expected.shape == (2, 12, 3) and expected.abs().max() <= 1
+    # sure logits make the expected vector the chosen code's own
+    sure = net.expected_vectors(out[:, 0] * 1000)
+    assert torch.allclose(sure, grid[net.to_codes(out[:, 0] * 1000).flatten(1)], atol=1e-4)
+
+
+def test_a_head_refuses_a_tokenizer_it_cannot_model():
+    with pytest.raises(ValueError, match="factorized needs an FSQ tokenizer"):
+        model("factorized")
+    with pytest.raises(ValueError, match="need head: factorized"):
+        fsq_model(head="tied")
+
+
+def test_a_factorized_model_saves_and_loads_with_its_levels(tmp_path):
+    from dynamics.checkpoint import load_dynamics, save_dynamics
+
+    net, grid = fsq_model()
+    save_dynamics(net, tmp_path / "dynamics", tokenizer_identity="abc")
+    loaded, config = load_dynamics(tmp_path / "dynamics")
+    assert config["code_levels"] == LEVELS and torch.equal(loaded.codebook, grid)
+    clip = torch.randint(0, 24, (1, 4, *GRID), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(loaded.predict(clip, deterministic=True)[0], net.predict(clip, deterministic=True)[0])

@@ -195,3 +195,56 @@ def test_perceptual_loss_loads_local_vgg_weights_and_passes_gradients(tmp_path):
     save_file({"other.weight": torch.zeros(1)}, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="not VGG16 features"):
         PerceptualLoss(str(tmp_path / "bad.safetensors"))
+
+
+def fsq(**changes) -> VQGANConfig:
+    return small(quantizer="fsq", fsq_levels=(8, 5, 3), code_dim=3, codebook_size=120, **changes)
+
+
+def test_fsq_codes_are_the_rounded_levels_read_as_one_number(tmp_path):
+    tokenizer = Tokenizer(fsq(channel_mults=(1, 1, 2, 2)))
+    quantizer = tokenizer.model.quantizer
+    grid = tokenizer.codebook
+    # every code has its own vector, each dimension on its levels' grid in [-1, 1]
+    assert grid.shape == (120, 3) and len({tuple(v) for v in grid.tolist()}) == 120
+    for dimension, levels in enumerate((8, 5, 3)):
+        assert len(grid[:, dimension].unique()) == levels
+        assert grid[:, dimension].min() == -1 and grid[:, dimension].max() <= 1
+    # an encoder output's code is its rounded levels, and that code's vector is those levels
+    rounded, found = quantizer._round(torch.randn(4, 3, 2, 2) * 3)
+    assert torch.equal(
+        quantizer.embed(found), (rounded / (quantizer.levels // 2).float()).permute(0, 3, 1, 2)
+    )
+    # every level of every dimension is reachable: every code is
+    sweep = torch.linspace(-4, 4, 81)  # steps of 0.1: finer than any level's band
+    z = torch.stack(torch.meshgrid(sweep, sweep, sweep, indexing="ij")).view(1, 3, 81, 81 * 81)
+    assert len(quantizer.lookup(z).unique()) == 120
+    frames = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
+    codes = tokenizer.encode(frames)
+    assert codes.shape == (5, 4, 4) and int(codes.min()) >= 0 and int(codes.max()) < 120
+    assert torch.equal(tokenizer.decode_vectors(tokenizer.codebook[codes]), tokenizer.decode(codes))
+    # gradients pass straight through the rounding to the encoder
+    out = tokenizer.model(frames.float() / 127.5 - 1)
+    out.recon.mean().backward()
+    assert tokenizer.model.encoder.layers[0].weight.grad.abs().sum() > 0
+    assert float(out.quant_loss) == 0.0
+    # saved and loaded like a VQ tokenizer; the grid is in the weights, so readers need not know FSQ
+    tokenizer.save_pretrained(tmp_path / "fsq")
+    loaded = Tokenizer.from_pretrained(tmp_path / "fsq")
+    assert loaded.config.quantizer == "fsq" and loaded.config.fsq_levels == (8, 5, 3)
+    assert torch.equal(loaded.encode(frames), codes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"fsq_levels": None}, "fsq_levels"),
+        ({"fsq_levels": (8, 1, 3)}, "fsq_levels"),
+        ({"code_dim": 4}, "code_dim"),
+        ({"codebook_size": 64}, "codebook_size"),
+    ],
+)
+def test_an_inconsistent_fsq_config_names_its_key(changes, key):
+    settings = {"quantizer": "fsq", "fsq_levels": (8, 5, 3), "code_dim": 3, "codebook_size": 120, **changes}
+    with pytest.raises(ValueError, match=key):
+        small(**settings)

@@ -192,6 +192,73 @@ class Quantizer(nn.Module):
         return int(dead.numel())
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ: each dimension of the encoder output is bounded (tanh) and rounded to one of its
+    levels, straight-through. A code is the levels' digits read as one mixed-radix number; its
+    vector is the digits scaled to [-1, 1]. Nothing to learn and no code to die, so the usage
+    bookkeeping of the VQ codebook is kept only as statistics."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        levels = torch.tensor(cfg.fsq_levels)
+        self.codebook_size = cfg.codebook_size
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer(
+            "basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False
+        )
+        self.register_buffer("usage", torch.zeros(cfg.codebook_size))
+        # every code's vector [codebook_size, code_dim]: saved, so readers need not know FSQ
+        self.register_buffer("grid", self._vectors(torch.arange(cfg.codebook_size)))
+
+    def _vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        digits = (codes[..., None] // self.basis) % self.levels
+        return (digits - self.levels // 2).float() / (self.levels // 2).float()
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.grid
+
+    def _bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> values whose rounding lands on the D dimensions' levels."""
+        half = (self.levels - 1) * (1 - 1e-3) / 2
+        offset = (self.levels % 2 == 0).float() * 0.5  # even levels: a grid shifted by half a step
+        return torch.tanh(z + torch.atanh(offset / half)) * half - offset
+
+    def _round(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder outputs [B, D, h, w] -> rounded values [B, h, w, D] (straight-through) and codes."""
+        bounded = self._bounded(rearrange(z.float(), "b d h w -> b h w d"))
+        rounded = bounded + (bounded.round() - bounded).detach()
+        digits = rounded.detach().round().long() + self.levels // 2
+        return rounded, (digits * self.basis).sum(-1)
+
+    def lookup(self, z: torch.Tensor) -> torch.Tensor:
+        return self._round(z)[1]
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return rearrange(F.embedding(codes, self.grid), "b h w d -> b d h w")
+
+    def forward(
+        self, z: torch.Tensor, blank: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rounded, codes = self._round(z)
+        quantised = rearrange(rounded / (self.levels // 2).float(), "b h w d -> b d h w")
+        if blank is not None:
+            codes = codes.masked_fill(blank, BLANK_CODE)
+            quantised = torch.where(blank[:, None], self.embed(codes), quantised)
+        return quantised, quantised.new_zeros(()), codes
+
+    @torch.no_grad()
+    def update_usage(self, counts: torch.Tensor) -> None:
+        share = counts.float() / counts.sum().clamp(min=1)
+        self.usage.mul_(0.99).add_(share, alpha=0.01)
+
+    def dead_codes(self) -> torch.Tensor:
+        return torch.zeros(self.codebook_size, dtype=torch.bool, device=self.usage.device)
+
+    def restart_dead_codes(self, candidates: torch.Tensor, generator: torch.Generator) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
 class VQGANOutput:
     """One training forward of the VQGAN."""
@@ -208,7 +275,7 @@ class VQGAN(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = Quantizer(cfg)
+        self.quantizer = FiniteScalarQuantizer(cfg) if cfg.quantizer == "fsq" else Quantizer(cfg)
         self.decoder = Decoder(cfg)
 
     def blank_patches(self, frames: torch.Tensor) -> torch.Tensor | None:

@@ -4,6 +4,7 @@ them without importing the model, and a bad value names its dotted key."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, field
 from typing import Literal
 
@@ -26,6 +27,12 @@ class VQGANConfig:
     num_res_blocks: int = Field(1, ge=0)  # residual blocks per level...
     full_res_blocks: bool = False  # ...except at full resolution, where they cost most on a CPU
     attention: bool = True  # self-attention at the lowest resolution
+    # vq: a learned codebook, nearest code by cosine (l2-normalised); fsq: finite scalar
+    # quantization (Mentzer et al. 2023): each of code_dim = len(fsq_levels) dimensions is bounded
+    # and rounded to one of its levels, the codes are every combination (codebook_size = their
+    # product), nothing is learned in the quantizer and no code can die
+    quantizer: Literal["vq", "fsq"] = "vq"
+    fsq_levels: tuple[int, ...] | None = None
     codebook_size: int = 512
     code_dim: int = Field(16, ge=1)  # low-dimensional, l2-normalised lookup
     commitment_weight: float = Field(0.25, ge=0)
@@ -56,6 +63,18 @@ class VQGANConfig:
             raise problem("blank_threshold", self.blank_threshold, "0 <= value < 1")
         if not 2 <= self.codebook_size <= MAX_CODEBOOK:
             raise problem("codebook_size", self.codebook_size, f"2..{MAX_CODEBOOK}")
+        if self.quantizer == "fsq":
+            levels = self.fsq_levels
+            if not levels or any(not 2 <= level <= 64 for level in levels):
+                raise problem(
+                    "fsq_levels", levels, "levels of 2..64 per code dimension, e.g. [8, 8, 8, 5, 5, 5]"
+                )
+            if self.code_dim != len(levels):
+                raise problem("code_dim", self.code_dim, f"{len(levels)}: one dimension per fsq_levels entry")
+            if self.codebook_size != math.prod(levels):
+                raise problem(
+                    "codebook_size", self.codebook_size, f"{math.prod(levels)}: the product of fsq_levels"
+                )
         return self
 
     @property
@@ -72,7 +91,8 @@ class VQGANConfig:
         return self.frame_size // self.downsample
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "channel_mults": list(self.channel_mults)}
+        levels = None if self.fsq_levels is None else list(self.fsq_levels)
+        return {**asdict(self), "channel_mults": list(self.channel_mults), "fsq_levels": levels}
 
 
 @dataclass(config=STRICT)

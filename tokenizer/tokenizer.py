@@ -45,7 +45,7 @@ class Tokenizer(torch.nn.Module):
 
     @property
     def codebook(self) -> torch.Tensor:
-        """The l2-normalised code vectors [codebook_size, code_dim]."""
+        """The code vectors [codebook_size, code_dim]: l2-normalised (VQ), or FSQ's grid in [-1, 1]."""
         return self.model.quantizer.codebook.detach()
 
     @property
