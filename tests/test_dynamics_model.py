@@ -237,7 +237,7 @@ def test_rollout_prompts_follow_the_settings():
     assert 120 < skipped < 280
 
 
-LEVELS = [4, 3, 2]  # 24 FSQ codes
+LEVELS = [4, 3, 5]  # 60 FSQ codes
 
 
 def fsq_model(**changes) -> STTransformer:
@@ -245,7 +245,7 @@ def fsq_model(**changes) -> STTransformer:
     from tokenizer.settings import VQGANConfig
 
     grid = FiniteScalarQuantizer(
-        VQGANConfig(quantizer="fsq", fsq_levels=tuple(LEVELS), code_dim=3, codebook_size=24)
+        VQGANConfig(quantizer="fsq", fsq_levels=tuple(LEVELS), code_dim=3, codebook_size=60)
     ).codebook
     torch.manual_seed(0)
     cfg = STTransformerConfig(
@@ -258,11 +258,11 @@ def test_the_factorized_head_predicts_each_fsq_dimension_over_its_levels():
     net, grid = fsq_model()
     assert net.head.out_features == sum(LEVELS) and torch.equal(net.codebook, grid)  # not normalised
     # a code's digits, and the values of its levels, are the tokenizer's grid
-    every = torch.arange(24)
+    every = torch.arange(60)
     digits = net.digits(every)
-    assert digits.shape == (24, 3) and (digits.max(0).values + 1).tolist() == LEVELS
+    assert digits.shape == (60, 3) and (digits.max(0).values + 1).tolist() == LEVELS
     assert torch.equal(torch.stack([net.level_values(d)[digits[:, d]] for d in range(3)], -1), grid)
-    clip = torch.randint(0, 24, (2, 5, *GRID), generator=torch.Generator().manual_seed(1))
+    clip = torch.randint(0, 60, (2, 5, *GRID), generator=torch.Generator().manual_seed(1))
     out, _ = net.predict(clip, deterministic=True)
     assert out.shape == (2, 5, 12, sum(LEVELS))
     # argmax per dimension, read back as a code; the cross-entropy sums the dimensions'
@@ -280,7 +280,7 @@ def test_the_factorized_head_predicts_each_fsq_dimension_over_its_levels():
     assert torch.allclose(net.head_kind.loss_per_frame(net, out, targets), ce.mean(-1))
     # drawn codes are codes; the expected vector lies inside the grid's box
     drawn = net.to_codes(out[:, 0], 1.0, None, torch.Generator().manual_seed(0))
-    assert drawn.shape == (2, *GRID) and 0 <= int(drawn.min()) and int(drawn.max()) < 24
+    assert drawn.shape == (2, *GRID) and 0 <= int(drawn.min()) and int(drawn.max()) < 60
     expected = net.expected_vectors(out[:, 0])
     assert expected.shape == (2, 12, 3) and expected.abs().max() <= 1
     # sure logits make the expected vector the chosen code's own
@@ -302,5 +302,5 @@ def test_a_factorized_model_saves_and_loads_with_its_levels(tmp_path):
     save_dynamics(net, tmp_path / "dynamics", tokenizer_identity="abc")
     loaded, config = load_dynamics(tmp_path / "dynamics")
     assert config["code_levels"] == LEVELS and torch.equal(loaded.codebook, grid)
-    clip = torch.randint(0, 24, (1, 4, *GRID), generator=torch.Generator().manual_seed(2))
+    clip = torch.randint(0, 60, (1, 4, *GRID), generator=torch.Generator().manual_seed(2))
     assert torch.equal(loaded.predict(clip, deterministic=True)[0], net.predict(clip, deterministic=True)[0])

@@ -53,9 +53,12 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
     root = tmp_path / "gpu"
     # the real architecture was built and trained (caps touched only steps and data)
     dynamics = json.loads((root / "dynamics" / "config.json").read_text())["model"]
-    assert (dynamics["d_model"], dynamics["n_layers"]) == (256, 8)
+    assert (dynamics["d_model"], dynamics["n_layers"], dynamics["head"]) == (256, 8, "factorized")
     tokenizer = json.loads((root / "tokenizer" / "config.json").read_text())["model"]
-    assert tokenizer["base_channels"] == 64
+    assert tokenizer["base_channels"] == 64 and tokenizer["quantizer"] == "fsq"
+    # FSQ codes end to end: stored in the latent store, modelled per dimension, decoded
+    levels = json.loads((root / "dynamics" / "config.json").read_text())["code_levels"]
+    assert levels == tokenizer["fsq_levels"] == [8, 8, 8, 5, 5, 5]
     metrics = json.loads((root / "generations" / "default" / "metrics.json").read_text())
     assert metrics["clips"] == 2 and len(metrics["per_step"]["model"]["mse"]) == 10
     assert {"copy_last", "black", "train_mean", "reconstruction"} <= set(metrics["per_step"])

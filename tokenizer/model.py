@@ -201,7 +201,7 @@ class FiniteScalarQuantizer(nn.Module):
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
         levels = torch.tensor(cfg.fsq_levels)
-        self.codebook_size = cfg.codebook_size
+        self.codebook_size, self.usage_decay = cfg.codebook_size, cfg.usage_decay
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer(
             "basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False
@@ -250,7 +250,7 @@ class FiniteScalarQuantizer(nn.Module):
     @torch.no_grad()
     def update_usage(self, counts: torch.Tensor) -> None:
         share = counts.float() / counts.sum().clamp(min=1)
-        self.usage.mul_(0.99).add_(share, alpha=0.01)
+        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
 
     def dead_codes(self) -> torch.Tensor:
         return torch.zeros(self.codebook_size, dtype=torch.bool, device=self.usage.device)

@@ -65,9 +65,10 @@ class VQGANConfig:
             raise problem("codebook_size", self.codebook_size, f"2..{MAX_CODEBOOK}")
         if self.quantizer == "fsq":
             levels = self.fsq_levels
-            if not levels or any(not 2 <= level <= 64 for level in levels):
+            # 3 at least: the bound that keeps rounding on the levels leaves no room for 2
+            if not levels or any(not 3 <= level <= 64 for level in levels):
                 raise problem(
-                    "fsq_levels", levels, "levels of 2..64 per code dimension, e.g. [8, 8, 8, 5, 5, 5]"
+                    "fsq_levels", levels, "levels of 3..64 per code dimension, e.g. [8, 8, 8, 5, 5, 5]"
                 )
             if self.code_dim != len(levels):
                 raise problem("code_dim", self.code_dim, f"{len(levels)}: one dimension per fsq_levels entry")
