@@ -124,7 +124,7 @@ def moving_mnist_sequence(
             window = video[frame, top : top + digit_size, left : left + digit_size]
             np.maximum(window, glyph, out=window)
         tracks.append(corners)
-    return video, [int(labels[i]) for i in chosen], np.stack(tracks).reshape(len(chosen), num_frames, 2)
+    return video, [int(labels[i]) for i in chosen], np.stack(tracks)
 
 
 def load_fixed_sequences(path: str | Path) -> np.ndarray:

@@ -118,7 +118,22 @@ class Decoder(nn.Module):
 BLANK_CODE = 0  # the code background patches take when `blank_threshold` is set
 
 
-class Quantizer(nn.Module):
+class CodeUsage(nn.Module):
+    """What every quantizer keeps: `usage`, an EMA of the share of assignments each code gets."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.codebook_size, self.usage_decay = cfg.codebook_size, cfg.usage_decay
+        self.register_buffer("usage", torch.zeros(cfg.codebook_size))
+
+    @torch.no_grad()
+    def update_usage(self, counts: torch.Tensor) -> None:
+        """Fold one step's assignment counts (summed over every rank) into the usage EMA."""
+        share = counts.float() / counts.sum().clamp(min=1)
+        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
+
+
+class Quantizer(CodeUsage):
     """Nearest code by cosine similarity, straight-through gradients.
 
     Both the encoder output and the codebook are l2-normalised, which keeps
@@ -128,14 +143,11 @@ class Quantizer(nn.Module):
     """
 
     def __init__(self, cfg: VQGANConfig):
-        super().__init__()
-        self.codebook_size = cfg.codebook_size
+        super().__init__(cfg)
         self.commitment_weight = cfg.commitment_weight
-        self.usage_decay = cfg.usage_decay
         self.dead_threshold = cfg.dead_code_fraction / cfg.codebook_size
         self.embedding = nn.Embedding(cfg.codebook_size, cfg.code_dim)
         nn.init.normal_(self.embedding.weight)
-        self.register_buffer("usage", torch.zeros(cfg.codebook_size))
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -165,12 +177,6 @@ class Quantizer(nn.Module):
         straight_through = normalised + (quantised - normalised).detach()
         return straight_through, loss, codes
 
-    @torch.no_grad()
-    def update_usage(self, counts: torch.Tensor) -> None:
-        """Fold one step's assignment counts (summed over every rank) into the usage EMA."""
-        share = counts.float() / counts.sum().clamp(min=1)
-        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
-
     def dead_codes(self) -> torch.Tensor:
         return self.usage < self.dead_threshold
 
@@ -192,21 +198,19 @@ class Quantizer(nn.Module):
         return int(dead.numel())
 
 
-class FiniteScalarQuantizer(nn.Module):
+class FiniteScalarQuantizer(CodeUsage):
     """FSQ: each dimension of the encoder output is bounded (tanh) and rounded to one of its
     levels, straight-through. A code is the levels' digits read as one mixed-radix number; its
     vector is the digits scaled to [-1, 1]. Nothing to learn and no code to die, so the usage
     bookkeeping of the VQ codebook is kept only as statistics."""
 
     def __init__(self, cfg: VQGANConfig):
-        super().__init__()
+        super().__init__(cfg)
         levels = torch.tensor(cfg.fsq_levels)
-        self.codebook_size, self.usage_decay = cfg.codebook_size, cfg.usage_decay
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer(
             "basis", torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0), persistent=False
         )
-        self.register_buffer("usage", torch.zeros(cfg.codebook_size))
         # every code's vector [codebook_size, code_dim]: saved, so readers need not know FSQ
         self.register_buffer("grid", self._vectors(torch.arange(cfg.codebook_size)))
 
@@ -246,11 +250,6 @@ class FiniteScalarQuantizer(nn.Module):
             codes = codes.masked_fill(blank, BLANK_CODE)
             quantised = torch.where(blank[:, None], self.embed(codes), quantised)
         return quantised, quantised.new_zeros(()), codes
-
-    @torch.no_grad()
-    def update_usage(self, counts: torch.Tensor) -> None:
-        share = counts.float() / counts.sum().clamp(min=1)
-        self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
 
     def dead_codes(self) -> torch.Tensor:
         return torch.zeros(self.codebook_size, dtype=torch.bool, device=self.usage.device)
