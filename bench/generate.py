@@ -1,13 +1,17 @@
-"""Generation speed: the key/value-cached rollout vs the original's full re-run per frame.
+"""Generation speed: the key/value-cached rollout against the original's re-run per frame.
 
-Same model, same prompts, deterministic mode (so both produce the same codes):
-frames/s of each at P=15, K=5 and P=10, K=30, their ratio, and the cost of each
-new frame as K grows (flat with the cache until the context window is full).
+Same model, same prompts, deterministic mode, one thread as the generate stage's actors run
+(`--threads` to change it): frames/s of the cached rollout (the prompt in
+one pass, then one step per frame over a ring of the last `max_frames` frames) and of the
+original's way (re-running the last `max_frames - 1` frames for every new frame), and their
+ratio, at P = 15, K = 5 and P = 10, K = 100, at batch 1 and batch 8. Then the cost of each new
+frame as K grows from 5 to 200: (time of P + K) - (time of the prompt alone), over K. With the
+ring it is flat; the largest is printed as a ratio to the smallest.
 
-    .venv/bin/python bench/generate.py [--dynamics out/demo/dynamics] [--batch 8]
+    .venv/bin/python bench/generate.py [--dynamics out/demo/dynamics]
 
-Without a trained checkpoint it uses a freshly initialised model of the demo
-config's shape; speed does not depend on the weights.
+Without a trained checkpoint it uses a freshly initialised model of the demo config's shape;
+speed does not depend on the weights.
 """
 
 from __future__ import annotations
@@ -30,60 +34,83 @@ def demo_model() -> STTransformer:
     cfg = load_config(REPO / "configs" / "demo.yaml")
     arch = cfg.tokenizer.model
     torch.manual_seed(0)
-    return STTransformer(
-        cfg.dynamics.model, torch.randn(arch.codebook_size, arch.code_dim), (arch.grid, arch.grid)
+    if arch.quantizer == "fsq":
+        from tokenizer.model import FiniteScalarQuantizer
+
+        codebook, levels = FiniteScalarQuantizer(arch).grid, list(arch.fsq_levels)
+    else:
+        codebook, levels = torch.randn(arch.codebook_size, arch.code_dim), None
+    return STTransformer(cfg.dynamics.model, codebook, (arch.grid, arch.grid), levels)
+
+
+def best_of(runs: int, fn, *args, **kwargs) -> float:
+    """The fastest of `runs` calls, in seconds (the least disturbed by the rest of the machine)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def prompts(model: STTransformer, batch: int, frames: int, seed: int) -> torch.Tensor:
+    height, width = model.grid
+    return torch.randint(
+        0, model.codebook_size, (batch, frames, height, width), generator=torch.Generator().manual_seed(seed)
     )
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, torch.Tensor]:
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - started, out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="cached vs uncached rollout")
+    parser = argparse.ArgumentParser(description="cached vs re-run rollout, and the cost per frame")
     parser.add_argument("--dynamics", type=Path, default=REPO / "out" / "demo" / "dynamics")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3, help="timings per figure; the fastest is kept")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the generate stage's actors use 1)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     if (args.dynamics / "model.safetensors").exists():
         model, _ = load_dynamics(args.dynamics)
         source = str(args.dynamics)
     else:
-        model, source = demo_model().eval(), "freshly initialised demo-shaped model"
+        model, source = demo_model().eval(), "a freshly initialised demo-shaped model"
     height, width = model.grid
     print(
-        f"model: {source}; grid {height}x{width}, {model.config.n_layers} layers, "
-        f"d_model {model.config.d_model}, {model.config.max_frames} temporal positions; batch {args.batch}"
+        f"model: {source}; grid {height}x{width}, {model.config.n_layers} layers, d_model "
+        f"{model.config.d_model}, {model.config.temporal_positions} temporal positions, window "
+        f"{model.config.max_frames}; {args.threads} thread(s)"
     )
+    rollout(model, prompts(model, 1, 2, 0), 1, deterministic=True)  # warm-up
 
-    for prompt_frames, steps in [(15, 5), (10, 30)]:
-        prompt = torch.randint(
-            0,
-            model.codebook_size,
-            (args.batch, prompt_frames, height, width),
-            generator=torch.Generator().manual_seed(0),
-        )
-        rollout(model, prompt[:1, :2], 1, deterministic=True)  # warm-up
-        cached_s, cached = timed(rollout, model, prompt, steps, deterministic=True)
-        full_s, full = timed(rollout_uncached, model, prompt, steps, deterministic=True)
-        frames = args.batch * steps
-        same = "identical codes" if torch.equal(cached, full) else "codes differ (float near-ties)"
+    for prompt_frames, steps in [(15, 5), (10, 100)]:
+        for batch in (1, 8):
+            prompt = prompts(model, batch, prompt_frames, 0)
+            cached = best_of(args.runs, rollout, model, prompt, steps, deterministic=True)
+            rerun = best_of(
+                1 if steps > 50 else args.runs, rollout_uncached, model, prompt, steps, deterministic=True
+            )
+            frames = batch * steps
+            print(
+                f"P={prompt_frames:2d} K={steps:3d} batch {batch}: cached {frames / cached:8.1f} frames/s, "
+                f"re-run {frames / rerun:7.1f} frames/s; cached / re-run {rerun / cached:5.1f}x"
+            )
+
+    for batch in (1, 8):
+        prompt = prompts(model, batch, 10, 1)
+        prefill = best_of(args.runs, rollout, model, prompt, 0, deterministic=True)
+        per_frame = {}
+        for steps in (5, 20, 50, 100, 200):
+            runs = args.runs if steps <= 50 else 1
+            per_frame[steps] = (
+                best_of(runs, rollout, model, prompt, steps, deterministic=True) - prefill
+            ) / steps
+        listed = ", ".join(f"K={steps} {seconds * 1e3:.2f}" for steps, seconds in per_frame.items())
+        flat = max(per_frame.values()) / min(per_frame.values())
         print(
-            f"P={prompt_frames:2d} K={steps:2d}: cached {frames / cached_s:8.1f} frames/s, "
-            f"re-run {frames / full_s:8.1f} frames/s, ratio {full_s / cached_s:.1f}x ({same})"
+            f"cost per new frame at batch {batch} (P=10, ms per frame of the batch): {listed}; "
+            f"largest / smallest {flat:.2f}x"
         )
-
-    print("cost per new frame as K grows (P=10), seconds per frame of the batch:")
-    prompt = torch.randint(
-        0, model.codebook_size, (args.batch, 10, height, width), generator=torch.Generator().manual_seed(1)
-    )
-    for steps in (5, 10, 20, 40):
-        cached_s, _ = timed(rollout, model, prompt, steps, deterministic=True)
-        full_s, _ = timed(rollout_uncached, model, prompt, steps, deterministic=True)
-        print(f"  K={steps:2d}: cached {cached_s / steps:.4f}   re-run {full_s / steps:.4f}")
 
 
 if __name__ == "__main__":

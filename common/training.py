@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
@@ -30,22 +31,49 @@ MetricsLogger = Callable[[dict[str, float], int], None]
 PROGRESS_FILE = "progress.json"
 
 
-class Progress:
-    """The step counter and the LR schedules' positions, saved beside the Accelerate state
-    as JSON. Registered with Accelerate they would be pickled, and loading a pickle runs
-    whatever code the file names: a resume must not trust the training folder that much."""
+@dataclass
+class Budget:
+    """A wall-clock limit on a training run (`max_minutes`; None: none) and the seconds it has
+    run, saved with the step counter so that a resumed run spends only what is left. The LR
+    schedule decays by whichever comes first, the steps or the minutes."""
 
-    def __init__(self, *schedules: torch.optim.lr_scheduler.LRScheduler) -> None:
+    minutes: float | None = None
+    seconds: float = 0.0
+
+    def fraction(self) -> float:
+        """The share of the budget spent (0 without one)."""
+        return self.seconds / (60.0 * self.minutes) if self.minutes else 0.0
+
+    @property
+    def spent(self) -> bool:
+        return self.fraction() >= 1.0
+
+
+class Progress:
+    """The step counter, the seconds trained and the LR schedules' positions, saved beside the
+    Accelerate state as JSON. Registered with Accelerate they would be pickled, and loading a
+    pickle runs whatever code the file names: a resume must not trust the training folder that
+    much."""
+
+    def __init__(
+        self, *schedules: torch.optim.lr_scheduler.LRScheduler, budget: Budget | None = None
+    ) -> None:
         self.step = 0
         self.schedules = schedules
+        self.budget = budget or Budget()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "schedules": [schedule.state_dict() for schedule in self.schedules]}
+        return {
+            "step": self.step,
+            "seconds": self.budget.seconds,
+            "schedules": [schedule.state_dict() for schedule in self.schedules],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["schedules"]) != len(self.schedules):
             raise ValueError(f"{len(state['schedules'])} LR schedules saved, {len(self.schedules)} now")
         self.step = int(state["step"])
+        self.budget.seconds = float(state.get("seconds", 0.0))  # states saved before budgets: none
         for schedule, saved in zip(self.schedules, state["schedules"], strict=True):
             schedule.load_state_dict(saved)
 
@@ -95,12 +123,19 @@ def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
 
 
 def adamw(
-    parameters, lr: float, betas: tuple[float, float], weight_decay: float, warmup: int, total: int
+    parameters,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    warmup: int,
+    total: int,
+    budget: Budget | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its warmup-cosine schedule. Keep the schedule out of `accelerator.prepare`:
-    Accelerate would step it once per process."""
+    """AdamW and its warmup-cosine schedule (over `total` steps or the `budget`'s minutes,
+    whichever ends first). Keep the schedule out of `accelerator.prepare`: Accelerate would
+    step it once per process."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=weight_decay)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, budget))
 
 
 def skip_per_worker(batches_done: int, workers: int, batch_size: int) -> list[int]:
@@ -150,13 +185,14 @@ def save_state(accelerator: Accelerator, out_dir: Path, progress: Progress) -> N
     accelerator.wait_for_everyone()
 
 
-def warmup_cosine(warmup: int, total: int, floor: float = 0.1):
-    """LR multiplier: linear warmup, then cosine decay to `floor`."""
+def warmup_cosine(warmup: int, total: int, budget: Budget | None = None, floor: float = 0.1):
+    """LR multiplier: linear warmup, then cosine decay to `floor` at step `total` or when the
+    `budget` is spent, whichever is nearer."""
 
     def multiplier(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, max((step - warmup) / max(1, total - warmup), budget.fraction() if budget else 0))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
@@ -167,15 +203,16 @@ def resume_progress(
     out: Path | Persistence,
     name: str,
     *schedules: torch.optim.lr_scheduler.LRScheduler,
+    budget: Budget | None = None,
 ) -> Progress:
-    """The step counter and `schedules`, loaded with the rest of the state from
-    `train_state` when a run stopped there (brought back by `out.restore` first)."""
+    """The step counter, the `budget`'s seconds and `schedules`, loaded with the rest of the
+    state from `train_state` when a run stopped there (brought back by `out.restore` first)."""
     out = persistence_of(out)
     if accelerator.is_local_main_process:
         out.local.mkdir(parents=True, exist_ok=True)
         out.restore()
     accelerator.wait_for_everyone()
-    progress = Progress(*schedules)
+    progress = Progress(*schedules, budget=budget)
     if resume(accelerator, out.local, progress) and accelerator.is_main_process:
         tqdm.write(f"{name}: resumed from {out.local / 'train_state'} at step {progress.step}")
     return progress
@@ -203,6 +240,7 @@ class Cadence(Protocol):
     """The settings `run_loop` reads (both stages' settings have them)."""
 
     max_steps: int
+    max_minutes: float | None
     log_every: int
     eval_every: int
     checkpoint_every: int
@@ -236,7 +274,8 @@ def run_loop(
     describe: Callable[[dict[str, float]], str] | None = None,
     bar_keys: tuple[str, ...] = ("loss",),
 ) -> dict[str, float]:
-    """Call `step` until `progress.step` reaches `cadence.max_steps`; return the last summary.
+    """Call `step` until `progress.step` reaches `cadence.max_steps` or the progress's budget
+    of minutes is spent; return the last summary (with the `steps` reached).
 
     `step` trains on one micro-batch and returns None while gradients accumulate, or a
     `StepResult` once the optimizers stepped (it steps the LR schedules too). Then the loop
@@ -253,13 +292,27 @@ def run_loop(
         if main and log_metrics:
             log_metrics(metrics, progress.step)
 
+    budget = progress.budget
+
+    def finished() -> bool:
+        return progress.step >= cadence.max_steps or budget.spent
+
     def due(every: int) -> bool:
-        return progress.step % every == 0 or progress.step == cadence.max_steps
+        return progress.step % every == 0 or finished()
+
+    def elapsed(since: float) -> float:
+        """Seconds trained, the main process's: every rank must stop at the same step and
+        decay its LR alike, so one clock decides."""
+        seconds = spent_before + time.perf_counter() - since
+        if budget.minutes and accelerator.num_processes > 1:
+            seconds = float(broadcast(torch.tensor([seconds], device=accelerator.device), from_process=0))
+        return seconds
 
     summary: dict[str, float] = {}
     items, seconds = 0, 0.0
+    spent_before, loop_started = budget.seconds, time.perf_counter()
     bar = tqdm(total=cadence.max_steps, initial=progress.step, desc=name, disable=not main)
-    while progress.step < cadence.max_steps:
+    while not finished():
         started = time.perf_counter()
         result = step()
         if result is None:  # gradients are still accumulating
@@ -267,8 +320,14 @@ def run_loop(
         progress.step += 1
         items += result.items * accelerator.num_processes * accelerator.gradient_accumulation_steps
         seconds += time.perf_counter() - started
+        budget.seconds = elapsed(loop_started)
         bar.update(1)
         throughput = {f"{unit}_per_s": items / max(seconds, 1e-9)}
+        if budget.spent and main:
+            tqdm.write(
+                f"{name}: the {budget.minutes:g}-minute budget is spent at step {progress.step} "
+                f"of {cadence.max_steps}; evaluating and saving"
+            )
 
         if due(cadence.log_every):
             values = {**result.metrics(), **throughput}
@@ -276,7 +335,7 @@ def run_loop(
             log(values)
         if due(cadence.eval_every):
             if main:
-                summary = {**evaluate(), **throughput}
+                summary = {**evaluate(), **throughput, "steps": progress.step}
                 log(summary)
                 tqdm.write(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()

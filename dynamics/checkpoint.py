@@ -90,7 +90,8 @@ def load_dynamics(path: str | Path, map_location: str = "cpu") -> tuple[STTransf
         state = load_file(weights, device=map_location)
     except (SafetensorError, OSError) as err:
         raise DynamicsCheckpointError(f"{weights}: unreadable or truncated ({err})") from None
-    arch = STTransformerConfig(**config["model"])
+    # checkpoints written before rotary positions existed have learned ones and do not say so
+    arch = STTransformerConfig(**{"temporal_positions": "learned", **config["model"]})
     model = STTransformer(
         arch,
         torch.zeros(config["codebook_size"], config["code_dim"]),

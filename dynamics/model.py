@@ -53,37 +53,90 @@ class SpatialAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, frames, pixels, width))
 
 
-class TemporalAttention(nn.Module):
-    """Causal self-attention over frames, for each latent pixel on its own."""
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x [..., T, head_dim] by the angles' cos and sin [T, head_dim/2]:
+    each pair of channels (i, i + head_dim/2) turned by position * frequency_i, so a query-key
+    product depends only on how far apart the two frames are."""
+    first, second = x.float().chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
 
-    def __init__(self, d_model: int, n_heads: int):
+
+def window_mask(frames: int, window: int, device: torch.device) -> torch.Tensor:
+    """[T, T] True where frame i may attend to frame j: j <= i and i - j < window."""
+    distance = torch.arange(frames, device=device)[:, None] - torch.arange(frames, device=device)
+    return (distance >= 0) & (distance < window)
+
+
+class TemporalAttention(nn.Module):
+    """Causal self-attention over frames, for each latent pixel on its own, over at most the
+    last `window` frames. With `rotary` the queries and keys carry rotary positions; else the
+    model adds learned positions to its input."""
+
+    def __init__(self, d_model: int, n_heads: int, window: int, rotary: bool):
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.window = n_heads, window
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
+        self.rotary = rotary
+        if rotary:
+            head_dim = d_model // n_heads
+            frequencies = 10_000.0 ** (-torch.arange(0, head_dim, 2).float() / head_dim)
+            self.register_buffer("inverse_frequencies", frequencies, persistent=False)
+            self._angles: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin [positions, hd/2]
 
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _rotation(self, first: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of positions first..first + frames - 1, from a table that doubles as a
+        rollout outgrows it (one frame at a time, recomputing them would cost more than the rest)."""
+        device = self.inverse_frequencies.device
+        if (
+            self._angles is None
+            or self._angles[0].shape[0] < first + frames
+            or self._angles[0].device != device
+        ):
+            size = max(64, 2 * (first + frames))
+            positions = torch.arange(size, device=device, dtype=torch.float64)
+            angles = (positions[:, None] * self.inverse_frequencies.double()).float()
+            self._angles = (angles.cos(), angles.sin())
+        cos, sin = self._angles
+        return cos[first : first + frames], sin[first : first + frames]
+
+    def _heads(self, x: torch.Tensor, first_position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, frames, pixels, _ = x.shape
         qkv = self.qkv(x).permute(0, 2, 1, 3).reshape(batch * pixels, frames, 3, self.n_heads, -1)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B*N, heads, T, head_dim]
-        return q, k, v
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B*N, heads, T, head_dim]
+        if self.rotary:  # queries and keys turned together
+            cos, sin = self._rotation(first_position, frames)
+            q, k = rotate(qkv[:2], cos, sin)
+            return q, k, qkv[2]
+        return qkv[0], qkv[1], qkv[2]
 
     def _merge(self, out: torch.Tensor, batch: int, pixels: int) -> torch.Tensor:
         frames = out.shape[2]
         out = out.transpose(1, 2).reshape(batch, pixels, frames, -1).permute(0, 2, 1, 3)
         return self.proj(out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(x)
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True), x.shape[0], x.shape[2])
-
-    def step(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
-        """One new frame x [B, 1, N, d] attending to itself and the cached past frames."""
-        q, k, v = self._heads(x)
-        cache.keys = k if cache.keys is None else torch.cat([cache.keys, k], dim=2)
-        cache.values = v if cache.values is None else torch.cat([cache.values, v], dim=2)
-        out = F.scaled_dot_product_attention(q, cache.keys, cache.values)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """All frames x [B, T, N, d] at once; `cache`, if given, keeps their keys and values."""
+        frames = x.shape[1]
+        q, k, v = self._heads(x, 0)
+        if cache is not None:
+            cache.write(k, v, 0)
+        if frames <= self.window:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # only rotary positions get here: learned ones stop at the window
+            mask = window_mask(frames, self.window, x.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._merge(out, x.shape[0], x.shape[2])
+
+    def step(self, x: torch.Tensor, cache: LayerCache, position: int) -> torch.Tensor:
+        """One new frame x [B, 1, N, d] at `position`, attending to itself and the cached
+        frames still in the window."""
+        q, k, v = self._heads(x, position)
+        cache.write(k, v, position)
+        keys, values = cache.visible(position + 1)
+        # one query: two matmuls beat the CPU's fused attention kernel here (half the time at batch 8)
+        weights = (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+        return self._merge(weights @ values, x.shape[0], x.shape[2])
 
 
 class GaussianLayer(nn.Module):
@@ -125,33 +178,65 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm_spatial, self.spatial = nn.LayerNorm(d), SpatialAttention(d, cfg.n_heads)
-        self.norm_temporal, self.temporal = nn.LayerNorm(d), TemporalAttention(d, cfg.n_heads)
+        self.norm_temporal = nn.LayerNorm(d)
+        self.temporal = TemporalAttention(
+            d, cfg.n_heads, cfg.max_frames, rotary=cfg.temporal_positions == "rotary"
+        )
         self.norm_ff = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
         self.gaussian = GaussianLayer(cfg, grid)
 
-    def forward(self, x, deterministic=False, generator=None):
+    def forward(self, x, deterministic=False, generator=None, cache: LayerCache | None = None):
         x = x + self.spatial(self.norm_spatial(x))
-        x = x + self.temporal(self.norm_temporal(x))
+        x = x + self.temporal(self.norm_temporal(x), cache)
         x = x + self.ff(self.norm_ff(x))
         return self.gaussian(x, deterministic, generator)
 
-    def step(self, x, cache: LayerCache, deterministic=False, generator=None):
+    def step(self, x, cache: LayerCache, position: int, deterministic=False, generator=None):
         x = x + self.spatial(self.norm_spatial(x))
-        x = x + self.temporal.step(self.norm_temporal(x), cache)
+        x = x + self.temporal.step(self.norm_temporal(x), cache, position)
         x = x + self.ff(self.norm_ff(x))
         return self.gaussian(x, deterministic, generator)
 
 
 @dataclass
 class LayerCache:
+    """One layer's temporal keys and values [B*N, heads, window, head_dim], a ring: the frame at
+    position p sits in slot p % window, so the newest frame overwrites the one that has just left
+    the window (attention does not care about the order of its keys)."""
+
+    window: int
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor, first_position: int) -> None:
+        """Keep the keys and values [B*N, heads, t, head_dim] of positions first_position.. on."""
+        if self.keys is None:
+            shape = (*keys.shape[:2], self.window, keys.shape[-1])
+            self.keys, self.values = keys.new_zeros(shape), values.new_zeros(shape)
+        count = keys.shape[2]
+        kept = min(count, self.window)  # of a long prefill only the last `window` frames matter
+        first = first_position + count - kept
+        slot = first % self.window
+        head = min(kept, self.window - slot)  # up to the ring's end, then the rest from its start
+        for target, source in (
+            (slice(slot, slot + head), slice(count - kept, count - kept + head)),
+            (slice(0, kept - head), slice(count - kept + head, count)),
+        ):
+            if target.stop > target.start:
+                self.keys[:, :, target] = keys[:, :, source]
+                self.values[:, :, target] = values[:, :, source]
+
+    def visible(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of the last min(length, window) frames of a sequence of `length`."""
+        filled = min(length, self.window)
+        return self.keys[:, :, :filled], self.values[:, :, :filled]
 
 
 @dataclass
 class KVCache:
-    """Temporal keys and values of the frames seen so far, one entry per layer."""
+    """Temporal keys and values of the frames seen so far (of the last `window` of them), one
+    ring per layer; `length` counts every frame fed, start frame included."""
 
     layers: list[LayerCache] = field(default_factory=list)
     length: int = 0
@@ -391,7 +476,8 @@ class STTransformer(nn.Module):
         self.register_buffer("codebook", vectors)  # frozen
         self.embed = nn.Linear(code_dim, cfg.d_model)
         self.spatial_position = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
-        self.temporal_position = nn.Parameter(torch.randn(cfg.max_frames, cfg.d_model) * 0.02)
+        if not self.rotary:
+            self.temporal_position = nn.Parameter(torch.randn(cfg.max_frames, cfg.d_model) * 0.02)
         self.start_frame = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -403,6 +489,11 @@ class STTransformer(nn.Module):
         if self.residual:  # start from "nothing moved": the first prediction copies the last frame
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    @property
+    def rotary(self) -> bool:
+        """Whether temporal positions are relative (rotary), so a rollout can run past the window."""
+        return self.config.temporal_positions == "rotary"
 
     @property
     def codebook_size(self) -> int:
@@ -438,23 +529,39 @@ class STTransformer(nn.Module):
         summed KL of the Gaussian layers [B, T]. The last frame of `codes` is never
         read, so it may be a placeholder.
         """
-        batch, frames = codes.shape[:2]
-        if frames > self.config.max_frames:
-            raise ValueError(
-                f"{frames} frames, but the model has {self.config.max_frames} temporal positions"
-            )
-        start = self.start_frame.expand(batch, 1, -1, -1)
-        x = torch.cat([start, self._embed(codes[:, :-1])], dim=1)
-        x = x + self.temporal_position[:frames, None] + self.spatial_position
-        kl = torch.zeros(batch, frames, device=codes.device)
-        for block in self.blocks:
-            x, layer_kl = block(x, deterministic, generator)
-            kl = kl + layer_kl
-        out = self.head(self.norm(x))
+        out, kl = self._run(codes[:, :-1], deterministic, generator)
         if self.residual:  # frame 0 follows the start frame, which has no codes to add
             previous = self.codebook[codes[:, :-1].flatten(2)].to(out.dtype)
             out = torch.cat([out[:, :1], out[:, 1:] + previous], dim=1)
         return out, kl
+
+    def _run(
+        self,
+        inputs: torch.Tensor,
+        deterministic: bool,
+        generator: torch.Generator | None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start frame and input codes [B, T-1, h, w] through every layer at once: the head's
+        output [B, T, h*w, *] (before any residual) and the summed KL [B, T]; `cache`, if given,
+        keeps each layer's temporal keys and values."""
+        batch, frames = inputs.shape[0], inputs.shape[1] + 1
+        if not self.rotary and frames > self.config.max_frames:
+            raise ValueError(
+                f"{frames} frames, but the model has {self.config.max_frames} temporal positions"
+            )
+        start = self.start_frame.expand(batch, 1, -1, -1)
+        x = torch.cat([start, self._embed(inputs)], dim=1) + self.spatial_position
+        if not self.rotary:
+            x = x + self.temporal_position[:frames, None]
+        kl = torch.zeros(batch, frames, device=inputs.device)
+        layer_caches = cache.layers if cache is not None else [None] * len(self.blocks)
+        for block, layer_cache in zip(self.blocks, layer_caches, strict=True):
+            x, layer_kl = block(x, deterministic, generator, layer_cache)
+            kl = kl + layer_kl
+        if cache is not None:
+            cache.length = frames
+        return self.head(self.norm(x)), kl
 
     def forward(
         self,
@@ -483,7 +590,22 @@ class STTransformer(nn.Module):
         )
 
     def new_cache(self) -> KVCache:
-        return KVCache([LayerCache() for _ in self.blocks])
+        return KVCache([LayerCache(self.config.max_frames) for _ in self.blocks])
+
+    def prefill(
+        self,
+        codes: torch.Tensor,
+        cache: KVCache,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Feed the start frame and codes [B, P, h, w] in one pass, filling an empty `cache`, and
+        get the prediction of frame P [B, h*w, *]: what P + 1 calls of `step` give, at once."""
+        out, _ = self._run(codes, deterministic, generator, cache)
+        out = out[:, -1]
+        if self.residual and codes.shape[1]:
+            out = out + self.codebook[codes[:, -1].flatten(1)].to(out.dtype)
+        return out
 
     def step(
         self,
@@ -496,19 +618,22 @@ class STTransformer(nn.Module):
         """Feed one frame (None: the start frame) and get the prediction of the next.
 
         The i-th call (from 0) sees input position i, as the full forward does:
-        step(None) predicts frame 0, step(frame 0) predicts frame 1, and so on.
+        step(None) predicts frame 0, step(frame 0) predicts frame 1, and so on. With rotary
+        positions it goes on past the window, as the full forward does over a longer clip.
         Returns [B, h*w, code_dim or codebook_size].
         """
         position = cache.length
-        if position >= self.config.max_frames:
+        if not self.rotary and position >= self.config.max_frames:
             raise ValueError(f"the cache is full ({self.config.max_frames} temporal positions)")
         if frame_codes is None:
             x = self.start_frame.expand(batch or 1, 1, -1, -1)
         else:
             x = self._embed(frame_codes[:, None])
-        x = x + self.temporal_position[position] + self.spatial_position
+        x = x + self.spatial_position
+        if not self.rotary:
+            x = x + self.temporal_position[position]
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
-            x, _ = block.step(x, layer_cache, deterministic, generator)
+            x, _ = block.step(x, layer_cache, position, deterministic, generator)
         cache.length += 1
         out = self.head(self.norm(x))[:, 0]
         if self.residual and frame_codes is not None:

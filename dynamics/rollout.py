@@ -1,13 +1,16 @@
 """Autoregressive rollouts: P prompt frames in, K generated frames out.
 
-`rollout` runs one model step per new frame over its h*w latent pixels, with
-the temporal keys and values of earlier frames cached. `rollout_uncached` is
-the original's way, re-running the whole sequence for every new frame; it is
-kept as the reference the cache must match and as the benchmark's baseline.
+`rollout` feeds the prompt in one pass (filling the key/value cache), then runs one model
+step per new frame over its h*w latent pixels. With rotary temporal positions the cache is
+a ring of the last `max_frames` frames, so a rollout of any length costs the same per frame,
+and it equals the full forward over the whole sequence with the same window.
 
-When prompt plus generated frames exceed the model's temporal positions, the
-context slides: the cache is rebuilt from the latest frames, so K can exceed
-the training length.
+`rollout_uncached` is the original's way, re-running the sequence (up to the window) for
+every new frame; it is the benchmark's baseline and, re-running the whole history, the
+reference the cache must match.
+
+A model with learned temporal positions has no position past the window: its cache is
+rebuilt from the latest frames once the window is full.
 """
 
 from __future__ import annotations
@@ -34,34 +37,30 @@ def rollout(
 ) -> torch.Tensor:
     """Prompt codes [B, P, h, w] -> [B, P + steps, h, w], with the key/value cache.
 
-    Past the model's temporal positions the window slides: the cache is rebuilt from
-    the last `max_frames - 1` frames. A list passed as `vectors` receives each generated
-    frame's expected code vectors [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
+    A list passed as `vectors` receives each generated frame's expected code vectors
+    [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
     """
     window = model.config.max_frames
-    if prompt.shape[1] + 1 > window:
+    if not model.rotary and prompt.shape[1] + 1 > window:
         raise ValueError(
             f"a prompt of {prompt.shape[1]} frames needs {prompt.shape[1] + 1} positions; "
             f"the model has {window}"
         )
-    batch = prompt.shape[0]
     frames = list(prompt.unbind(1))
     cache = model.new_cache()
-    out = model.step(None, cache, batch=batch, deterministic=deterministic, generator=generator)
-    for frame in frames:
-        out = model.step(frame, cache, deterministic=deterministic, generator=generator)
+    out = model.prefill(prompt, cache, deterministic=deterministic, generator=generator)
     for _ in range(steps):
         frames.append(_sample(model, out, temperature, top_k, generator))
         if vectors is not None:
             vectors.append(model.expected_vectors(out))
         if len(frames) == steps + prompt.shape[1]:
             break
-        if cache.length >= window:  # slide: start frame + the last window - 1 frames
+        if not model.rotary and cache.length >= window:  # rebuild: start frame + the last window - 1
             cache = model.new_cache()
-            model.step(None, cache, batch=batch, deterministic=deterministic, generator=generator)
-            for frame in frames[-(window - 1) : -1]:
-                model.step(frame, cache, deterministic=deterministic, generator=generator)
-        out = model.step(frames[-1], cache, deterministic=deterministic, generator=generator)
+            recent = torch.stack(frames[-(window - 1) :], dim=1)
+            out = model.prefill(recent, cache, deterministic=deterministic, generator=generator)
+        else:
+            out = model.step(frames[-1], cache, deterministic=deterministic, generator=generator)
     return torch.stack(frames, dim=1)
 
 
@@ -74,13 +73,17 @@ def rollout_uncached(
     top_k: int | None = None,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
+    whole_history: bool = False,
 ) -> torch.Tensor:
-    """The same rollout, re-running the full sequence (up to the window) for each new frame."""
+    """The same rollout, re-running the last `max_frames - 1` frames for each new frame (the
+    original's way), or with `whole_history` (rotary positions only) the whole sequence."""
     window = model.config.max_frames
+    if whole_history and not model.rotary:
+        raise ValueError("whole_history needs rotary temporal positions: learned ones stop at the window")
     sequence = prompt
     for _ in range(steps):
         # to predict frame t the model needs inputs [start, ..., frame t-1]: t positions
-        visible = sequence[:, -(window - 1) :]
+        visible = sequence if whole_history else sequence[:, -(window - 1) :]
         padded = torch.cat([visible, visible[:, -1:]], dim=1)  # a placeholder for the frame to predict
         out, _ = model.predict(padded, deterministic=deterministic, generator=generator)
         codes = _sample(model, out[:, -1], temperature, top_k, generator)

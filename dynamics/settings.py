@@ -29,7 +29,14 @@ class STTransformerConfig:
     gaussian_kernel: int = Field(3, ge=1)  # the Gaussian layer's convolution over the latent grid
     logvar_min: float = -10.0
     logvar_max: float = 2.0
-    max_frames: int = Field(32, ge=2)  # temporal positions, start frame included
+    # rotary: temporal attention sees how far back a frame is, not where it sits, so generation
+    # slides a fixed ring of the last `max_frames` frames and runs any length at a flat cost per
+    # frame; learned: one learned embedding per position (the original's; checkpoints written
+    # before rotary have these, and their rollouts rebuild the cache once the window is full)
+    temporal_positions: Literal["rotary", "learned"] = "rotary"
+    # the temporal window, start frame included: learned positions' count; with rotary, how many
+    # frames a frame attends to (itself included) and the size of generation's key/value ring
+    max_frames: int = Field(32, ge=2)
     # regression and tied heads: predict the change from the previous frame's code vectors (a bias
     # towards "nothing moved", which most latent pixels of a frame obey); the head starts at zero, so
     # an untrained model copies the last frame
@@ -39,6 +46,10 @@ class STTransformerConfig:
     def _consistent(self) -> STTransformerConfig:
         if self.d_model % self.n_heads:
             raise problem("d_model", self.d_model, f"a multiple of n_heads ({self.n_heads})")
+        if self.temporal_positions == "rotary" and (self.d_model // self.n_heads) % 2:
+            raise problem(
+                "d_model", self.d_model, "an even width per head (d_model / n_heads) for rotary positions"
+            )
         if self.gaussian_kernel % 2 == 0:
             raise problem("gaussian_kernel", self.gaussian_kernel, "an odd size")
         return self
@@ -50,6 +61,9 @@ class DynamicsSettings:
 
     model: STTransformerConfig = field(default_factory=STTransformerConfig)
     max_steps: int = Field(1000, ge=1)
+    # a wall-clock budget besides the steps: the run stops (evaluating and saving) at whichever
+    # comes first, and the LR decays over it; a resumed run spends only what is left
+    max_minutes: float | None = Field(None, gt=0)
     batch_size: int = Field(8, ge=1)  # clips per batch on each rank
     min_frames: int | None = Field(
         None, ge=1
@@ -71,7 +85,9 @@ class DynamicsSettings:
     # Train as it generates: before a step, `rollout_passes` gradient-free passes replace the
     # input frames after a random prompt (rollout_prompt..clip_frames - 1 frames) with the
     # model's own predictions, so it learns to go on from its errors rather than compound them
-    # into a fade. Pass k makes the k-th predicted frame exactly what free running would feed.
+    # into a fade. Pass k makes the k-th predicted frame exactly what free running would feed;
+    # passes as many as the frames after the prompt (e.g. clip_frames) make all of them exact, by
+    # one cached rollout that costs about one pass.
     rollout_passes: int = Field(0, ge=0)
     rollout_prompt: int = Field(5, ge=1)
     rollout_prob: float = Field(1.0, ge=0, le=1)  # share of steps that do it

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from common import training
 from dynamics.checkpoint import load_codebook, save_dynamics
 from dynamics.model import STTransformer
+from dynamics.rollout import rollout
 from dynamics.settings import DynamicsSettings
 from pipeline.latents import LatentClips, open_latents
 from pipeline.splits import TRAIN, VAL
@@ -54,6 +55,7 @@ def train_dynamics(
     # --- the model, its optimizer and schedule, then the state of a run that stopped ----------
     torch.manual_seed(settings.seed)
     model = STTransformer(arch, codebook, grid, tokenizer_arch.get("fsq_levels"))
+    budget = training.Budget(settings.max_minutes)
     optimizer, schedule = training.adamw(
         model.parameters(),
         settings.lr,
@@ -61,6 +63,7 @@ def train_dynamics(
         settings.weight_decay,
         settings.warmup_steps,
         settings.max_steps,
+        budget,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     # every rank starts from the same weights (seeded above) but draws its own Gaussian-layer noise
@@ -68,7 +71,7 @@ def train_dynamics(
     # a missing split must fail on every rank now, not on rank 0 at the first evaluation
     if not (store.group["split"][:] == VAL).any():
         raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
-    progress = training.resume_progress(accelerator, out, "train-dynamics", schedule)
+    progress = training.resume_progress(accelerator, out, "train-dynamics", schedule, budget=budget)
     loader = clip_batches(settings, latents_uri, tokenizer_identity, accelerator, progress.step)
     plain = accelerator.unwrap_model(model)
 
@@ -153,8 +156,13 @@ def free_running_inputs(model: STTransformer, codes: torch.Tensor, prompt: int, 
     """Input frames from `prompt` on replaced by the model's own predictions (nearest codes,
     Gaussian layers sampled, as generation does). Each pass redoes every prediction from the
     previous pass's inputs, so after pass k the first k predicted frames are exactly what
-    free running would feed, and the later ones carry errors of about k steps."""
+    free running would feed, and the later ones carry errors of about k steps. Passes enough
+    to make every frame exact are one cached rollout instead, which costs about one pass."""
     inputs = codes.clone()
+    frames = codes.shape[1]
+    if passes >= frames - prompt:
+        inputs[:, prompt:] = rollout(model, codes[:, :prompt], frames - prompt)[:, prompt:]
+        return inputs
     for _ in range(passes):
         out, _ = model.predict(inputs)
         inputs[:, prompt:] = model.to_codes(out[:, prompt:].flatten(0, 1)).view_as(inputs[:, prompt:])

@@ -86,9 +86,10 @@ def test_gaussian_layer_kl_and_sampling():
     assert kl_a.shape == (2, 3) and torch.equal(kl_a, kl_d)
 
 
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
 @pytest.mark.parametrize("head", ["regression", "categorical", "tied"])
-def test_cached_steps_equal_the_full_forward(head):
-    net = model(head)
+def test_cached_steps_and_the_prefill_equal_the_full_forward(head, positions):
+    net = model(head, temporal_positions=positions)
     clip = codes(batch=3, frames=7)
     full, _ = net.predict(clip, deterministic=True)
     cache = net.new_cache()
@@ -97,6 +98,45 @@ def test_cached_steps_equal_the_full_forward(head):
         steps.append(net.step(clip[:, t], cache, deterministic=True))
     assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
     assert cache.length == 7
+    prefilled = net.new_cache()
+    last = net.prefill(clip[:, :-1], prefilled, deterministic=True)
+    assert torch.allclose(last, full[:, -1], atol=1e-5) and prefilled.length == 7
+    # the prefilled cache goes on as the stepped one does
+    after_prefill = net.step(clip[:, -1], prefilled, deterministic=True)
+    assert torch.allclose(after_prefill, net.step(clip[:, -1], cache, deterministic=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("prefill", [1, 5, 20])
+def test_rotary_steps_past_the_window_equal_the_windowed_full_forward(prefill):
+    """A ring of the last `max_frames` keys and values gives what the full forward gives over a
+    clip three times the window, where each frame attends to the last `max_frames` frames."""
+    net = model("categorical", max_frames=6)
+    clip = codes(batch=2, frames=18)
+    full, _ = net.predict(clip, deterministic=True)
+    cache = net.new_cache()
+    steps = [net.prefill(clip[:, : prefill - 1], cache, deterministic=True)]
+    for t in range(prefill - 1, clip.shape[1] - 1):
+        steps.append(net.step(clip[:, t], cache, deterministic=True))
+    assert torch.allclose(torch.stack(steps, dim=1), full[:, prefill - 1 :], atol=1e-5)
+    # the window binds: frame 17 does not see frame 0 (a change there changes nothing), frame 5 does
+    changed = clip.clone()
+    changed[:, 0] = (clip[:, 0] + 1) % CODES
+    other, _ = net.predict(changed, deterministic=True)
+    assert torch.allclose(other[:, 17], full[:, 17], atol=1e-6)
+    assert not torch.allclose(other[:, 5], full[:, 5], atol=1e-4)
+
+
+def test_learned_positions_stop_at_the_window_and_rotary_ones_go_on():
+    learned = model(temporal_positions="learned", max_frames=6)
+    with pytest.raises(ValueError, match="6 temporal positions"):
+        learned.predict(codes(frames=7))
+    assert "temporal_position" in learned.state_dict()
+    rotary = model(max_frames=6)
+    assert rotary.predict(codes(frames=7))[0].shape[1] == 7
+    assert "temporal_position" not in rotary.state_dict()
+    with pytest.raises(ValueError, match="even width per head"):
+        STTransformerConfig(d_model=12, n_heads=4)
+    STTransformerConfig(d_model=12, n_heads=4, temporal_positions="learned")
 
 
 def test_padding_masks_the_loss_and_lengths_change_nothing_before_them():
@@ -194,7 +234,7 @@ def test_loss_decreases_when_overfitting_a_few_clips():
         clip = codes(batch=4, frames=6)
         optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
         first = float(net(clip).loss.detach())
-        for _ in range(60):
+        for _ in range(100):
             loss = net(clip).loss
             optimizer.zero_grad()
             loss.backward()
@@ -214,6 +254,8 @@ def test_free_running_inputs_are_what_generation_feeds_after_the_prompt():
     inputs = free_running_inputs(net, clip, prompt=3, passes=5)
     assert torch.equal(inputs[:, :3], clip[:, :3])
     assert torch.equal(inputs, rollout(net, clip[:, :3], 5, deterministic=True))
+    # (that many passes take one cached rollout; four passes, redone in full, agree on four frames)
+    assert torch.equal(free_running_inputs(net, clip, prompt=3, passes=4)[:, :7], inputs[:, :7])
     # one pass: the first predicted frame is free-running, later ones come from true inputs
     once = free_running_inputs(net, clip, prompt=3, passes=1)
     assert torch.equal(once[:, 3], inputs[:, 3])
@@ -304,3 +346,23 @@ def test_a_factorized_model_saves_and_loads_with_its_levels(tmp_path):
     assert config["code_levels"] == LEVELS and torch.equal(loaded.codebook, grid)
     clip = torch.randint(0, 60, (1, 4, *GRID), generator=torch.Generator().manual_seed(2))
     assert torch.equal(loaded.predict(clip, deterministic=True)[0], net.predict(clip, deterministic=True)[0])
+
+
+def test_a_checkpoint_from_before_rotary_positions_loads_with_its_learned_ones(tmp_path):
+    import json
+
+    from dynamics.checkpoint import load_dynamics, save_dynamics
+
+    net = model("categorical", temporal_positions="learned")
+    save_dynamics(net, tmp_path / "old", tokenizer_identity="abc")
+    config_path = tmp_path / "old" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["temporal_positions"]  # as those checkpoints were written
+    config_path.write_text(json.dumps(config))
+    loaded, _ = load_dynamics(tmp_path / "old")
+    assert not loaded.rotary
+    clip = codes()
+    assert torch.equal(loaded.predict(clip, deterministic=True)[0], net.predict(clip, deterministic=True)[0])
+    # a rotary one says so, and comes back rotary
+    save_dynamics(model("categorical"), tmp_path / "new", tokenizer_identity="abc")
+    assert load_dynamics(tmp_path / "new")[0].rotary

@@ -109,7 +109,7 @@ def test_the_loop_keeps_its_cadence_and_a_finished_run_only_evaluates(tmp_path):
         summary = run_loop(
             accelerator,
             progress,
-            SimpleNamespace(max_steps=7, log_every=2, eval_every=3, checkpoint_every=4),
+            SimpleNamespace(max_steps=7, max_minutes=None, log_every=2, eval_every=3, checkpoint_every=4),
             tmp_path,
             name="test-loop",
             unit="frames",
@@ -121,14 +121,69 @@ def test_the_loop_keeps_its_cadence_and_a_finished_run_only_evaluates(tmp_path):
         return summary, logged
 
     summary, logged = run()
-    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "score"]
+    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "score", "steps"]
     assert logged == [(2, logs), (3, evals), (4, logs), (6, logs), (6, evals), (7, logs), (7, evals)]
     assert checkpoints == [4, 7] and (tmp_path / "train_state").is_dir()
-    assert summary["score"] == 7.0 and summary["frames_per_s"] > 0
+    assert summary["score"] == 7.0 and summary["steps"] == 7 and summary["frames_per_s"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
     # run again: it resumes at its last step, trains no more and reports what the checkpoint holds
     again, logged = run()
     assert again == {"score": 7.0} and logged == [] and checkpoints == [4, 7]
+
+
+def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path):
+    """max_minutes: the loop stops at the step that spends the budget, evaluates and saves there,
+    and the LR schedule has decayed over the minutes; resumed, the run has nothing left to spend."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    from common.training import Budget, StepResult, adamw, make_accelerator, resume_progress, run_loop
+
+    checkpoints, rates = [], []
+
+    def run() -> dict:
+        accelerator = make_accelerator("no", 1)
+        budget = Budget(minutes=0.3 / 60)  # 0.3 s
+        optimizer, schedule = adamw(
+            [torch.nn.Parameter(torch.zeros(1))], 1.0, (0.9, 0.95), 0.0, 0, 1000, budget
+        )
+        progress = resume_progress(accelerator, tmp_path, "test-budget", schedule, budget=budget)
+
+        def step():
+            time.sleep(0.05)
+            optimizer.step()
+            schedule.step()
+            rates.append(schedule.get_last_lr()[0])
+            return StepResult(1, lambda: {"loss": 1.0})
+
+        return run_loop(
+            accelerator,
+            progress,
+            SimpleNamespace(
+                max_steps=1000,
+                max_minutes=budget.minutes,
+                log_every=100,
+                eval_every=100,
+                checkpoint_every=100,
+            ),
+            tmp_path,
+            name="test-budget",
+            unit="frames",
+            step=step,
+            evaluate=lambda: {"score": float(progress.step)},
+            write_checkpoint=lambda: checkpoints.append(progress.step),
+        )
+
+    summary = run()
+    steps = summary["steps"]
+    assert 3 <= steps <= 8 and checkpoints == [steps] and summary["score"] == steps
+    assert json.loads((tmp_path / "train_state" / "progress.json").read_text())["seconds"] >= 0.3
+    # the schedule follows the clock: well below the start by the end, though 1000 steps were allowed
+    assert rates[-1] < 0.5 * rates[0]
+    again = run()
+    assert again == {"score": float(steps)} and checkpoints == [steps] and len(rates) == steps
 
 
 def test_training_writes_a_checkpoint_that_names_its_tokenizer(latent_root, tmp_path):

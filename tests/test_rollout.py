@@ -11,10 +11,16 @@ from dynamics.settings import STTransformerConfig
 GRID, CODES = (3, 3), 16
 
 
-def model(head: str, max_frames: int = 10, residual: bool = False) -> STTransformer:
+def model(head: str, max_frames: int = 10, residual: bool = False, positions="rotary") -> STTransformer:
     torch.manual_seed(0)
     cfg = STTransformerConfig(
-        d_model=32, n_layers=2, n_heads=4, head=head, max_frames=max_frames, residual=residual
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        head=head,
+        max_frames=max_frames,
+        residual=residual,
+        temporal_positions=positions,
     )
     return STTransformer(cfg, torch.randn(CODES, 8), GRID).eval()
 
@@ -24,15 +30,35 @@ def prompt(batch=2, frames=4):
 
 
 @pytest.mark.parametrize("head", ["regression", "categorical", "tied", "residual"])
-@pytest.mark.parametrize("steps", [1, 5, 14])  # 14: past the 10 positions, the window slides
+@pytest.mark.parametrize("steps", [1, 5, 14, 40])  # past the 10 positions, the window slides
 def test_cached_rollout_equals_the_full_rerun(head, steps):
-    net = model("regression", residual=True) if head == "residual" else model(head)
+    """Rotary: the ring against re-running the whole history (same window); learned positions:
+    the rebuilt cache against the original's re-run of the last frames."""
+    for positions in ("rotary", "learned"):
+        net = (
+            model("regression", residual=True, positions=positions)
+            if head == "residual"
+            else model(head, positions=positions)
+        )
+        start = prompt()
+        cached = rollout(net, start, steps, deterministic=True)
+        full = rollout_uncached(net, start, steps, deterministic=True, whole_history=positions == "rotary")
+        assert cached.shape == (2, 4 + steps, *GRID)
+        assert torch.equal(cached[:, :4], start)
+        assert torch.equal(cached, full), positions
+
+
+def test_a_rotary_rollout_runs_any_length_and_forgets_what_left_the_window():
+    net = model("categorical")
     start = prompt()
-    cached = rollout(net, start, steps, deterministic=True)
-    full = rollout_uncached(net, start, steps, deterministic=True)
-    assert cached.shape == (2, 4 + steps, *GRID)
-    assert torch.equal(cached[:, :4], start)
-    assert torch.equal(cached, full)
+    long = rollout(net, start, 100, deterministic=True)
+    assert long.shape == (2, 104, *GRID)
+    # a prompt frame long out of the window changes nothing of the last frames
+    changed = start.clone()
+    changed[:, 0] = (start[:, 0] + 1) % CODES
+    assert torch.equal(rollout(net, changed, 100, deterministic=True)[:, -20:], long[:, -20:])
+    with pytest.raises(ValueError, match="whole_history needs rotary"):
+        rollout_uncached(model("categorical", positions="learned"), start, 2, whole_history=True)
 
 
 def test_sampling_is_reproducible_by_seed_and_varies_across_seeds():
@@ -45,9 +71,15 @@ def test_sampling_is_reproducible_by_seed_and_varies_across_seeds():
     assert not torch.equal(sample(3), sample(4))
 
 
-def test_a_prompt_longer_than_the_context_is_refused():
+def test_a_prompt_longer_than_learned_positions_is_refused_and_rotary_takes_it():
     with pytest.raises(ValueError, match="needs 11 positions"):
-        rollout(model("regression"), prompt(frames=10), 2)
+        rollout(model("regression", positions="learned"), prompt(frames=10), 2)
+    net = model("regression")
+    long_prompt = prompt(frames=25)
+    assert torch.equal(
+        rollout(net, long_prompt, 3, deterministic=True),
+        rollout_uncached(net, long_prompt, 3, deterministic=True, whole_history=True),
+    )
 
 
 def test_a_residual_head_adds_the_previous_frames_code_vectors():

@@ -102,6 +102,9 @@ class TokenizerSettings:
 
     model: VQGANConfig = field(default_factory=VQGANConfig)
     max_steps: int = Field(600, ge=1)
+    # a wall-clock budget besides the steps: the run stops (evaluating and saving) at whichever
+    # comes first, and the LR decays over it; a resumed run spends only what is left
+    max_minutes: float | None = Field(None, gt=0)
     batch_videos: int = Field(8, ge=1)  # videos per batch on each rank
     frames_per_video: int = Field(4, ge=1)  # frames drawn from each video: a batch holds batch_videos x this
     lr: float = Field(4e-4, gt=0)

@@ -84,16 +84,23 @@ def train_tokenizer(
     perceptual = (
         PerceptualLoss(settings.perceptual_weights).to(device) if settings.perceptual_weight else None
     )
+    budget = training.Budget(settings.max_minutes)
     opt_g, sched_g = training.adamw(
-        model.parameters(), settings.lr, settings.betas, 0.0, settings.warmup_steps, settings.max_steps
+        model.parameters(),
+        settings.lr,
+        settings.betas,
+        0.0,
+        settings.warmup_steps,
+        settings.max_steps,
+        budget,
     )
     disc_steps = max(1, settings.max_steps - settings.disc_start)
     disc_warmup = min(settings.warmup_steps, disc_steps)
     opt_d, sched_d = training.adamw(
-        discriminator.parameters(), settings.disc_lr, settings.betas, 0.0, disc_warmup, disc_steps
+        discriminator.parameters(), settings.disc_lr, settings.betas, 0.0, disc_warmup, disc_steps, budget
     )
     model, discriminator, opt_g, opt_d = accelerator.prepare(model, discriminator, opt_g, opt_d)
-    progress = training.resume_progress(accelerator, out, "train-tokenizer", sched_g, sched_d)
+    progress = training.resume_progress(accelerator, out, "train-tokenizer", sched_g, sched_d, budget=budget)
     loader = frame_batches(settings, source, accelerator, progress.step)
     plain_model, plain_disc = accelerator.unwrap_model(model), accelerator.unwrap_model(discriminator)
 

@@ -1,0 +1,179 @@
+"""Training loops against this machine's own limit: model FLOP utilisation, measured in one run.
+
+The limit is the dense matmul rate of this machine, measured first (square fp32 matmuls of
+the largest size that fits the cache well; bf16 on a GPU). Then each training loop's step
+(forward, backward, AdamW) of the config's models, on inputs of its shape, is timed and its
+FLOPs counted by PyTorch's FlopCounterMode:
+
+- train-dynamics: the Spatial-Temporal Transformer on random codes [batch, clip_frames, h, w];
+- train-tokenizer: the VQGAN (reconstruction + quantizer loss, no discriminator, as the demo's
+  steps run) on random frames [batch_videos x frames_per_video, C, H, W].
+
+It prints tokens/s (frames/s), the achieved FLOP/s and its ratio to the matmul rate: an MFU
+for CPUs (on a GPU the same ratio, in bf16, and against the card's listed peak as well).
+
+    .venv/bin/python bench/training.py [--config configs/demo.yaml] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from dynamics.model import STTransformer
+from jobs.config import load_config
+from tokenizer.model import VQGAN
+
+REPO = Path(__file__).resolve().parents[1]
+PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16, FLOP/s
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(device: str, dtype: torch.dtype, seconds: float = 2.0) -> float:
+    """FLOP/s of the best square matmul size here (each size timed for about `seconds`/4)."""
+    best = 0.0
+    for size in (512, 1024, 2048) if device == "cpu" else (4096, 8192):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b  # warm-up
+        synchronize(device)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 4:
+            a @ b
+            count += 1
+        synchronize(device)
+        best = max(best, 2 * size**3 * count / (time.perf_counter() - started))
+    return best
+
+
+def timed_steps(step, steps: int, device: str) -> float:
+    """Seconds per call of `step`, after one warm-up call."""
+    step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def measure(
+    name: str, model, loss_of, items: int, unit: str, steps: int, device: str, autocast, limit: float
+):
+    """Times `steps` optimizer steps of loss_of(model) and prints the rate and its MFU."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with autocast():
+            loss = loss_of(model)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast():
+            loss_of(model).backward()
+    model.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    seconds = timed_steps(step, steps, device)
+    achieved = flops / seconds
+    print(
+        f"{name:16s}: {items / seconds:9.0f} {unit}/s, {flops / items / 1e6:7.2f} MFLOP per {unit[:-1]}, "
+        f"{achieved / 1e9:7.2f} GFLOP/s = {achieved / limit:.1%} of the matmul rate (MFU)"
+    )
+    return achieved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="training loops' FLOP/s against this machine's matmul rate")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cpu":
+        torch.set_num_threads(torch.get_num_threads())  # all cores, as training uses them
+        autocast = nullcontext
+    else:
+
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    limit = matmul_rate(device, dtype)
+    print(
+        f"device {device}, {torch.get_num_threads()} threads; dense {dtype} matmul: {limit / 1e9:.1f} GFLOP/s"
+    )
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((value for key, value in PEAKS.items() if key in name), None)
+        if peak:
+            print(
+                f"(the card's listed bf16 peak: {peak / 1e12:.0f} TFLOP/s; "
+                f"the matmul reaches {limit / peak:.0%})"
+            )
+
+    torch.manual_seed(0)
+    arch = cfg.tokenizer.model
+    grid = (arch.grid, arch.grid)
+    if arch.quantizer == "fsq":
+        from tokenizer.model import FiniteScalarQuantizer
+
+        codebook, levels = FiniteScalarQuantizer(arch).grid, list(arch.fsq_levels)
+    else:
+        codebook, levels = torch.randn(arch.codebook_size, arch.code_dim), None
+    dynamics = STTransformer(cfg.dynamics.model, codebook, grid, levels).to(device).train()
+    batch, frames = cfg.dynamics.batch_size, cfg.data.clip_frames
+    codes = torch.randint(0, arch.codebook_size, (batch, frames, *grid), device=device)
+    measure(
+        "train-dynamics",
+        dynamics,
+        lambda model: model(codes).loss,
+        batch * frames * grid[0] * grid[1],
+        "tokens",
+        args.steps,
+        device,
+        autocast,
+        limit,
+    )
+
+    tokenizer = VQGAN(arch).to(device).train()
+    settings = cfg.tokenizer
+    images = torch.rand(
+        settings.batch_videos * settings.frames_per_video,
+        arch.in_channels,
+        arch.frame_size,
+        arch.frame_size,
+        device=device,
+    )
+
+    def tokenizer_loss(model):
+        out = model(images)
+        return F.l1_loss(out.recon, images) + out.quant_loss
+
+    measure(
+        "train-tokenizer",
+        tokenizer,
+        tokenizer_loss,
+        len(images),
+        "frames",
+        max(2, args.steps // 2),
+        device,
+        autocast,
+        limit,
+    )
+
+
+if __name__ == "__main__":
+    main()
