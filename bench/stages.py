@@ -2,12 +2,13 @@
 
 - encode: the encode stage's clips/s (Ray Data reads the raw shards, decodes with decord in
   tasks, encodes in an actor pool, the driver writes Zarr shards) ÷ the bare encoder forward's
-  (`Tokenizer.encode` on the same clips' frames, already in memory, at the stage's batch size,
-  one thread per actor as the stage's actors have, times its actors).
+  (`Tokenizer.encode` on the same clips' frames, already in memory, at the stage's batch size
+  and `encode.threads`, times its actors).
 - generate: the generate stage's frames/s (generated frames of every sample and protocol, over
   the stage's own seconds: the mean frame, Ray Data, decoding, scoring, writing) ÷ the bare
   rollouts' on the same clips (`rollout` with the stage's samples, prompt and protocols, one
-  thread per actor, times its actors).
+  thread per actor, times its actors); and ÷ the rollouts with the frames decoded by the
+  tokenizer as the stage decodes them (`continue_clip`): the rest is Ray Data, scoring, writing.
 
 A ratio of 1 is a stage that costs no more than its model; the rest is what the stage adds.
 
@@ -33,7 +34,7 @@ import torch
 import zarr
 
 from dynamics.checkpoint import load_dynamics
-from dynamics.generate import GenerationSettings, sample_groups
+from dynamics.generate import GenerationSettings, continue_clip, sample_groups
 from dynamics.rollout import rollout
 from jobs.config import load_config
 from pipeline.clips import decode_clips, plan_clips, video_bytes
@@ -92,7 +93,7 @@ def bench_encode(cfg, config: Path, source: Path, scratch: Path, sample: int) ->
     frames = torch.from_numpy(np.concatenate(list(decoded_clips(root, sample))))
     tokenizer = Tokenizer.from_pretrained(root / "tokenizer")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.encode.threads)
     batch = cfg.encode.batch_size
     tokenizer.encode(frames[:batch].flatten(0, 1))  # warm-up
     started = time.perf_counter()
@@ -103,7 +104,7 @@ def bench_encode(cfg, config: Path, source: Path, scratch: Path, sample: int) ->
     print(
         f"encode: stage {stage_rate:.1f} clips/s ({metrics['clips']} clips, {metrics['seconds']:.1f} s); "
         f"bare encoder {bare_rate:.1f} clips/s ({len(frames)} of them; "
-        f"{cfg.encode.num_actors} actor x 1 thread); "
+        f"{cfg.encode.num_actors} actor x {cfg.encode.threads} threads); "
         f"stage / bare {stage_rate / bare_rate:.2f}"
     )
 
@@ -124,6 +125,7 @@ def bench_generate(cfg, config: Path, source: Path, scratch: Path, clips: int) -
     ids = written["clip"][:]
     codes = torch.from_numpy(store.codes.get_orthogonal_selection((ids,)).astype(np.int64))
     model, _ = load_dynamics(root / "dynamics")
+    tokenizer = Tokenizer.from_pretrained(root / "tokenizer")
     settings = GenerationSettings.of(gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -131,14 +133,28 @@ def bench_generate(cfg, config: Path, source: Path, scratch: Path, clips: int) -
     for clip in codes:
         for prompt_frames, steps in protocols:
             for temperature, _, count in sample_groups(settings):
-                prompt = clip[None, :prompt_frames].expand(count, -1, -1, -1)
-                rollout(model, prompt, steps, temperature=temperature, deterministic=settings.deterministic)
-    bare_rate = frames / (time.perf_counter() - started) * gen.num_actors
+                rollout(
+                    model,
+                    clip[None, :prompt_frames],
+                    steps,
+                    temperature=temperature,
+                    deterministic=settings.deterministic,
+                    samples=count,
+                )
+    rollouts = time.perf_counter() - started
+    started = time.perf_counter()
+    for index, clip in enumerate(codes):  # the same rollouts, and the frames decoded as the stage does
+        for prompt_frames, steps in protocols:
+            continue_clip(model, tokenizer, clip, int(ids[index]), settings, prompt_frames, steps)
+    with_decoding = time.perf_counter() - started
     torch.set_num_threads(threads)
+    actors = gen.num_actors
+    bare, both = frames / rollouts * actors, frames / with_decoding * actors
     print(
         f"generate: stage {stage_rate:.1f} frames/s ({metrics['clips']} clips x {gen.samples} samples, "
-        f"{metrics['seconds']:.1f} s); bare rollouts {bare_rate:.1f} frames/s ({gen.num_actors} actors x "
-        f"1 thread); stage / bare {stage_rate / bare_rate:.2f}"
+        f"{metrics['seconds']:.1f} s, {actors} actors x 1 thread); bare rollouts {bare:.1f} frames/s, "
+        f"stage / bare {stage_rate / bare:.2f}; rollouts and decoding {both:.1f} frames/s, "
+        f"stage / both {stage_rate / both:.2f}"
     )
 
 

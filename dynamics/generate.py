@@ -93,8 +93,9 @@ def continue_clip(
         generated.append(
             rollout(
                 model,
-                prompt.expand(count, -1, -1, -1),
+                prompt,
                 steps,
+                samples=count,
                 temperature=temperature,
                 top_k=settings.top_k,
                 deterministic=settings.deterministic,

@@ -227,6 +227,14 @@ class LayerCache:
                 self.keys[:, :, target] = keys[:, :, source]
                 self.values[:, :, target] = values[:, :, source]
 
+    def repeat_batch(self, times: int, pixels: int) -> None:
+        """Each clip's entries `times` times over, side by side (keys are per clip and pixel)."""
+        for name in ("keys", "values"):
+            cached = getattr(self, name)
+            if cached is not None:
+                clips = cached.view(-1, pixels, *cached.shape[1:])
+                setattr(self, name, clips.repeat_interleave(times, dim=0).flatten(0, 1))
+
     def visible(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of the last min(length, window) frames of a sequence of `length`."""
         filled = min(length, self.window)
@@ -240,6 +248,12 @@ class KVCache:
 
     layers: list[LayerCache] = field(default_factory=list)
     length: int = 0
+    pixels: int = 1  # latent pixels per frame: a layer's keys hold one row per clip and pixel
+
+    def repeat_batch(self, times: int) -> None:
+        """Continue each clip `times` times: its cached frames shared by all (copied side by side)."""
+        for layer in self.layers:
+            layer.repeat_batch(times, self.pixels)
 
 
 @dataclass(frozen=True)
@@ -590,7 +604,9 @@ class STTransformer(nn.Module):
         )
 
     def new_cache(self) -> KVCache:
-        return KVCache([LayerCache(self.config.max_frames) for _ in self.blocks])
+        return KVCache(
+            [LayerCache(self.config.max_frames) for _ in self.blocks], pixels=self.grid[0] * self.grid[1]
+        )
 
     def prefill(
         self,

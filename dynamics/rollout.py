@@ -34,11 +34,15 @@ def rollout(
     deterministic: bool = False,
     generator: torch.Generator | None = None,
     vectors: list | None = None,
+    samples: int = 1,
 ) -> torch.Tensor:
-    """Prompt codes [B, P, h, w] -> [B, P + steps, h, w], with the key/value cache.
+    """Prompt codes [B, P, h, w] -> [B * samples, P + steps, h, w], with the key/value cache:
+    each prompt continued `samples` times (its samples side by side). A prompt is fed once and
+    its cache shared by its samples, so they share its Gaussian layers' draw and differ from the
+    first generated frame on.
 
     A list passed as `vectors` receives each generated frame's expected code vectors
-    [B, h*w, code_dim] (see `STTransformer.expected_vectors`).
+    [B * samples, h*w, code_dim] (see `STTransformer.expected_vectors`).
     """
     window = model.config.max_frames
     if not model.rotary and prompt.shape[1] + 1 > window:
@@ -46,9 +50,13 @@ def rollout(
             f"a prompt of {prompt.shape[1]} frames needs {prompt.shape[1] + 1} positions; "
             f"the model has {window}"
         )
-    frames = list(prompt.unbind(1))
     cache = model.new_cache()
     out = model.prefill(prompt, cache, deterministic=deterministic, generator=generator)
+    if samples > 1:
+        out = out.repeat_interleave(samples, dim=0)
+        cache.repeat_batch(samples)
+        prompt = prompt.repeat_interleave(samples, dim=0)
+    frames = list(prompt.unbind(1))
     for _ in range(steps):
         frames.append(_sample(model, out, temperature, top_k, generator))
         if vectors is not None:

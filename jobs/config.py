@@ -162,6 +162,9 @@ class EncodeConfig(Section):
     clips_per_shard: int = Field(64, ge=1, description="clips per zarr shard file (one writer owns one)")
     batch_size: int = Field(16, ge=1, description="clips per encoder batch")
     num_actors: int = Field(1, ge=1, description="tokenizer encoder actors")
+    threads: int = Field(
+        1, ge=1, description="torch threads per encoder actor (decoding tasks share the same cores)"
+    )
     num_gpus: float = Field(1.0, ge=0, description="GPUs per encoder actor, when the cluster has GPUs")
     actor_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each encoder actor holds, e.g. {encoder: 1}"

@@ -56,7 +56,7 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
 
     group = zarr.open_group(str(root / "latents.zarr"), mode="r")  # plain zarr
     codes, sources = group["codes"], key_strings(group["source"][:])
-    assert codes.shape == (40, 20, 16, 16) and codes.dtype == np.uint16 and codes.shards == (8, 20, 16, 16)
+    assert codes.shape == (40, 20, 16, 16) and codes.dtype == np.uint16 and codes.chunks == (8, 20, 16, 16)
     assert group.attrs["tokenizer_identity"] == tokenizer.identity and group.attrs["complete"]
     assert MISSING not in group["split"][:]
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
@@ -77,7 +77,7 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     other = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=4"))
     assert other.returncode == 0, other.stderr[-3000:]
     assert "encode: outdated (encode.clips_per_shard)" in other.stdout
-    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].shards == (4, 20, 16, 16)
+    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].chunks == (4, 20, 16, 16)
     # an unfinished run of another layout is started over, never mixed into
     staging = root / ".staging" / "latents.zarr"
     staging.mkdir(parents=True)
@@ -86,7 +86,7 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     redone = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
     assert redone.returncode == 0, redone.stderr[-3000:]
     assert "starting over (it started with another config or other inputs)" in redone.stdout
-    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].shards == (8, 20, 16, 16)
+    assert zarr.open_group(str(root / "latents.zarr"), mode="r")["codes"].chunks == (8, 20, 16, 16)
     assert not (root / "latents.zarr" / "stale.bin").exists() and not staging.exists()
 
 

@@ -62,8 +62,8 @@ def test_schema_is_plain_zarr_and_validated(tmp_path):
     group = zarr.open_group(uri, mode="r")  # plain zarr reads it
     codes = group["codes"]
     assert codes.shape == (10, CLIP_FRAMES, 4, 4) and codes.dtype == np.uint16
-    assert codes.chunks == (1, CLIP_FRAMES, 4, 4) and codes.shards == (4, CLIP_FRAMES, 4, 4)
-    assert group.attrs["schema_version"] == 2 and group.attrs["complete"] is True
+    assert codes.chunks == (4, CLIP_FRAMES, 4, 4) and codes.shards is None  # a shard is one chunk
+    assert group.attrs["schema_version"] == 3 and group.attrs["complete"] is True
     assert group["source"].dtype == np.uint8  # UTF-8 bytes: a Zarr v3 core type
     assert list(key_strings(group["source"][:2])) == ["video-0", "video-1"]
     assert np.array_equal(codes[7], clip_codes(7))
@@ -233,6 +233,30 @@ def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
     assert opened == 4 + 3  # codes, source, start_frame, split; codes, clip, name
     assert list(store.sources()) == [f"video-{i}" for i in range(10)]
     assert read_names(codes) == names
+
+
+def test_a_store_of_one_chunk_per_clip_is_still_read(tmp_path):
+    """Schema 2 kept one clip per chunk inside sharded files: the same clips come back."""
+    from zarr.codecs import ZstdCodec
+
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=10, per_shard=4)
+    group = zarr.open_group(uri, mode="r+")
+    codes = group["codes"][:]
+    del group["codes"]
+    group.create_array(
+        "codes",
+        shape=codes.shape,
+        chunks=(1, *codes.shape[1:]),
+        shards=(4, *codes.shape[1:]),
+        dtype="uint16",
+        compressors=ZstdCodec(level=3),
+    )
+    group["codes"][:] = codes
+    group.attrs["schema_version"] = 2
+    store = open_latents(uri)
+    assert np.array_equal(store.read_shard(1), codes[4:8])
+    assert clip_ids(LatentClips(uri, TRAIN, shuffle_buffer=1)) == list(range(10))
 
 
 def test_a_store_of_the_previous_schema_is_still_read(tmp_path):

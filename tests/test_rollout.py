@@ -61,6 +61,19 @@ def test_a_rotary_rollout_runs_any_length_and_forgets_what_left_the_window():
         rollout_uncached(model("categorical", positions="learned"), start, 2, whole_history=True)
 
 
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_samples_of_a_prompt_share_its_cache_and_go_their_own_ways(positions):
+    net, start = model("categorical", positions=positions), prompt(batch=2)
+    # deterministic and greedy: each clip's samples are the clip's one continuation, in clip order
+    shared = rollout(net, start, 12, deterministic=True, samples=3)
+    alone = rollout(net, start, 12, deterministic=True)
+    assert torch.equal(shared, alone.repeat_interleave(3, dim=0))
+    # drawn: the samples of a clip start from the same prompt and differ after it
+    drawn = rollout(net, start, 12, temperature=1.0, generator=torch.Generator().manual_seed(0), samples=3)
+    assert drawn.shape == (6, 16, *GRID) and torch.equal(drawn[:, :4], start.repeat_interleave(3, dim=0))
+    assert not torch.equal(drawn[0, 4:], drawn[1, 4:])
+
+
 def test_sampling_is_reproducible_by_seed_and_varies_across_seeds():
     net, start = model("categorical"), prompt()
 
@@ -120,7 +133,7 @@ def test_a_clip_continues_with_the_likeliest_sample_first_and_seeded_by_the_clip
     likeliest = torch.Generator().manual_seed(2 * 1_000_003 + 7 * 101 + 0)
     assert torch.equal(run.codes[:1], rollout(net, clip[None, :4], 3, generator=likeliest))
     drawn = torch.Generator().manual_seed(2 * 1_000_003 + 7 * 101 + 1)
-    expected = rollout(net, clip[None, :4].expand(2, -1, -1, -1), 3, temperature=1.0, generator=drawn)
+    expected = rollout(net, clip[None, :4], 3, temperature=1.0, generator=drawn, samples=2)
     assert torch.equal(run.codes[1:], expected)
     assert torch.equal(run.frames, tokenizer.decode(run.codes.flatten(0, 1)).unflatten(0, (3, 7)))
     # the shared prompt decoded once, each generated frame once, and the true future (2 frames)

@@ -128,7 +128,7 @@ STAGES: dict[str, StageSpec] = {
             reads=("raw", "tokenizer"),
             writes="latents",
             output_field="latents",
-            run_only_keys=_actor_scale("encode"),
+            run_only_keys=(*_actor_scale("encode"), "encode.threads"),
         ),
         StageSpec(
             "train-dynamics",

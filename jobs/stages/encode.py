@@ -266,7 +266,7 @@ def _encode_into(
             .flat_map(decoder)  # stateless CPU tasks
             .map_batches(
                 TokenizerEncoder,
-                fn_constructor_args=(checkpoint, storage.scratch_root(cfg.scratch)),
+                fn_constructor_args=(checkpoint, storage.scratch_root(cfg.scratch), cfg.encode.threads),
                 batch_size=cfg.encode.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),

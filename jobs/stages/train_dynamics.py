@@ -66,6 +66,8 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if "world_size" in summary:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
+    if "steps" in summary:  # a time budget may have ended it before max_steps
+        result.summary += f"; {int(summary['steps'])} of {cfg.dynamics.max_steps} steps"
     if "val_kl" in summary:
         loss_key = "val_mse" if "val_mse" in summary else "val_ce"
         result.summary += f"; {loss_key} {summary[loss_key]:.4f}, val_kl {summary['val_kl']:.3g}" + (
