@@ -12,7 +12,7 @@
 
 A ratio of 1 is a stage that costs no more than its model; the rest is what the stage adds.
 
-    .venv/bin/python bench/stages.py [--root out/demo] [--config configs/demo.yaml] [--clips 32]
+    .venv/bin/python bench/stages.py [--root out/demo] [--config configs/demo.yaml] [--clips 64]
 
 The root must hold raw/, tokenizer/, latents.zarr and dynamics/ (`make demo` makes out/demo);
 the stages run into a temporary root that links to them.
@@ -162,7 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Ray stages against their bare models")
     parser.add_argument("--root", type=Path, default=REPO / "out" / "demo")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
-    parser.add_argument("--clips", type=int, default=32, help="clips the generate stage continues")
+    parser.add_argument(
+        "--clips", type=int, default=None, help="clips the generate stage continues (default: the config's)"
+    )
     parser.add_argument("--encode-sample", type=int, default=400, help="clips the bare encoder is timed on")
     args = parser.parse_args()
     needed = ("raw", "tokenizer", "latents.zarr", "dynamics")
@@ -171,7 +173,7 @@ def main() -> None:
     cfg = load_config(args.config)
     with tempfile.TemporaryDirectory(prefix="stvideo-bench-stages-") as scratch:
         bench_encode(cfg, args.config, args.root, Path(scratch), args.encode_sample)
-        bench_generate(cfg, args.config, args.root, Path(scratch), args.clips)
+        bench_generate(cfg, args.config, args.root, Path(scratch), args.clips or cfg.generate.max_clips)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from accelerate.utils import broadcast
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from common.progress import progress_bar
+
 MetricsLogger = Callable[[dict[str, float], int], None]
 
 
@@ -311,7 +313,7 @@ def run_loop(
     summary: dict[str, float] = {}
     items, seconds = 0, 0.0
     spent_before, loop_started = budget.seconds, time.perf_counter()
-    bar = tqdm(total=cadence.max_steps, initial=progress.step, desc=name, disable=not main)
+    bar = progress_bar(total=cadence.max_steps, initial=progress.step, desc=name, disable=not main)
     while not finished():
         started = time.perf_counter()
         result = step()
@@ -331,7 +333,7 @@ def run_loop(
 
         if due(cadence.log_every):
             values = {**result.metrics(), **throughput}
-            bar.set_postfix({key: f"{values[key]:.4g}" for key in bar_keys})
+            bar.set_postfix({key: f"{values[key]:.4g}" for key in bar_keys}, refresh=False)
             log(values)
         if due(cadence.eval_every):
             if main:

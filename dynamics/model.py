@@ -2,7 +2,10 @@
 
 Codes [B, T, h, w] are embedded with the tokenizer's frozen codebook vectors.
 Each layer attends spatially (all latent pixels of one frame), then temporally
-and causally (one latent pixel across frames), then a feed-forward block, then
+and causally (one latent pixel across at most the last `max_frames` frames, with
+rotary positions: relative, so generation keeps a fixed ring of keys and values
+and runs any length; or the original's learned absolute ones, which checkpoints
+written before rotary have), then a feed-forward block, then
 a Gaussian layer: a convolution over the latent grid gives a mean and a
 log-variance, a reparameterised sample goes on to the next layer, and the
 layer's KL to a standard normal is added to the loss. The model predicts a

@@ -91,8 +91,48 @@ def _stage_command(name: str):
     return command
 
 
+def _stage_help(spec) -> str:
+    from rich.markup import escape
+
+    from jobs.keys import describe_keys
+
+    return escape(
+        f"{spec.help}\n\nThe config keys it reads (set them in the YAML or with --set KEY=VALUE), "
+        f"with their defaults:\n\n{describe_keys(spec.sections)}"
+    )
+
+
 for _name, _stage in STAGES.items():
-    app.command(_name, help=_stage.help)(_stage_command(_name))
+    app.command(_name, help=_stage_help(_stage), short_help=_stage.help)(_stage_command(_name))
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"stvideo {version('stvideo')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """stvideo: a Spatial-Temporal Transformer video generator trained on precomputed VQGAN latents."""
+
+
+config_app = typer.Typer(no_args_is_help=True, help="The resolved config: what a run would use.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show_command(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Print the config as a run would use it (the file, the --set overrides and every default) as
+    YAML. Fed back as --config it gives the same stages' fingerprints; secrets print as <redacted>."""
+    typer.echo(_load(config, overrides).to_yaml(), nl=False)
 
 
 StagesOption = Annotated[

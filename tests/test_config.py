@@ -146,6 +146,42 @@ def test_cli_lists_every_stage_and_the_cluster_commands():
     assert result.returncode == 2 and "--stages: given decode; expected some of ingest" in result.stderr
 
 
+def test_version_and_each_stage_help_names_its_keys_with_defaults():
+    from importlib.metadata import version
+
+    result = run_stvideo("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"stvideo {version('stvideo')}"
+    result = run_stvideo("encode", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # rich wraps lines: compare words
+    assert "encode.batch_size = 16: clips per encoder batch" in text
+    assert "data.clip_frames = " in text and "train-dynamics" not in text
+    dynamics = " ".join(run_stvideo("train-dynamics", "--help").stdout.split())
+    assert (
+        "dynamics.max_minutes = null" in dynamics and "dynamics.model.temporal_positions = rotary" in dynamics
+    )
+
+
+def test_config_show_round_trips_to_the_same_fingerprints(tmp_path):
+    from common.identity import value_identity
+    from jobs.lineage import stage_config
+    from jobs.stages import STAGES
+
+    demo = str(REPO / "configs" / "demo.yaml")
+    sets = ["root=" + str(tmp_path / "root"), "dynamics.max_steps=7"]
+    result = run_stvideo("config", "show", "--config", demo, *[arg for s in sets for arg in ("--set", s)])
+    assert result.returncode == 0, result.stderr
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(result.stdout)
+    assert "max_steps: 7" in result.stdout and "temporal_positions: rotary" in result.stdout  # defaults too
+    original, again = load_config(demo, sets), load_config(str(shown))
+    for spec in STAGES.values():
+        assert value_identity(stage_config(original, spec)) == value_identity(stage_config(again, spec)), (
+            spec.name
+        )
+    assert run_stvideo("config", "show", "--set", "dynamics.lr=fast").returncode == 2
+
+
 def test_secrets_are_never_written_out():
     cfg = load_config(None, ["submit.env={AWS_SECRET_ACCESS_KEY: hunter2, HF_TOKEN: t0ken, PLAIN: visible}"])
     text = cfg.to_yaml()

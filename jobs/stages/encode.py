@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from common.identity import store_identity
+from common.progress import progress_bar
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
@@ -277,7 +277,7 @@ def _encode_into(
         total = sum(buffer.remaining for buffer in buffers.values())
         with (
             ThreadPoolExecutor(max_workers=2) as writers,
-            tqdm(total=total, desc="encode", unit="clip") as bar,
+            progress_bar(total=total, desc="encode", unit="clip") as bar,
         ):
             futures = []
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -17,10 +17,10 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.digit_identity import DigitIdentity, DigitTrack
 from common.identity import file_identity
+from common.progress import progress_bar
 from dynamics import evaluate
 from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
 from dynamics.generate import GenerationSettings, continue_clip
@@ -261,7 +261,7 @@ def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[
             num_gpus=gen.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0,
             resources=gen.actor_resources or None,
         )
-        with tqdm(total=len(items), desc="generate", unit="clip") as bar:
+        with progress_bar(total=len(items), desc="generate", unit="clip") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for index, clip in enumerate(batch["clip"].tolist()):
                     results[clip] = {key: column[index] for key, column in batch.items()}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from tqdm import tqdm
-
 from common.identity import value_identity
+from common.progress import progress_bar
 from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
@@ -186,12 +185,12 @@ def _build_shards(
         source_ref = ray.put(source)
         waiting = [remote_build.remote(task, source_ref) for task in pending]
         rejected = sum(len(report.rejects) for report in done.values())
-        with tqdm(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
+        with progress_bar(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
             while waiting:
                 finished, waiting = ray.wait(waiting, num_returns=1)
                 report = ray.get(finished[0])
                 reports[report.index] = report
                 rejected += len(report.rejects)
                 bar.update(report.samples + len(report.rejects))
-                bar.set_postfix(rejected=rejected)
+                bar.set_postfix(rejected=rejected, refresh=False)
     return reports
