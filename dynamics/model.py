@@ -560,8 +560,8 @@ class STTransformer(nn.Module):
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The start frame and input codes [B, T-1, h, w] through every layer at once: the head's
-        output [B, T, h*w, *] (before any residual) and the summed KL [B, T]; `cache`, if given,
-        keeps each layer's temporal keys and values."""
+        output [B, T, h*w, *] (before any residual) and the summed KL [B, T]. With a `cache`, it
+        keeps each layer's temporal keys and values, and the output is the last frame's alone."""
         batch, frames = inputs.shape[0], inputs.shape[1] + 1
         if not self.rotary and frames > self.config.max_frames:
             raise ValueError(
@@ -576,8 +576,9 @@ class STTransformer(nn.Module):
         for block, layer_cache in zip(self.blocks, layer_caches, strict=True):
             x, layer_kl = block(x, deterministic, generator, layer_cache)
             kl = kl + layer_kl
-        if cache is not None:
+        if cache is not None:  # a prefill: only the last frame's prediction is wanted
             cache.length = frames
+            x = x[:, -1:]
         return self.head(self.norm(x)), kl
 
     def forward(
