@@ -5,8 +5,8 @@ Same model, same prompts, deterministic mode, one thread as the generate stage's
 one pass, then one step per frame over a ring of the last `max_frames` frames) and of the
 original's way (re-running the last `max_frames - 1` frames for every new frame), and their
 ratio, at P = 15, K = 5 and P = 10, K = 100, at batch 1 and batch 8. Then the cost of each new
-frame as K grows from 5 to 200: (time of P + K) - (time of the prompt alone), over K. With the
-ring it is flat; the largest is printed as a ratio to the smallest.
+frame as K grows from 5 to 200 (the rollout's loop after the prompt's one pass, per frame; the
+best of three). With the ring it is flat; the largest is printed as a ratio to the smallest.
 
     .venv/bin/python bench/generate.py [--dynamics out/demo/dynamics]
 
@@ -53,6 +53,21 @@ def best_of(runs: int, fn, *args, **kwargs) -> float:
     return min(times)
 
 
+STEPS = (5, 20, 50, 100, 200)
+
+
+@torch.no_grad()
+def step_seconds(model: STTransformer, prompt: torch.Tensor, steps: int) -> float:
+    """Seconds per new frame of a rollout of `steps` frames, its prompt's one pass left out:
+    `rollout`'s own loop (read the codes, step the ring cache), timed from the first new frame."""
+    cache = model.new_cache()
+    out = model.prefill(prompt, cache, deterministic=True)
+    started = time.perf_counter()
+    for _ in range(steps):
+        out = model.step(model.to_codes(out), cache, deterministic=True)
+    return (time.perf_counter() - started) / steps
+
+
 def prompts(model: STTransformer, batch: int, frames: int, seed: int) -> torch.Tensor:
     height, width = model.grid
     return torch.randint(
@@ -97,15 +112,7 @@ def main() -> None:
 
     for batch in (1, 8):
         prompt = prompts(model, batch, 10, 1)
-        # the prompt's time is subtracted, so short rollouts are timed more often: its noise would
-        # otherwise weigh 40 times more at K=5 than at K=200
-        prefill = best_of(10 * args.runs, rollout, model, prompt, 0, deterministic=True)
-        per_frame = {}
-        for steps in (5, 20, 50, 100, 200):
-            runs = max(1, args.runs * 40 // steps)
-            per_frame[steps] = (
-                best_of(runs, rollout, model, prompt, steps, deterministic=True) - prefill
-            ) / steps
+        per_frame = {steps: min(step_seconds(model, prompt, steps) for _ in range(3)) for steps in STEPS}
         listed = ", ".join(f"K={steps} {seconds * 1e3:.2f}" for steps, seconds in per_frame.items())
         flat = max(per_frame.values()) / min(per_frame.values())
         print(
