@@ -7,6 +7,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -52,10 +53,17 @@ def _meanings(model: type, prefix: str = "") -> dict[str, str]:
     return meanings
 
 
+@cache
+def _defaults_and_meanings() -> tuple[dict[str, Any], dict[str, str]]:
+    """The default config, dumped, and every key's meaning: read once, since the CLI asks for
+    each stage's keys when it starts."""
+    return PipelineConfig().model_dump(mode="json"), _meanings(PipelineConfig)
+
+
 def section_keys(section: str) -> list[ConfigKey]:
     """Every key of one config section (nested ones dotted), with its default and meaning."""
-    defaults = flatten(PipelineConfig().model_dump(mode="json")[section], section)
-    meanings = _meanings(PipelineConfig)
+    dumped, meanings = _defaults_and_meanings()
+    defaults = flatten(dumped[section], section)
     return [ConfigKey(name, default, meanings.get(name, "")) for name, default in defaults.items()]
 
 
