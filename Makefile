@@ -6,17 +6,28 @@ STAMP := $(VENV)/.stvideo-installed
 # Ray 2.60 turns token auth on by itself when it finds a token file: say what we want.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup demo demo-footage test test-fast lint bench clean
+.PHONY: setup browser demo demo-footage test test-fast lint bench clean
 
 setup: $(STAMP)
 
 # Reinstalls only when pyproject.toml changes. torch is pinned to the CPU wheel
-# that lies on this machine's disk (see README: "Why torch is pinned").
-$(STAMP): pyproject.toml
+# that lies on this machine's disk, through constraints.txt (see README: "Installing elsewhere").
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[dev,s3]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,s3]'
+	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# Debian's chromium for the browser test (playwright drives it; it downloads no browser).
+# Where it cannot be installed (no apt-get, not root) the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+	    || echo "chromium: apt-get could not install it; the browser test will be skipped"; \
+	else echo "chromium: not installed and no apt-get as root here; the browser test will be skipped"; fi
 
 demo: setup
 	$(BIN)/stvideo run --config configs/demo.yaml

@@ -23,14 +23,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast
 from torch.utils.data import DataLoader, IterableDataset
-from tqdm import tqdm
 
+from common import logs
 from common.progress import progress_bar
 
 MetricsLogger = Callable[[dict[str, float], int], None]
 
 
 PROGRESS_FILE = "progress.json"
+logger = logs.get("training")
 
 
 @dataclass
@@ -111,14 +112,36 @@ def persistence_of(out: Path | str | Persistence) -> Persistence:
     return LocalFolder(Path(out)) if isinstance(out, str | Path) else out
 
 
-def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
+class DeviceUnavailable(ValueError):
+    """The settings name a device this machine does not have."""
+
+
+def pick_device(device: str = "auto") -> str:
+    """`auto`: CUDA, then MPS, then the CPU; a device asked for by name must be there."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if device == "auto":
+        return next(name for name, present in available.items() if present)
+    if not available[device]:
+        raise DeviceUnavailable(f"device: given {device}; this machine has none (auto picks what it has)")
+    if device == "mps" and available["cuda"]:
+        raise DeviceUnavailable("device: given mps; Accelerate takes CUDA where it exists (use cuda or cpu)")
+    return device
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int, device: str = "auto") -> Accelerator:
+    device = pick_device(device)
     if mixed_precision == "auto":
         mixed_precision = "no"
-        if torch.cuda.is_available():
+        if device == "cuda":
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # without cpu=True, Accelerate ignores torchrun's ranks on a machine with no GPU
+    # Accelerate takes CUDA, else MPS, unless told cpu=True; which it also needs to keep
+    # torchrun's ranks on a machine with no GPU
     return Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=device == "cpu",
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
     )
@@ -216,7 +239,7 @@ def resume_progress(
     accelerator.wait_for_everyone()
     progress = Progress(*schedules, budget=budget)
     if resume(accelerator, out.local, progress) and accelerator.is_main_process:
-        tqdm.write(f"{name}: resumed from {out.local / 'train_state'} at step {progress.step}")
+        logger.info(f"{name}: resumed from {out.local / 'train_state'} at step {progress.step}")
     return progress
 
 
@@ -326,7 +349,7 @@ def run_loop(
         bar.update(1)
         throughput = {f"{unit}_per_s": items / max(seconds, 1e-9)}
         if budget.spent and main:
-            tqdm.write(
+            logger.info(
                 f"{name}: the {budget.minutes:g}-minute budget is spent at step {progress.step} "
                 f"of {cadence.max_steps}; evaluating and saving"
             )
@@ -339,7 +362,7 @@ def run_loop(
             if main:
                 summary = {**evaluate(), **throughput, "steps": progress.step}
                 log(summary)
-                tqdm.write(f"step {progress.step}: {(describe or listed)(summary)}")
+                logger.info(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()
         if due(cadence.checkpoint_every):
             save_state(accelerator, out_dir, progress)

@@ -75,6 +75,9 @@ class DynamicsSettings:
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="where it trains; auto: CUDA, then MPS (Apple silicon), then the CPU"
+    )
     num_workers: int = Field(0, ge=0)
     shuffle_buffer: int = Field(256, ge=1)
     log_every: int = Field(10, ge=1)

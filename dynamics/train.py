@@ -39,7 +39,7 @@ def train_dynamics(
     """`out`: the checkpoint folder, or where its checkpoints become durable (`Persistence`)."""
     out = training.persistence_of(out)
     out_dir = out.local
-    accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum)
+    accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.device)
     device = accelerator.device
 
     # --- the tokenizer's codebook and the store it encoded (refused if another tokenizer's) ---

@@ -79,8 +79,8 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
         out = runner.layout.generations
         typer.echo(f"preview: {out}/preview.gif  metrics: {out}/metrics.json")
     if runner.parent_id and runner.tracker.owns_parent:
-        uri = runner.tracker.uri
-        typer.echo(f"MLflow: run {runner.parent_id} in {uri}  (mlflow ui --backend-store-uri {uri})")
+        typer.echo(f"MLflow: run {runner.parent_id} in {runner.tracker.uri}")
+        typer.echo(f"  look: {runner.tracker.ui_link(runner.parent_id)}")
 
 
 def _stage_command(name: str):
@@ -120,8 +120,20 @@ def _options(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no progress, no step lines."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug lines too, and the libraries' own (Ray, MLflow).")
+    ] = False,
 ) -> None:
     """stvideo: a Spatial-Temporal Transformer video generator trained on precomputed VQGAN latents."""
+    from common import logs
+
+    if quiet and verbose:
+        _fail(["--quiet and --verbose: give one"], EXIT_BAD_INPUT, "bad option:")
+    logs.configure("quiet" if quiet else "verbose" if verbose else None)
 
 
 config_app = typer.Typer(no_args_is_help=True, help="The resolved config: what a run would use.")
@@ -208,7 +220,9 @@ def submit_command(
         raise typer.Exit(EXIT_STAGE_FAILED) from None
     typer.echo(f"all stages done: {', '.join(names)}")
     if parent:
-        typer.echo(f"MLflow: parent run {parent} in {cfg.tracking.uri or 'the sqlite store under root'}")
+        from jobs.tracking import tracking_uri
+
+        typer.echo(f"MLflow: parent run {parent} in {tracking_uri(cfg)}")
 
 
 @app.command("status")
@@ -228,6 +242,74 @@ def status_command(
     typer.echo("  ".join(col.ljust(widths[col]) for col in columns).rstrip())
     for row in rows:
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
+
+
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="Checkpoints registered in MLflow: each training stage registers a version of "
+    "tracking.tokenizer_model / tracking.dynamics_model. Give one to a stage as "
+    "models:/<name>/<version> or models:/<name>@<alias> (encode.tokenizer, generate.dynamics).",
+)
+app.add_typer(models_app, name="models")
+
+
+def _registry(config: str | None, overrides: list[str] | None):
+    from mlflow import MlflowClient
+
+    from jobs.tracking import tracking_uri
+
+    cfg = _load(config, overrides)
+    try:
+        uri = tracking_uri(cfg)
+    except ConfigError as err:
+        _fail(err.problems, EXIT_BAD_INPUT, "config error:")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+@models_app.command("list")
+def models_list_command(config: ConfigOption = None, overrides: SetOption = None) -> None:
+    """Every registered version: its aliases, identity, the run that made it and its root."""
+    from jobs.models import IDENTITY_TAG
+
+    client, uri = _registry(config, overrides)
+    typer.echo(f"models in {uri}")
+    for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for version in sorted(
+            client.search_model_versions(f"name='{model.name}'"), key=lambda v: -int(v.version)
+        ):
+            typer.echo(
+                f"  models:/{model.name}/{version.version}  "
+                f"@{','.join(aliases.get(str(version.version), [])) or '-'}  "
+                f"identity {version.tags.get(IDENTITY_TAG, '?')}  run {version.run_id}  "
+                f"root {version.tags.get('stvideo.root', '?')}"
+            )
+
+
+@models_app.command("promote")
+def models_promote_command(
+    name: Annotated[str, typer.Argument(help="Registered model, e.g. stvideo-dynamics.")],
+    version: Annotated[str | None, typer.Argument(help="Its version; default: the newest.")] = None,
+    alias: Annotated[str, typer.Option(help="The alias to point at it.")] = "champion",
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Point an alias (default: champion) at a version, so models:/<name>@<alias> names it."""
+    client, uri = _registry(config, overrides)
+    try:
+        if version is None:
+            version = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        client.set_registered_model_alias(name, alias, version)
+    except Exception as err:  # no such model or version; MLflow unreachable
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _fail(
+            [f"{name} {version or ''}: {first}"],
+            EXIT_BAD_INPUT,
+            f"stvideo models promote: nothing changed ({uri}).",
+        )
+    typer.echo(f"models:/{name}@{alias} -> models:/{name}/{version}  ({uri})")
 
 
 @app.command("tables")

@@ -36,9 +36,13 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
+# MLflow's URIs of a checkpoint: a registered model's version or alias, or a run's artifacts
+MODEL_URI_SCHEMES = ("models:/", "runs:/")
+
+
 def absolute_local(uri: str | None) -> str | None:
     """Local paths become absolute, so Ray workers in other folders see the same files."""
-    if not uri or "://" in uri:
+    if not uri or "://" in uri or uri.startswith(MODEL_URI_SCHEMES):
         return uri
     return os.path.abspath(os.path.expanduser(uri))
 
@@ -118,6 +122,10 @@ class DataConfig(Section):
         0.05, ge=0, lt=1, description="share of videos (or of each video's frames) for testing"
     )
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    decoder: Literal["auto", "decord", "pyav"] = Field(
+        "auto",
+        description="video decoder: decord where it is installed (x86-64 wheels), else PyAV; or force one",
+    )
     moving_mnist: MovingMnistConfig = Field(default_factory=MovingMnistConfig)
 
     _absolute_path = field_validator("path")(classmethod(lambda cls, value: absolute_local(value)))
@@ -154,7 +162,11 @@ class IngestConfig(Section):
 
 
 class EncodeConfig(Section):
-    tokenizer: str | None = Field(None, description="tokenizer checkpoint folder; default: <root>/tokenizer")
+    tokenizer: str | None = Field(
+        None,
+        description="the tokenizer encode and generate use: a checkpoint folder, models:/<name>/<version>, "
+        "models:/<name>@<alias> or runs:/<run id>/<path>; default: <root>/tokenizer",
+    )
     clip_stride: int | None = Field(
         None, ge=1, description="frames between clip starts; default: clip_frames"
     )
@@ -175,6 +187,7 @@ class EncodeConfig(Section):
 
 class GenerateConfig(Section):
     _absolute_videos = field_validator("videos")(classmethod(lambda cls, value: absolute_local(value)))
+    _absolute_dynamics = field_validator("dynamics")(classmethod(lambda cls, value: absolute_local(value)))
 
     name: str = Field(
         "default", description="output folder under <root>/generations/: letters, digits, '.', '_', '-'"
@@ -190,6 +203,11 @@ class GenerateConfig(Section):
 
     videos: str | None = Field(
         None, description="continue these videos (a folder, glob or file) instead of a split of latents.zarr"
+    )
+    dynamics: str | None = Field(
+        None,
+        description="the dynamics model: a checkpoint folder, models:/<name>/<version>, "
+        "models:/<name>@<alias> or runs:/<run id>/<path>; default: <root>/dynamics",
     )
     split: Literal["train", "val", "test"] = "test"
     prompt_frames: int = Field(10, ge=1, description="P: frames given to the model")
@@ -239,8 +257,23 @@ class GenerateConfig(Section):
 
 class TrackingConfig(Section):
     enabled: bool = True
-    uri: str | None = Field(None, description="MLflow tracking URI; default: sqlite database under root")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else one sqlite store for all of a "
+        "user's runs, $STVIDEO_HOME/mlflow.db (STVIDEO_HOME: ~/.stvideo)",
+    )
     experiment: str = "stvideo"
+    tokenizer_model: str | None = Field(
+        "stvideo-tokenizer",
+        description="registered model a trained tokenizer becomes a version of; null: none",
+    )
+    dynamics_model: str | None = Field(
+        "stvideo-dynamics",
+        description="registered model a trained dynamics model becomes a version of; null: none",
+    )
+    system_metrics: bool = Field(
+        True, description="log CPU, memory (and GPU) use beside each stage's metrics"
+    )
 
 
 class RayConfig(Section):

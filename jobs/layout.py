@@ -3,7 +3,8 @@
 Every stage reads and writes through a `Layout`; none joins paths by hand. A
 location is a URI: a local path or anything fsspec speaks (`s3://bucket/prefix`),
 handled alike. The one rule with a choice in it, "the checkpoint the config
-names, else the root's", is written here and nowhere else.
+names, else the root's", is written here and nowhere else. A checkpoint the config
+names may also be an MLflow model URI (`models:/…`, `runs:/…`; see `jobs.models`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ class Layout:
     trained_tokenizer: str  # where train-tokenizer writes
     tokenizer: str  # the checkpoint later stages read: encode.tokenizer, else the trained one
     latents: str  # latents.zarr
-    dynamics: str
+    trained_dynamics: str  # where train-dynamics writes
+    dynamics: str  # the checkpoint generate reads: generate.dynamics, else the trained one
     generations: str  # generations/<generate.name>
-    tracking_store: str  # the default MLflow store of a local root (sqlite), artifacts beside it
-    tracking_artifacts: str
     untracked: str  # what MLflow could not take while it was unreachable, sent later
     ray_results: str  # Ray Train's own run folder (train-dynamics with `ray.train_workers`)
 
@@ -46,10 +46,9 @@ class Layout:
             trained_tokenizer=under("tokenizer"),
             tokenizer=cfg.encode.tokenizer or under("tokenizer"),
             latents=under("latents.zarr"),
-            dynamics=under("dynamics"),
+            trained_dynamics=under("dynamics"),
+            dynamics=cfg.generate.dynamics or under("dynamics"),
             generations=under("generations", cfg.generate.name),
-            tracking_store=under("mlflow.db"),
-            tracking_artifacts=under("mlartifacts"),
             untracked=under("_untracked"),
             ray_results=under("ray_results"),
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.identity import listing_identity, value_identity
+from jobs import models
 from jobs.config import PipelineConfig
 from jobs.layout import MANIFEST, STARTED_SUFFIX, Layout
 from jobs.stages import ARTIFACTS, StageSpec
@@ -45,7 +46,12 @@ def input_identities(cfg: PipelineConfig, spec: StageSpec, layout: Layout) -> di
     identities = {name: listing_identity(uri) for name, uri in spec.user_inputs(cfg).items()}
     for name in spec.reads:
         artifact = ARTIFACTS[name]
-        identities[name] = artifact.identity(artifact.location(layout))
+        location = artifact.location(layout)
+        if models.is_model_uri(location):  # the weights an MLflow model URI names now
+            registry = models.registry_uri(cfg, location)
+            identities[name] = models.identity(location, storage.scratch_root(cfg.scratch), registry)
+        else:
+            identities[name] = artifact.identity(location)
     return identities
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+from common import logs
 from jobs.config import RayConfig
 from jobs.tracking import SUBMISSION_ENV
+from pipeline.decoders import DECODER_ENV
 
+log = logs.get("ray")
 # set by Ray's job supervisor in every job's driver (beside RAY_ADDRESS, the cluster's GCS)
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -50,9 +52,9 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         # a head on this host's loopback (infra/local/ray-head.sh) has node IP 127.0.0.1:
         # a driver that took the host's reachable address would wait for a raylet forever
         with loopback_node(enabled=_is_loopback_address(address)):
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=_passed_on())
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        print(f"ray: joined the cluster at {address} ({why}; {nodes} nodes)", file=sys.stderr)
+        log.info(f"ray: joined the cluster at {address} ({why}; {nodes} nodes)")
     else:
         with loopback_node():
             # "local" always starts a fresh embedded Ray: a bare init() would join any
@@ -63,17 +65,29 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 _node_ip_address="127.0.0.1",
+                runtime_env=_passed_on(),
             )
         node_ip = ray.util.get_node_ip_address()
         if not _is_loopback_address(node_ip):
             ray.shutdown()
             raise RuntimeError(f"the embedded Ray took node address {node_ip}, not loopback: refusing to run")
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        print(f"ray: started an embedded Ray on 127.0.0.1 with {cpus} CPUs ({why})", file=sys.stderr)
+        log.info(f"ray: started an embedded Ray on 127.0.0.1 with {cpus} CPUs ({why})")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+# what a stage's tasks and actors must see as its driver does, on any node
+PASSED_ON = (DECODER_ENV, logs.LEVEL_ENV)
+
+
+def _passed_on() -> dict | None:
+    """The driver's decoder and log level, as the runtime env of everything it starts. Within a
+    Ray job the job's own runtime env (working_dir, submit.env) is kept: these are added to it."""
+    env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+    return {"env_vars": env} if env else None
 
 
 # Ray turns a node IP of 127.0.0.1 into this host's reachable address (it expects other

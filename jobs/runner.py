@@ -19,6 +19,7 @@ from jobs.layout import Layout
 from jobs.stages import STAGES, StageInputError, StageResult, StageSpec
 from jobs.tracking import SUBMISSION_ENV, Tracker
 from pipeline import storage
+from pipeline.decoders import use_decoder
 
 
 def rank() -> int:
@@ -66,6 +67,10 @@ class Runner:
             return Outcome(spec, None, 0.0, final)
         self._say_what_changed(status, final)
         self._prepare_staging(status, staging)
+        try:  # read by every decode of the stage, in this process and those it starts
+            use_decoder(self.cfg.data.decoder)
+        except ValueError as err:
+            raise StageInputError(f"data.{err}", stage=spec.name) from None
         with self.tracker.stage_run(spec.name, status.config) as run_id:
             try:
                 result = spec.run(self.cfg, staged)
@@ -86,6 +91,10 @@ class Runner:
                 self._remove_empty_folders(staging)
                 tags = lineage.lineage_tags(spec, manifest)
             self.tracker.record(result, tags)
+            if rank() == 0 and spec.writes in ("tokenizer", "dynamics"):
+                registered = self.tracker.publish_checkpoint(spec.writes, final, tags)
+                if registered:
+                    result.summary += f"; registered as {registered}"
         seconds = time.perf_counter() - started
         self.echo(f"{result.summary}  [{seconds:.1f}s]")
         return Outcome(spec, result, seconds, final)

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from common import logs
 from jobs import lineage
 from jobs.config import REDACTED, PipelineConfig
 from jobs.layout import Layout
 from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
+
+log = logs.get("submit")
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -73,7 +76,7 @@ def retrying(action: Callable[[], T], retries: int, what: str, pause: float = 1.
                     )
                 raise SubmitError(f"{what}: {err}{hint}") from None
             wait = min(pause * 2**attempt, 10.0)
-            print(f"{what}: {str(err).splitlines()[0][:200]}; retrying in {wait:.0f}s", file=sys.stderr)
+            log.warning(f"{what}: {str(err).splitlines()[0][:200]}; retrying in {wait:.0f}s")
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -138,6 +141,8 @@ def _runtime_env(
     }
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
+    if os.environ.get(logs.LEVEL_ENV):  # `stvideo --quiet submit`: the jobs are quiet too
+        env[logs.LEVEL_ENV] = os.environ[logs.LEVEL_ENV]
     runtime_env["env_vars"] = env
     if cfg.submit.working_dir:
         runtime_env["working_dir"] = cfg.submit.working_dir

@@ -14,10 +14,12 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from common import logs
 from common.identity import value_identity
 from jobs.config import REDACTED, ConfigError, PipelineConfig, is_secret
 from jobs.layout import Layout
@@ -25,21 +27,43 @@ from jobs.stages.base import StageResult
 from pipeline import storage
 
 
+def user_store() -> Path:
+    """Where a user's runs go when nothing names a tracking store: one folder for all roots, so
+    that runs of any two of them can be compared side by side."""
+    return Path(os.environ.get("STVIDEO_HOME") or "~/.stvideo").expanduser().resolve()
+
+
+log = logs.get("tracking")
+
+
 def tracking_uri(cfg: PipelineConfig) -> str:
+    """`tracking.uri`, else MLFLOW_TRACKING_URI, else the user's own sqlite store."""
     if cfg.tracking.uri:
         return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     if not storage.is_local(cfg.root):
         raise ConfigError(
-            [f"tracking.uri: given None; expected an MLflow URI when root is remote ({cfg.root})"]
+            [
+                "tracking.uri: given None and MLFLOW_TRACKING_URI is not set; expected an MLflow URI "
+                f"when root is remote ({cfg.root}): every machine must reach the same store"
+            ]
         )
-    return f"sqlite:///{Layout.local(Layout.of(cfg).tracking_store)}"
+    return f"sqlite:///{user_store() / 'mlflow.db'}"
+
+
+# MLflow 3 opens an experiment of this kind in its model-training view (runs, charts, models),
+# not the GenAI one (traces, prompts) it guesses for an experiment without the tag
+DATASETS = ("raw", "latents")  # the inputs logged as MLflow datasets
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _mlflow():
     import mlflow
 
     # "Creating initial MLflow database tables..." on every new root is noise here.
-    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    # and so are the system-metrics monitor's start and stop lines in every stage's log
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.system_metrics"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return mlflow
 
@@ -84,7 +108,7 @@ class Journal:
                 return
             except Exception as err:  # MlflowException, connection and timeout errors alike
                 self.lose(err)
-        if record.get("kind") == "artifact":  # the file may move (staging) or go: keep a copy
+        if record.get("kind") in ("artifact", "image"):  # the file may move (staging) or go: keep a copy
             copy = self.folder / "files" / f"{len(self._lines())}-{Path(record['local_path']).name}"
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(record["local_path"], copy)
@@ -96,10 +120,9 @@ class Journal:
     def lose(self, err: Exception) -> None:
         """From now on keep the records instead of sending them; say so once."""
         self.lost = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        print(
+        log.warning(
             f"MLflow stopped answering ({self.lost}); going on untracked. What could not be "
-            f"logged is kept in {self.folder} and sent by the next tracked stvideo command.",
-            file=sys.stderr,
+            f"logged is kept in {self.folder} and sent by the next tracked stvideo command."
         )
 
     def _lines(self) -> list[str]:
@@ -132,6 +155,8 @@ def _replay(client, record: dict) -> None:
         _log_tags(client, run_id, record["tags"])
     elif kind == "artifact":
         client.log_artifact(run_id, record["local_path"], record["artifact_path"])
+    elif kind == "image":
+        client.log_image(run_id, _picture(record["local_path"]), key=record["key"], step=record["step"])
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
 
@@ -177,6 +202,21 @@ def log_artifact(local_path: str, artifact_path: str | None = None) -> None:
         _send(record, lambda: _mlflow().log_artifact(local_path, artifact_path))
 
 
+def _picture(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.copy()
+
+
+def log_image(path: str, key: str, step: int) -> None:
+    """A picture on the run's image charts, under `key` at `step` (MLflow shows a slider over the
+    steps), where people look rather than read: recon grids, comparison figures."""
+    if active() and not _quiet:
+        record = {"kind": "image", "run_id": _run_id(), "local_path": path, "key": key, "step": step}
+        _send(record, lambda: _mlflow().log_image(_picture(path), key=key, step=step))
+
+
 def log_bytes(data: bytes, artifact_file: str) -> None:
     """Log in-memory bytes (a GIF, a PNG) as an artifact at `artifact_file`."""
     if active():
@@ -202,10 +242,16 @@ def _client():
     return _mlflow().MlflowClient()
 
 
+# per-step curves as MLflow metrics: the model's estimates only; the references' curves are in
+# the comparison figures beside them (a chart per reference and metric buried the model's)
+BY_STEP = ("model", "model_median", "model_average")
+
+
 def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
     """Generation scores (`metrics.json`'s shape): MSE, SSIM and digit identity (where scored)
-    per horizon step, the step as MLflow's step, for the model and every reference, and the
-    samples' diversity. Returns the overall means, for the run's summary metrics."""
+    per horizon step, the step as MLflow's step, for the model's estimates, and the samples'
+    diversity. Returns the overall means of the model and every reference, for the run's
+    summary metrics."""
     means = metrics["mean"]
     headline = {f"{prefix}{ref}_{name}": value for ref in means for name, value in means[ref].items()}
     if "diversity" in metrics:
@@ -215,7 +261,8 @@ def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
     for step in range(1, len(metrics["per_step"].get("model", {}).get("mse", [])) + 1):
         by_step = {
             f"{prefix}{ref}_{name}_by_step": metrics["per_step"][ref][name][step - 1]
-            for ref in metrics["per_step"]
+            for ref in BY_STEP
+            if ref in metrics["per_step"]
             for name in ("mse", "ssim", "identity")
             if name in metrics["per_step"][ref]
         }
@@ -223,6 +270,44 @@ def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
             by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]
         log_metrics(by_step, step=step)
     return headline
+
+
+class _Copied:
+    """A stream that also writes into the stage's log file: whole lines, and of a progress bar
+    redrawn in place (a terminal's "\r") only its last state."""
+
+    def __init__(self, stream, copy):
+        self._stream, self._copy, self._redraw = stream, copy, ""
+
+    def write(self, text: str) -> int:
+        if "\r" in text and not text.endswith("\n"):
+            self._redraw = text.rsplit("\r", 1)[-1]
+        else:
+            if self._redraw and text.startswith("\n"):
+                self._copy.write(self._redraw)
+            self._redraw = ""
+            self._copy.write(text.rsplit("\r", 1)[-1] if "\r" in text else text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        self._copy.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding: the stream's own
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def _stage_log(stage: str) -> Iterator:
+    """What the stage's process prints while the block runs (its summary, step lines, progress,
+    Ray's relayed worker output), copied into a file that ends up on the stage's run."""
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / f"{stage}.log", "w") as copy:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Copied(sys.stdout, copy), _Copied(sys.stderr, copy)
+        try:
+            yield copy
+        finally:
+            sys.stdout, sys.stderr = saved
 
 
 # `stvideo submit` opens the parent run; each stage's Ray job finds its id here.
@@ -239,11 +324,20 @@ class Tracker:
         self.enabled = cfg.tracking.enabled and int(os.environ.get("RANK", "0")) == 0
         self.uri = tracking_uri(cfg) if self.enabled else None
         self.parent_id: str | None = None
+        self.experiment_id: str | None = None
         self.owns_parent = False  # False inside a submitted stage job: the submitter opened it
         if self.enabled:
             for name, value in PATIENCE.items():
                 os.environ.setdefault(name, value)
             _journal = Journal(self._journal_folder())
+
+    def ui_link(self, run_id: str) -> str:
+        """Where to look at a run. MLflow 3's UI shows an experiment as GenAI or model training by
+        a switch it remembers per browser, not by the experiment's kind: the link sets it."""
+        page = f"#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/{page}"
+        return f"mlflow ui --backend-store-uri {self.uri}, then http://127.0.0.1:5000/{page}"
 
     def _journal_folder(self) -> Path:
         if storage.is_local(self.cfg.root):
@@ -253,15 +347,23 @@ class Tracker:
 
     def _experiment_id(self) -> str:
         mlflow = _mlflow()
+        database = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(self.uri)
         experiment = mlflow.get_experiment_by_name(self.cfg.tracking.experiment)
         if experiment is not None:
+            for key, value in EXPERIMENT_KIND.items():
+                if experiment.tags.get(key) is None:  # made before this tag was set; a user's own kind stays
+                    _client().set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         artifact_location = None
-        if self.uri.startswith("sqlite:///") and storage.is_local(self.cfg.root):
+        if database is not None:
             # Keep artifacts beside the database, not in whatever folder the command ran from.
-            artifact_location = Layout.local(Layout.of(self.cfg).tracking_artifacts).as_uri()
-        return mlflow.create_experiment(self.cfg.tracking.experiment, artifact_location=artifact_location)
+            artifact_location = (database.parent / "mlartifacts").as_uri()
+        return mlflow.create_experiment(
+            self.cfg.tracking.experiment, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+        )
 
     def _open(self, start) -> str | None:
         """Start a run (or find the one a submitter opened) and return its id; None, saying so
@@ -269,10 +371,10 @@ class Tracker:
         if _journal.lost:
             return None
         try:
-            experiment = self._experiment_id()  # also points mlflow at the tracking URI
+            experiment = self.experiment_id = self._experiment_id()  # also points mlflow at the URI
             if _journal.path.exists():
                 sent = _journal.replay(_client())
-                print(f"MLflow answers again: sent {sent} records it could not take before", file=sys.stderr)
+                log.warning(f"MLflow answers again: sent {sent} records it could not take before")
             return start(experiment)
         except Exception as err:
             _journal.lose(err)
@@ -349,6 +451,7 @@ class Tracker:
                 parent_run_id=self.parent_id,
                 experiment_id=experiment,
                 tags=tags,
+                log_system_metrics=self.cfg.tracking.system_metrics,
             )
             shown = {key: REDACTED if is_secret(key) else str(value) for key, value in params.items()}
             _mlflow().log_params(shown)
@@ -360,7 +463,12 @@ class Tracker:
                 self._log_config()
             _quiet = run_id is None
             try:
-                yield run_id
+                with _stage_log(stage) as log_file:
+                    try:
+                        yield run_id
+                    finally:
+                        log_file.flush()
+                        log_artifact(log_file.name, "logs")  # even (above all) when the stage failed
             finally:
                 _quiet = False
 
@@ -379,6 +487,63 @@ class Tracker:
         set_tags({**tags, **lineage_tags})
         if result.metrics:
             log_metrics(result.metrics)
+        self._log_datasets(result, lineage_tags)
+
+    def _log_datasets(self, result: StageResult, lineage_tags: dict[str, str]) -> None:
+        """The raw shards and the latent store a stage read, as MLflow datasets (the runs table's
+        dataset column), named and digested by their identity: two runs on the same data show it."""
+        if _journal is not None and _journal.lost:
+            return
+        try:
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+
+            context = "training" if result.stage.startswith("train-") else "input"
+            for name in DATASETS:
+                if name in result.inputs:
+                    uri = result.inputs[name]
+                    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+                        warnings.simplefilter("ignore", UserWarning)
+                        source = resolve_dataset_source(uri if "://" in uri else Path(uri).as_uri())
+                    digest = lineage_tags.get(f"input.{name}.identity", "")[:36] or None
+                    dataset = MetaDataset(source, name=f"{self.cfg.name}-{name}", digest=digest)
+                    _mlflow().log_input(dataset, context=context)
+        except Exception as err:  # a dataset record is a nicety: the stage's result is logged
+            log.warning(f"MLflow: the stage's datasets were not logged ({type(err).__name__}: {err})")
+
+    def publish_checkpoint(self, kind: str, folder: str, lineage_tags: dict[str, str]) -> str | None:
+        """A training stage's checkpoint: its files logged to the stage's run under `checkpoint/`
+        and registered as a new version of the configured model, tagged with its identity and
+        lineage. Returns the version's `models:/` URI, or None where nothing was registered."""
+        from jobs import models
+
+        name = {"tokenizer": self.cfg.tracking.tokenizer_model, "dynamics": self.cfg.tracking.dynamics_model}[
+            kind
+        ]
+        if not active() or _quiet or not name:
+            return None
+        for file in models.CHECKPOINT_FILES:
+            uri = storage.join(folder, file)
+            if storage.exists(uri):
+                log_bytes(storage.read_bytes(uri), f"{models.ARTIFACT_PATH}/{file}")
+        if _journal is not None and _journal.lost:
+            log.warning(f"{kind}: not registered as a version of {name}: MLflow does not answer")
+            return None
+        tags = {
+            models.KIND_TAG: kind,
+            models.IDENTITY_TAG: lineage_tags.get(f"output.{kind}.identity", ""),
+            "stvideo.root": self.cfg.root,
+            "stvideo.fingerprint": lineage_tags.get("stvideo.fingerprint", ""),
+            **{key: value for key, value in lineage_tags.items() if key.startswith("input.")},
+        }
+        try:
+            uri = models.register(_client(), _run_id(), name, tags)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning(f"{kind}: not registered as a version of {name} ({first[:200]})")
+            return None
+        set_tags({f"output.{kind}.model": uri})
+        return uri
 
     def note_skipped(self, stage: str, manifest: dict) -> None:
         """A skipped stage opens no run; the parent names the run that produced its outputs."""

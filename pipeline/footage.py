@@ -14,13 +14,11 @@ dissolve is left alone, as a dissolve is motion the dynamics model may as well l
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
-import decord
 import numpy as np
-from PIL import Image
 
+from pipeline.decoders import VideoDecoder
 from pipeline.splits import key_unit
 from pipeline.video import RejectedVideo, _reason, encode_mp4, open_video
 
@@ -77,24 +75,12 @@ def fit_square(frames: np.ndarray, size: int, fit: str, offset: float) -> np.nda
     return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
 
 
-def _decode_scaled(data: bytes, indices: list[int], width: int, height: int) -> np.ndarray:
-    """Frames at `indices`, scaled to width x height by decord while decoding (batched)."""
-    try:
-        reader = decord.VideoReader(
-            io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, width=width, height=height
-        )
-        rescale = False
-    except decord.DECORDError:  # decord's scaler rejects some target widths: scale afterwards
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-        rescale = True
-    batches = []
-    for start in range(0, len(indices), DECODE_BATCH):
-        batch = reader.get_batch(indices[start : start + DECODE_BATCH]).asnumpy()
-        if rescale:
-            batch = np.stack(
-                [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in batch]
-            )
-        batches.append(batch)
+def _decode_scaled(decoder: VideoDecoder, indices: list[int], width: int, height: int) -> np.ndarray:
+    """Frames at `indices`, scaled to width x height while decoding (in batches: bounded memory)."""
+    batches = [
+        decoder.frames(indices[start : start + DECODE_BATCH], width, height)
+        for start in range(0, len(indices), DECODE_BATCH)
+    ]
     return np.concatenate(batches)
 
 
@@ -114,15 +100,13 @@ def detect_shots(frames: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 
 def prepare(data: bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
     """Decode `data` at the training rate and size, find its shots, and encode it again."""
-    reader = open_video(data)
-    num_frames, fps = len(reader), float(reader.get_avg_fps())
+    decoder = open_video(data)
+    num_frames, fps, width, height = decoder.num_frames, decoder.fps, decoder.width, decoder.height
     if fps <= 0:
         raise RejectedVideo("no frame rate")
-    height, width = reader[0].shape[:2]
-    del reader
     indices = resampled_indices(num_frames, fps, how.fps)
     try:
-        scaled = _decode_scaled(data, indices, *scaled_size(width, height, how.size, how.fit))
+        scaled = _decode_scaled(decoder, indices, *scaled_size(width, height, how.size, how.fit))
     except Exception as err:
         raise RejectedVideo(f"decoding failed: {_reason(err)}") from None
     offset = 0.5 if how.fit != "random" else key_unit(f"{how.seed}:{key}")  # one crop per video

@@ -1,24 +1,17 @@
-"""Video bytes in and out: decord to validate and read, PyAV to write."""
+"""Video bytes in and out: a decoder (`pipeline.decoders`: decord or PyAV) to validate and
+read, PyAV to write."""
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-import decord
-import decord.logging
 import numpy as np
-from PIL import Image
 
-# ffmpeg complains on stderr about every damaged packet; rejected videos are
-# reported with their reason in rejects.jsonl, so that noise only hides the summary.
-decord.logging.set_level(decord.logging.QUIET)
-
-VALIDATE_BATCH = 8  # frames per decode call: bounded memory for large frames
+from pipeline.decoders import VideoDecoder, open_decoder
 
 
 class RejectedVideo(Exception):
@@ -37,7 +30,7 @@ _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+\.cc:\d+: ")
 
 
 def _reason(err: Exception) -> str:
-    """decord's message without its timestamp and C++ source location."""
+    """A decoder's message without decord's timestamp and C++ source location."""
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     line = lines[0] if lines else type(err).__name__
     while _DECORD_PREFIX.match(line):
@@ -45,38 +38,35 @@ def _reason(err: Exception) -> str:
     return line[:200]
 
 
-def open_video(data: bytes) -> decord.VideoReader:
-    """A decord reader of `data`; RejectedVideo with the reason when it has no frame to read."""
+def open_video(data: bytes) -> VideoDecoder:
+    """`data` opened for reading; RejectedVideo with the reason when it has no frame to read."""
     if len(data) == 0:
         raise RejectedVideo("empty file (0 bytes)")
     try:
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-    except Exception as err:  # decord raises RuntimeError or DECORDError here
+        decoder = open_decoder(data)
+    except Exception as err:  # decord: RuntimeError or DECORDError; PyAV: its FFmpegError family
         raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
-    if len(reader) == 0:
+    if decoder.num_frames == 0:
         raise RejectedVideo("no video frames")
-    return reader
+    return decoder
 
 
 def probe_video(data: bytes, min_frames: int = 1) -> VideoInfo:
-    """Open `data` with decord, decode every frame, and describe it.
+    """Open `data`, decode every frame, and describe it.
 
     Every frame is decoded because a truncated or damaged stream often opens
     fine and only fails part-way; finding that here keeps it out of the shards.
     """
-    reader = open_video(data)
-    num_frames = len(reader)
-    start = 0
+    decoder = open_video(data)
     try:
-        height, width = reader[0].shape[:2]
-        for start in range(0, num_frames, VALIDATE_BATCH):
-            reader.get_batch(list(range(start, min(start + VALIDATE_BATCH, num_frames))))
+        decoder.decode_all()
     except Exception as err:
-        raise RejectedVideo(f"decoding failed near frame {start}: {_reason(err)}") from None
-    fps = float(reader.get_avg_fps())
-    if num_frames < min_frames:
-        raise RejectedVideo(f"only {num_frames} frames, fewer than one clip ({min_frames} frames)")
-    return VideoInfo(fps=fps, num_frames=num_frames, width=int(width), height=int(height))
+        raise RejectedVideo(f"decoding failed: {_reason(err)}") from None
+    if decoder.num_frames < min_frames:
+        raise RejectedVideo(f"only {decoder.num_frames} frames, fewer than one clip ({min_frames} frames)")
+    return VideoInfo(
+        fps=decoder.fps, num_frames=decoder.num_frames, width=decoder.width, height=decoder.height
+    )
 
 
 def read_frames(
@@ -85,31 +75,21 @@ def read_frames(
     size: int | None = None,
     indices: list[int] | None = None,
 ) -> np.ndarray:
-    """Frames as uint8 [T, H, W, 3], resized by decord while decoding.
+    """Frames as uint8 [T, H, W, 3], resized while decoding.
 
     `size` makes square frames of that side; `max_side` scales down to fit and
     keeps the aspect; `indices` decodes only those frames (default: all).
     """
-    resize = {}
+    decoder = open_decoder(data)
+    width = height = None
     if size:
-        resize = {"width": size, "height": size}
-    elif max_side:
-        probe = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-        height, width = probe[0].shape[:2]
-        if max(height, width) > max_side:
-            scale = max_side / max(height, width)
-            resize = {"width": max(2, round(width * scale)), "height": max(2, round(height * scale))}
-    try:
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, **resize)
-        return reader.get_batch(list(range(len(reader))) if indices is None else list(indices)).asnumpy()
-    except decord.DECORDError:
-        if not resize:
-            raise
-    # decord's scaler rejects some target widths (16, 24, 48 among them): decode, then resize
-    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-    frames = reader.get_batch(list(range(len(reader))) if indices is None else list(indices)).asnumpy()
-    target = (resize["width"], resize["height"])
-    return np.stack([np.asarray(Image.fromarray(frame).resize(target, Image.BILINEAR)) for frame in frames])
+        width = height = size
+    elif max_side and max(decoder.height, decoder.width) > max_side:
+        scale = max_side / max(decoder.height, decoder.width)
+        width, height = max(2, round(decoder.width * scale)), max(2, round(decoder.height * scale))
+    return decoder.frames(
+        list(range(decoder.num_frames)) if indices is None else list(indices), width, height
+    )
 
 
 def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +21,13 @@ import pytest
 from pipeline.video import encode_mp4
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The runs the tests track go to a store of this test session (the default, one store for all
+# roots), never to the user's own ~/.stvideo or a server their MLFLOW_TRACKING_URI names
+TRACKING_HOME = Path(tempfile.mkdtemp(prefix="stvideo-home-"))
+os.environ["STVIDEO_HOME"] = str(TRACKING_HOME)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+atexit.register(shutil.rmtree, TRACKING_HOME, ignore_errors=True)
+DEFAULT_TRACKING_URI = f"sqlite:///{TRACKING_HOME / 'mlflow.db'}"
 REPO = Path(__file__).resolve().parents[1]
 STVIDEO = [sys.executable, "-m", "jobs.cli"]
 
@@ -35,6 +45,19 @@ FEW_VIDEOS = [
     "--set",
     "data.split_by=video",  # whole videos: these videos are too short to split by time
 ]
+
+
+def runs_of(root, tracking_uri: str = DEFAULT_TRACKING_URI) -> list:
+    """The MLflow runs of one root (parent and stages), in every experiment of a store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    return (
+        client.search_runs(experiments, filter_string=f"tags.`stvideo.root` = '{root}'")
+        if experiments
+        else []
+    )
 
 
 def untracked_tiny(root) -> list[str]:
@@ -221,9 +244,9 @@ def footage_folder(tmp_path: Path) -> dict:
     return {"path": folder, "cut_at_s": 4.0, "short": "short"}
 
 
-def start_stvideo(*args: str, **popen) -> subprocess.Popen:
+def start_stvideo(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
     """Start the real CLI in a session of its own, so that it can be killed with all it starts."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     return subprocess.Popen([*STVIDEO, *args], cwd=REPO, start_new_session=True, text=True, env=env, **popen)
 
 
@@ -282,7 +305,9 @@ def run_stvideo(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | No
     )
 
 
-def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, set]:
+def run_stvideo_listening(
+    *args: str, timeout: int = 600, env: dict | None = None
+) -> tuple[subprocess.CompletedProcess, set]:
     """Run the real CLI as `run_stvideo` does, and every 0.2 s note the sockets that it and
     every process it started listen on: {(process name, ip, port)}."""
     import tempfile
@@ -290,7 +315,7 @@ def run_stvideo_listening(*args: str, timeout: int = 600) -> tuple[subprocess.Co
     import psutil
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = start_stvideo(*args, stdout=out, stderr=err)
+        process = start_stvideo(*args, stdout=out, stderr=err, env=env)
         listening: set[tuple[str, str, int]] = set()
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:

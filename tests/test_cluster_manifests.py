@@ -227,7 +227,10 @@ def test_the_image_definition_installs_the_project_as_the_manifests_expect():
     assert "ARG TORCH_VERSION=2.13.0" in dockerfile and "torch==${TORCH_VERSION}" in dockerfile
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in dockerfile  # cpu or a CUDA build
     assert "ARG TORCH_VARIANT=cpu" in dockerfile and "TORCH_VARIANT=cu" in dockerfile
-    assert "python -m venv /opt/stvideo/.venv" in dockerfile and 'pip install ".[cluster]"' in dockerfile
+    assert "python -m venv /opt/stvideo/.venv" in dockerfile
+    assert 'pip install -c constraints.txt ".[cluster]"' in dockerfile  # the versions CI tests
+    pins = (REPO / "constraints.txt").read_text()
+    assert "torch==2.13.0" in pins and "ray==2.60.0" in pins
     assert "COPY configs /opt/stvideo/configs" in dockerfile
     for package in ("common", "pipeline", "tokenizer", "dynamics", "jobs"):
         assert f"COPY {package} ./{package}" in dockerfile

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.conftest import REPO, is_loopback, run_stvideo, run_stvideo_listening, untracked_tiny
+from tests.conftest import (
+    DEFAULT_TRACKING_URI,
+    REPO,
+    is_loopback,
+    run_stvideo,
+    run_stvideo_listening,
+    runs_of,
+    untracked_tiny,
+)
 from tests.test_ingest_stage import read_manifest
 
 pytestmark = pytest.mark.slow
@@ -17,7 +25,13 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     root = tmp_path / "tiny"
     secret = ["--set", "submit.env.WANDB_API_KEY=hunter2"]  # must reach no log, artifact or manifest
     result, listening = run_stvideo_listening(
-        "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}", *secret
+        "run",
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        *secret,
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},  # a tiny stage lasts seconds
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # the embedded Ray (GCS, raylet, workers, agents) and all else listen on loopback only
@@ -34,12 +48,12 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     from pipeline.latents import open_latents
     from tokenizer.tokenizer import Tokenizer
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    # the user's one store (STVIDEO_HOME), not one per root; the experiment opens as model training
+    client = MlflowClient(tracking_uri=DEFAULT_TRACKING_URI)
     experiment = client.get_experiment_by_name("stvideo-tiny")
-    runs = {
-        run.data.tags.get("stvideo.stage", "parent"): run
-        for run in client.search_runs([experiment.experiment_id])
-    }
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert not (root / "mlflow.db").exists()
+    runs = {run.data.tags.get("stvideo.stage", "parent"): run for run in runs_of(root)}
     parent = runs["parent"]
     assert parent.info.run_name == "tiny"
     ingest, tokenizer = runs["ingest"], runs["train-tokenizer"]
@@ -125,6 +139,23 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         assert recorded["stage"] == stage and recorded["mlflow_run_id"] == runs[stage].info.run_id
     metrics_finished = recorded["finished_at"]
     assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
+    figures = {a.path for a in client.list_artifacts(generate.info.run_id, "comparison")}
+    assert {"comparison/mse_by_step.png", "comparison/ssim_by_step.png"} <= figures, figures
+    assert (out / "report.html").stat().st_size > 0
+    # each stage's own log, the data it read as datasets, its process's CPU and memory
+    for stage, run in runs.items():
+        if stage == "parent":
+            continue
+        [log] = [a.path for a in client.list_artifacts(run.info.run_id, "logs")]
+        text = open(client.download_artifacts(run.info.run_id, log, str(tmp_path))).read()
+        assert log == f"logs/{stage}.log" and f"{stage}:" in text, (stage, text[-500:])
+        assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), stage
+    datasets = {stage: [d.dataset.name for d in runs[stage].inputs.dataset_inputs] for stage in runs}
+    assert datasets["encode"] == ["tiny-raw"] and datasets["generate"] == ["tiny-latents"], datasets
+    # both models registered, tagged with the identity of what the root holds
+    [version] = client.search_model_versions(f"run_id='{dynamics.info.run_id}'")
+    assert version.name == "stvideo-dynamics" and version.tags["stvideo.root"] == str(root)
+    assert version.tags["stvideo.identity"] == dynamics.data.tags["output.dynamics.identity"]
     logged = client.download_artifacts(parent.info.run_id, "config.yaml", str(root.parent))
     assert "WANDB_API_KEY: <redacted>" in open(logged).read()
     assert not [path for path in root.rglob("*") if path.is_file() and b"hunter2" in path.read_bytes()]

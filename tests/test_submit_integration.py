@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
 
+import mlflow
+import numpy as np
 import pytest
+import zarr
 
 from tests.conftest import REPO, run_stvideo
 
@@ -30,10 +37,12 @@ def wait_for(client, submission_id: str, timeout: float = 300) -> str:
     raise TimeoutError(submission_id)
 
 
-def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, mlflow_server, tmp_path):
-    from mlflow.tracking import MlflowClient
-    from ray.job_submission import JobSubmissionClient
-
+@pytest.fixture(scope="module")
+def submitted(ray_head, mlflow_server, tmp_path_factory) -> SimpleNamespace:
+    """The tiny pipeline submitted stage by stage to the Ray head, tracked on the MLflow server:
+    first with generate pointed at videos that are not there (it fails, the four before it
+    stand), then again (only generate runs)."""
+    tmp_path = tmp_path_factory.mktemp("submitted")
     root = tmp_path / "tiny"
     config = [
         "--config",
@@ -45,9 +54,42 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
         "--address",
         ray_head["dashboard"],
     ]
-
-    # generate is pointed at videos that are not there: it fails, the four before it stand
     failed = run_stvideo("submit", *config, "--set", f"generate.videos={tmp_path}/missing/*.mp4")
+    fixed = run_stvideo("submit", *config)
+    return SimpleNamespace(
+        root=root, config=config, failed=failed, fixed=fixed, tmp_path=tmp_path, uri=mlflow_server["uri"]
+    )
+
+
+def stage_runs(client, root: Path) -> tuple[list, dict, dict]:
+    """The parent runs of the submissions (the fixture's two first), and the run that made each
+    stage's output."""
+    experiment = client.get_experiment_by_name("stvideo-tiny")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`stvideo.root` = '{root}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    parents = [run for run in runs if "stvideo.stage" not in run.data.tags]
+    children = {
+        parent.info.run_id: {
+            run.data.tags["stvideo.stage"]: run
+            for run in runs
+            if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        }
+        for parent in parents
+    }
+    made = {stage: run for stage, run in children[parents[0].info.run_id].items() if stage != "generate"}
+    made["generate"] = children[parents[1].info.run_id]["generate"]  # the second submission
+    return parents, children, made
+
+
+def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, submitted):
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobSubmissionClient
+
+    root, config, failed, fixed = submitted.root, submitted.config, submitted.failed, submitted.fixed
+    # generate is pointed at videos that are not there: it fails, the four before it stand
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     assert "generate: Ray job stvideo-tiny-generate-" in failed.stderr
     assert "generate.videos" in failed.stderr  # the stage's own error, from the job's log tail
@@ -56,10 +98,12 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
     assert "[ingest] ingest: kept 48 of 48 videos" in failed.stdout  # logs stream through
     for folder in ("raw", "tokenizer", "latents.zarr", "dynamics"):
         assert (root / folder / "_stage.json").exists(), folder
-    assert not (root / "generations" / "default" / "_stage.json").exists()
+    # the jobs' logs stream through with their progress as a line every so often, not a redraw
+    logs = failed.stdout + failed.stderr + fixed.stdout + fixed.stderr
+    progress = [line for line in logs.splitlines() if "%|" in line]
+    assert 0 < len(progress) < 300, f"{len(progress)} progress lines"
 
     # fixed: only generate runs
-    fixed = run_stvideo("submit", *config)
     assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-3000:]
     for stage in STAGES[:4]:
         assert f"== {stage}: skipped" in fixed.stdout
@@ -79,26 +123,14 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
     assert open_latents(str(root / "latents.zarr")).num_clips == 48
 
     # MLflow: two parent runs (failed, then finished); one nested run per stage job
-    client = MlflowClient(tracking_uri=mlflow_server["uri"])
-    experiment = client.get_experiment_by_name("stvideo-tiny")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    parents = [run for run in runs if "stvideo.stage" not in run.data.tags]
+    client = MlflowClient(tracking_uri=submitted.uri)
+    parents, children, made = stage_runs(client, root)
     assert [run.info.status for run in parents] == ["FAILED", "FINISHED"]
     first, second = parents
-    children = {
-        parent.info.run_id: {
-            run.data.tags["stvideo.stage"]: run
-            for run in runs
-            if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-        }
-        for parent in parents
-    }
     assert sorted(children[first.info.run_id]) == sorted(STAGES)
     assert children[first.info.run_id]["generate"].info.status == "FAILED"
     assert list(children[second.info.run_id]) == ["generate"]
     # the second invocation names the runs that made what it skipped
-    made = {stage: run for stage, run in children[first.info.run_id].items() if stage != "generate"}
-    made["generate"] = children[second.info.run_id]["generate"]
     for stage in STAGES[:4]:
         assert second.data.tags[f"stvideo.skipped.{stage}"] == made[stage].info.run_id
         assert made[stage].info.status == "FINISHED"
@@ -130,6 +162,159 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, m
     job_id = detached.stdout.split("as Ray job ")[1].split()[0]
     assert wait_for(jobs, job_id) == "SUCCEEDED", jobs.get_job_logs(job_id)[-3000:]
     assert "== generate: skipped" in jobs.get_job_logs(job_id)
+
+
+def test_models_registered_in_mlflow_generate_the_same_codes_in_a_fresh_root(submitted, tmp_path):
+    """Each training stage registered its checkpoint; generate in a fresh root from
+    models:/...@champion gives the codes the run from the root's folders gave."""
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file, save_file
+
+    root, uri = submitted.root, submitted.uri
+    client = MlflowClient(tracking_uri=uri)
+    _, _, made = stage_runs(client, root)
+
+    versions = {}
+    for stage, kind in (("train-tokenizer", "tokenizer"), ("train-dynamics", "dynamics")):
+        run = made[stage]
+        [version] = [
+            v for v in client.search_model_versions(f"name='stvideo-{kind}'") if v.run_id == run.info.run_id
+        ]
+        assert version.tags["stvideo.identity"] == run.data.tags[f"output.{kind}.identity"]
+        assert version.tags["stvideo.kind"] == kind and version.tags["stvideo.root"] == str(root)
+        assert run.data.tags[f"output.{kind}.model"] == f"models:/stvideo-{kind}/{version.version}"
+        logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert {"checkpoint/model.safetensors", "checkpoint/config.json"} <= logged, logged
+        promoted = run_stvideo(
+            "models", "promote", f"stvideo-{kind}", version.version, "--set", f"tracking.uri={uri}"
+        )
+        assert promoted.returncode == 0, promoted.stderr[-2000:]
+        versions[kind] = version.version
+    listed = run_stvideo("models", "list", "--set", f"tracking.uri={uri}")
+    assert f"models:/stvideo-dynamics/{versions['dynamics']}  @champion" in listed.stdout, listed.stdout
+
+    # a fresh root holding only the data (as a copy from another machine would): the models come
+    # from MLflow, downloaded into the scratch cache
+    fresh = tmp_path / "fresh"
+    for folder in ("raw", "latents.zarr"):
+        shutil.copytree(root / folder, fresh / folder)
+    config = [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={fresh}",
+        "--set",
+        f"tracking.uri={uri}",
+        "--set",
+        f"scratch={tmp_path / 'scratch'}",
+        "--set",
+        "generate.dynamics=models:/stvideo-dynamics@champion",
+        "--set",
+        "encode.tokenizer=models:/stvideo-tokenizer@champion",
+    ]
+    again = run_stvideo("run", "--stages", "generate", *config)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    first = zarr.open_group(str(root / "generations" / "default" / "codes.zarr"), mode="r")
+    second = zarr.open_group(str(fresh / "generations" / "default" / "codes.zarr"), mode="r")
+    assert np.array_equal(first["codes"][:], second["codes"][:])
+    assert second.attrs["dynamics_identity"] == made["train-dynamics"].data.tags["output.dynamics.identity"]
+    assert len(list((tmp_path / "scratch" / "models").iterdir())) == 2  # downloaded once each
+    manifest = json.loads((fresh / "generations" / "default" / "_stage.json").read_text())
+    assert manifest["inputs"]["dynamics"] == f"models:/stvideo-dynamics/{versions['dynamics']}"  # pinned
+
+    # a tokenizer other than the one that made the latents is refused, before any work
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(root / "tokenizer", other, ignore=shutil.ignore_patterns("train_state", "recon"))
+    weights = load_file(other / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, other / "model.safetensors")
+    with mlflow_run(uri) as run_id:
+        mlflow.log_artifacts(str(other), "checkpoint")
+    stranger = client.create_model_version("stvideo-tokenizer", f"runs:/{run_id}/checkpoint", run_id=run_id)
+    refused = run_stvideo(
+        "run",
+        "--stages",
+        "generate",
+        *config,
+        "--set",
+        f"encode.tokenizer=models:/stvideo-tokenizer/{stranger.version}",
+        "--set",
+        "generate.name=stranger",
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "was made with tokenizer" in refused.stderr
+    assert not (fresh / "generations" / "stranger").exists()
+
+
+# where the browser test keeps its screenshots (out/ is not committed; CI may keep it)
+SCREENSHOTS = REPO / "out" / "test-artifacts"
+
+
+def test_report_and_the_mlflow_ui_show_the_comparison_in_a_browser(submitted):
+    """Debian's chromium, headless: generate's report.html loads with no error and shows its
+    figures and the preview; the MLflow UI opens the experiment in its model-training view and
+    shows the comparison figure on the generate run."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed: `make setup` installs Debian's chromium where apt-get can")
+    from mlflow.tracking import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(tracking_uri=submitted.uri)
+    _, _, made = stage_runs(client, submitted.root)
+    generate = made["generate"]
+    report = submitted.root / "generations" / "default" / "report.html"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+            page.goto(report.as_uri(), wait_until="load")
+            shown = page.eval_on_selector_all(
+                "img", "images => images.map(image => [image.alt, image.complete && image.naturalWidth])"
+            )
+            page.screenshot(path=SCREENSHOTS / "report.png", full_page=True)
+            assert not errors, errors
+            widths = dict(shown)
+            assert widths[next(alt for alt in widths if alt.startswith("preview"))] > 0, shown
+            for figure in ("mse_by_step.png", "ssim_by_step.png", "15->5 mse_by_step.png"):
+                assert widths.get(figure, 0) > 300, (figure, shown)
+            assert "copy-last" in page.inner_text("body")
+
+            # the link the CLI prints: the experiment in MLflow's model-training view
+            experiment = generate.info.experiment_id
+            page.goto(f"{submitted.uri}/#/experiments/{experiment}?workflowType=machine_learning")
+            navigation = page.get_by_role("link", name="Model registry")
+            navigation.wait_for(timeout=60_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow-experiment.png")
+            assert page.get_by_role("link", name="Judges").count() == 0  # the GenAI view's
+            # the generate run's comparison figure, as its artifacts tab shows it
+            figure = "comparison/mse_by_step.png"
+            page.goto(
+                f"{submitted.uri}/#/experiments/{experiment}/runs/{generate.info.run_id}/artifacts/"
+                f"{figure}?workflowType=machine_learning"
+            )
+            page.get_by_text(figure).first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => [...document.images].some(image => image.complete && image.naturalWidth > 300)",
+                timeout=60_000,
+            )
+            page.screenshot(path=SCREENSHOTS / "mlflow-comparison.png")
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "mlflow-comparison.png").stat().st_size > 0
+
+
+@contextmanager
+def mlflow_run(uri: str):
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("stvideo-test-strangers")
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+        yield run.info.run_id
 
 
 def test_sigterm_to_submit_stops_its_ray_job_and_says_so(ray_head, tmp_path):

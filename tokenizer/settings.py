@@ -120,6 +120,9 @@ class TokenizerSettings:
     perceptual_weights: str | None = None  # local safetensors of VGG16 features; never downloaded
     restart_every: int = Field(25, ge=1)  # dead-code restart period, in steps
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="where it trains; auto: CUDA, then MPS (Apple silicon), then the CPU"
+    )
     num_workers: int = Field(1, ge=0)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)

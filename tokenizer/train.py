@@ -60,7 +60,7 @@ class FrameSource:
         )
 
 
-FileLogger = Callable[[str, str], None]  # (local path, artifact folder)
+ImageLogger = Callable[[str, str, int], None]  # (local PNG, key, step): a picture of the run
 
 
 def train_tokenizer(
@@ -68,13 +68,13 @@ def train_tokenizer(
     source: FrameSource,
     out: str | Path | training.Persistence,
     log_metrics: training.MetricsLogger | None = None,
-    log_file: FileLogger | None = None,
+    log_image: ImageLogger | None = None,
 ) -> dict[str, float]:
     """`out`: the checkpoint folder, or where its checkpoints become durable (`Persistence`)."""
     out = training.persistence_of(out)
     out_dir = out.local
     arch = settings.model
-    accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum)
+    accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.device)
     device = accelerator.device
 
     # --- models, optimizers, schedules, then the state of a run that stopped -----------------
@@ -159,7 +159,7 @@ def train_tokenizer(
         name="train-tokenizer",
         unit="frames",
         step=train_step,
-        evaluate=lambda: evaluate(plain_model, source, settings, out_dir, progress.step, log_file),
+        evaluate=lambda: evaluate(plain_model, source, settings, out_dir, progress.step, log_image),
         write_checkpoint=lambda: Tokenizer(plain_model.config, plain_model).save_pretrained(
             out_dir, discriminator=plain_disc
         ),
@@ -251,7 +251,7 @@ def evaluate(
     settings: TokenizerSettings,
     out_dir: Path,
     step: int,
-    log_file: FileLogger | None = None,
+    log_image: ImageLogger | None = None,
 ) -> dict[str, float]:
     """Reconstruction quality and codebook health on every frame of the validation videos."""
     arch = settings.model
@@ -290,8 +290,8 @@ def evaluate(
         recon_firsts = to_uint8(model.decode(model.encode(to_float(firsts).to(device)))).cpu()
     grid_path = out_dir / "recon" / f"step-{step:06d}.png"
     save_grid([firsts, recon_firsts], grid_path)
-    if log_file:
-        log_file(str(grid_path), "recon")
+    if log_image:
+        log_image(str(grid_path), "recon", step)
     return result
 
 

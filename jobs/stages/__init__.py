@@ -87,7 +87,9 @@ class StageSpec:
 
 
 def _training_cadence(section: str) -> tuple[str, ...]:
-    return tuple(f"{section}.{key}" for key in ("log_every", "eval_every", "checkpoint_every", "num_workers"))
+    return tuple(
+        f"{section}.{key}" for key in ("log_every", "eval_every", "checkpoint_every", "num_workers", "device")
+    )
 
 
 def _actor_scale(section: str) -> tuple[str, ...]:
@@ -105,7 +107,7 @@ STAGES: dict[str, StageSpec] = {
             reads=(),
             writes="raw",
             output_field="raw",
-            run_only_keys=("ingest.overwrite",),
+            run_only_keys=("ingest.overwrite", "data.decoder"),
             user_inputs=lambda cfg: {"videos": cfg.data.path} if cfg.data.source == "folder" else {},
             overwrite_key="ingest.overwrite",
         ),
@@ -118,7 +120,7 @@ STAGES: dict[str, StageSpec] = {
             writes="tokenizer",
             # under the root, whatever checkpoint `encode.tokenizer` makes later stages read
             output_field="trained_tokenizer",
-            run_only_keys=_training_cadence("tokenizer"),
+            run_only_keys=(*_training_cadence("tokenizer"), "data.decoder"),
         ),
         StageSpec(
             "encode",
@@ -128,7 +130,7 @@ STAGES: dict[str, StageSpec] = {
             reads=("raw", "tokenizer"),
             writes="latents",
             output_field="latents",
-            run_only_keys=(*_actor_scale("encode"), "encode.threads"),
+            run_only_keys=(*_actor_scale("encode"), "encode.threads", "data.decoder"),
         ),
         StageSpec(
             "train-dynamics",
@@ -137,7 +139,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("dynamics",),
             reads=("latents", "tokenizer"),
             writes="dynamics",
-            output_field="dynamics",
+            output_field="trained_dynamics",
             run_only_keys=_training_cadence("dynamics"),
         ),
         StageSpec(

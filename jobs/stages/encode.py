@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import logs
 from common.identity import store_identity
 from common.progress import progress_bar
+from jobs import models
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
@@ -66,13 +68,13 @@ class ClipDecoder:
 class TokenizerEncoder:
     """Ray Data actor: loads the tokenizer once, encodes batches of clips."""
 
-    def __init__(self, checkpoint: str, scratch: Path, threads: int = 1):
+    def __init__(self, checkpoint: str, scratch: Path, threads: int = 1, registry: str | None = None):
         import torch
 
         torch.set_num_threads(threads)
         # an actor may run on any node: the checkpoint comes from its URI, through the scratch cache
         self.tokenizer = Tokenizer.from_pretrained(
-            storage.local_copy(checkpoint, scratch),
+            models.checkpoint_folder(checkpoint, scratch, registry),
             map_location="cuda" if torch.cuda.is_available() else "cpu",
         )
 
@@ -151,7 +153,8 @@ def _prepare_store(
 
 def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     started = time.perf_counter()
-    tokenizer, manifest = _load_inputs(layout, storage.scratch_root(cfg.scratch))
+    checkpoint, registry = _pinned_tokenizer(cfg, layout)
+    tokenizer, manifest = _load_inputs(layout, checkpoint, registry, storage.scratch_root(cfg.scratch))
     clip_frames = cfg.data.clip_frames
     try:
         plans, num_clips = plan_clips(
@@ -180,7 +183,7 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     pending = [
         p for p in plans if any(store.shard_of(p.first_clip + i) in buffers for i in range(len(p.starts)))
     ]
-    written = _encode_into(store, buffers, pending, cfg, layout.tokenizer, tokenizer) if pending else 0
+    written = _encode_into(store, buffers, pending, cfg, (checkpoint, registry), tokenizer) if pending else 0
     if buffers:
         raise RuntimeError(f"encode: shards {sorted(buffers)[:5]} never received all their clips")
     store.finish({"rejected": store.rejects()})
@@ -212,19 +215,33 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         summary += f"; {metrics['clips_per_s']:.1f} clips/s"
     return StageResult(
         stage="encode",
-        inputs={"raw": layout.raw, "tokenizer": layout.tokenizer, "tokenizer_identity": tokenizer.identity},
+        inputs={"raw": layout.raw, "tokenizer": checkpoint, "tokenizer_identity": tokenizer.identity},
         outputs={"latents": layout.latents, "latents_identity": store_identity(store.attrs)},
         metrics=metrics,
         summary=summary,
     )
 
 
-def _load_inputs(layout: Layout, scratch: Path) -> tuple[Tokenizer, dict]:
+def _pinned_tokenizer(cfg: PipelineConfig, layout: Layout) -> tuple[str, str | None]:
+    """The tokenizer's URI with an alias pinned to the version it names now (every actor reads
+    that one), and the MLflow it comes from (None for a folder)."""
+    registry = models.registry_uri(cfg, layout.tokenizer)
+    try:
+        return models.pin(layout.tokenizer, registry), registry
+    except models.ModelURIError as err:
+        raise StageInputError(f"encode.tokenizer: {err}") from None
+
+
+def _load_inputs(
+    layout: Layout, checkpoint: str, registry: str | None, scratch: Path
+) -> tuple[Tokenizer, dict]:
     """The tokenizer to encode with and the raw manifest, or a clear error naming what is missing."""
     if not storage.exists(layout.raw_manifest):
         raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first")
     try:
-        tokenizer = Tokenizer.from_pretrained(storage.local_copy(layout.tokenizer, scratch))
+        tokenizer = Tokenizer.from_pretrained(models.checkpoint_folder(checkpoint, scratch, registry))
+    except models.ModelURIError as err:
+        raise StageInputError(f"encode.tokenizer: {err}") from None
     except FileNotFoundError:
         raise StageInputError(
             f"encode.tokenizer: {layout.tokenizer}: no checkpoint there; run `stvideo train-tokenizer` first"
@@ -239,7 +256,7 @@ def _encode_into(
     buffers: dict[int, ShardBuffer],
     pending: list[VideoPlan],
     cfg: PipelineConfig,
-    checkpoint: str,
+    checkpoint: tuple[str, str | None],
     tokenizer: Tokenizer,
 ) -> int:
     """Decode and encode the pending videos' clips on Ray Data; each shard is handed to a writer
@@ -252,6 +269,8 @@ def _encode_into(
     with ray_session(cfg.ray):
         import ray
         import ray.data
+
+        logs.configure()  # importing ray.data set its loggers' levels: ours again
 
         ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, ours, counts clips
         gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
@@ -266,7 +285,12 @@ def _encode_into(
             .flat_map(decoder)  # stateless CPU tasks
             .map_batches(
                 TokenizerEncoder,
-                fn_constructor_args=(checkpoint, storage.scratch_root(cfg.scratch), cfg.encode.threads),
+                fn_constructor_args=(
+                    checkpoint[0],
+                    storage.scratch_root(cfg.scratch),
+                    cfg.encode.threads,
+                    checkpoint[1],
+                ),
                 batch_size=cfg.encode.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),

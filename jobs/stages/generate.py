@@ -11,20 +11,23 @@ and logs the scores to MLflow.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import logs
 from common.digit_identity import DigitIdentity, DigitTrack
 from common.identity import file_identity
 from common.progress import progress_bar
-from dynamics import evaluate
+from dynamics import evaluate, report
 from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
 from dynamics.generate import GenerationSettings, continue_clip
-from jobs import tracking
+from jobs import models, tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
@@ -56,15 +59,27 @@ class ClipGenerator:
     latent store (`codes`, its source video's `key` and `start`) or a brought video (`path`)."""
 
     def __init__(
-        self, layout, settings, protocols, raw_videos, train_mean, preview_clips, fps, scratch, identity
+        self,
+        layout,
+        settings,
+        protocols,
+        raw_videos,
+        train_mean,
+        preview_clips,
+        fps,
+        scratch,
+        identity,
+        registry=None,
     ):
         from tokenizer.tokenizer import Tokenizer
 
         torch.set_num_threads(1)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        # an actor may run on any node: the checkpoints come from the root, through its scratch cache
-        self.model, _ = load_dynamics(storage.local_copy(layout.dynamics, scratch), map_location=device)
-        tokenizer = storage.local_copy(layout.tokenizer, scratch)
+        # an actor may run on any node: the checkpoints come from their URIs (the root's folders or
+        # pinned MLflow versions), through its scratch cache
+        dynamics = models.checkpoint_folder(layout.dynamics, scratch, registry)
+        self.model, _ = load_dynamics(dynamics, map_location=device)
+        tokenizer = models.checkpoint_folder(layout.tokenizer, scratch, registry)
         self.tokenizer = Tokenizer.from_pretrained(tokenizer, map_location=device)
         self.settings, self.protocols, self.preview_clips, self.fps = settings, protocols, preview_clips, fps
         self.size, self.channels = self.tokenizer.config.frame_size, self.tokenizer.config.in_channels
@@ -156,12 +171,16 @@ def _column(values: list) -> np.ndarray:
 
 def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     gen, scratch = cfg.generate, storage.scratch_root(cfg.scratch)
+    layout, registry = _pinned_checkpoints(cfg, layout)
     try:
-        dynamics_local = storage.local_copy(layout.dynamics, scratch)
+        dynamics_local = models.checkpoint_folder(layout.dynamics, scratch, registry)
         _, dynamics_config = load_dynamics(dynamics_local)
         store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
+    except models.ModelURIError as err:
+        raise StageInputError(f"generate.dynamics: {err}") from None
     except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
+    _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
     raw_videos = _raw_videos(layout, store.attrs["fps"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     if not gen.videos and not raw_videos:
@@ -176,7 +195,18 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
     train_mean = mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos)
     identity = _digit_identity(cfg.data) if not gen.videos else None
-    actor = (layout, settings, protocols, raw_videos, train_mean, set(preview_clips), fps, scratch, identity)
+    actor = (
+        layout,
+        settings,
+        protocols,
+        raw_videos,
+        train_mean,
+        set(preview_clips),
+        fps,
+        scratch,
+        identity,
+        registry,
+    )
     results = _continue_all(cfg, items, actor)
     seconds = time.perf_counter() - started
 
@@ -220,6 +250,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
 
     tracking.log_bytes(preview_gif, "preview/preview.gif")
     tracking.log_bytes(metrics_json, "metrics.json")
+    if "model" in metrics["per_step"]:
+        _report(cfg, out, metrics, preview_gif)
     headline = tracking.log_scores_by_step(metrics)
     for prompt_frames, steps in protocols:
         if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
@@ -233,7 +265,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
         summary += (
-            f"; preview {storage.join(out, 'preview.gif')}, metrics {storage.join(out, 'metrics.json')}"
+            f"; preview {storage.join(out, 'preview.gif')}, metrics {storage.join(out, 'metrics.json')}, "
+            f"report {storage.join(out, 'report.html')}"
         )
     return StageResult(
         stage="generate",
@@ -244,12 +277,61 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
 
 
+def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) -> None:
+    """`report.html` beside the metrics, and the per-step comparison figures on the run's image
+    charts, so the run page shows the model beside every reference at a glance."""
+    samples = cfg.generate.samples
+    figures = report.comparison_figures(metrics, samples)
+    for name, scored in metrics.get("protocols", {}).items():
+        figures.update(report.comparison_figures(scored, samples, prefix=f"p{name.replace('->', '_k')}_"))
+    with tempfile.TemporaryDirectory() as folder:
+        for file, figure in figures.items():
+            path = Path(folder) / file
+            path.write_bytes(report.png(figure))
+            tracking.log_artifact(str(path), "comparison")
+            tracking.log_image(str(path), f"comparison_{path.stem}", 0)
+    page = report.report_html(metrics, samples, preview_gif, f"{cfg.name}: generations/{cfg.generate.name}")
+    storage.write_bytes_atomic(storage.join(out, "report.html"), page.encode())
+    tracking.log_bytes(page.encode(), "report.html")
+
+
+def _pinned_checkpoints(cfg: PipelineConfig, layout: Layout) -> tuple[Layout, str | None]:
+    """The layout with MLflow aliases pinned to the versions they name now, so every actor reads
+    the same models, and the MLflow they come from (None when both are folders)."""
+    registry = models.registry_uri(cfg, layout.dynamics, layout.tokenizer)
+    pinned = {}
+    for field, key in (("dynamics", "generate.dynamics"), ("tokenizer", "encode.tokenizer")):
+        try:
+            pinned[field] = models.pin(getattr(layout, field), registry)
+        except models.ModelURIError as err:
+            raise StageInputError(f"{key}: {err}") from None
+    return replace(layout, **pinned), registry
+
+
+def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: str) -> None:
+    """Decoding with another tokenizer than the one that made the latents gives noise: refuse."""
+    try:
+        folder = models.checkpoint_folder(layout.tokenizer, scratch, registry)
+        given = file_identity(folder / "model.safetensors")
+    except models.ModelURIError as err:
+        raise StageInputError(f"encode.tokenizer: {err}") from None
+    except FileNotFoundError:
+        raise StageInputError(f"encode.tokenizer: {layout.tokenizer}: no checkpoint there") from None
+    if given != made_with:
+        raise StageInputError(
+            f"encode.tokenizer: {layout.tokenizer} is tokenizer {given}, but {layout.latents} was made "
+            f"with tokenizer {made_with} (and the dynamics model learned its codes): give that one"
+        )
+
+
 def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[int, dict]:
     """Every item through a pool of `ClipGenerator` actors: clip -> its row, in clip order."""
     gen, results = cfg.generate, {}
     with ray_session(cfg.ray):
         import ray
         import ray.data
+
+        logs.configure()  # importing ray.data set its loggers' levels: ours again
 
         ray.data.DataContext.get_current().enable_progress_bars = False
         dataset = ray.data.from_items(items).map_batches(

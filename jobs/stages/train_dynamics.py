@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jobs import tracking
+from common.training import DeviceUnavailable, pick_device
+from jobs import models, tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.stages.base import StageInputError, StageResult
@@ -25,7 +26,7 @@ def _ray_train_worker(config: dict) -> None:
     from jobs.ray_train import worker_folder
 
     out = worker_folder(config)
-    tokenizer = storage.local_copy(config["tokenizer"], Path(config["scratch"]))
+    tokenizer = models.checkpoint_folder(config["tokenizer"], Path(config["scratch"]), config["registry"])
     train_dynamics(config["settings"], config["latents"], tokenizer, out, log_metrics=out.log_metrics)
 
 
@@ -34,7 +35,14 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
     from dynamics.train import train_dynamics
 
     started = time.perf_counter()
+    if not cfg.ray.train_workers:  # trains here: the device must be here (workers check their own)
+        try:
+            pick_device(cfg.dynamics.device)
+        except DeviceUnavailable as err:
+            raise StageInputError(f"dynamics.{err}") from None
+    registry = models.registry_uri(cfg, layout.tokenizer)
     try:
+        tokenizer = models.pin(layout.tokenizer, registry)  # every worker reads the same version
         if cfg.ray.train_workers:
             from jobs import ray_train
 
@@ -42,27 +50,34 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
                 cfg,
                 layout,
                 "train-dynamics",
-                layout.dynamics,
+                layout.trained_dynamics,
                 _ray_train_worker,
-                {"settings": cfg.dynamics, "latents": layout.latents, "tokenizer": layout.tokenizer},
+                {
+                    "settings": cfg.dynamics,
+                    "latents": layout.latents,
+                    "tokenizer": tokenizer,
+                    "registry": registry,
+                },
             )
         else:
             scratch = storage.scratch_root(cfg.scratch)
             summary = train_dynamics(
                 cfg.dynamics,
                 layout.latents,
-                storage.local_copy(layout.tokenizer, scratch),
-                storage.run_folder(layout.dynamics, scratch),
+                models.checkpoint_folder(tokenizer, scratch, registry),
+                storage.run_folder(layout.trained_dynamics, scratch),
                 log_metrics=tracking.log_metrics,
             )
+    except models.ModelURIError as err:
+        raise StageInputError(f"encode.tokenizer: {err}") from None
     except (LatentStoreError, DynamicsCheckpointError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run `stvideo encode` with this tokenizer first") from None
     result = StageResult(
         stage="train-dynamics",
-        inputs={"latents": layout.latents, "tokenizer": layout.tokenizer},
-        outputs={"dynamics": layout.dynamics},
+        inputs={"latents": layout.latents, "tokenizer": tokenizer},
+        outputs={"dynamics": layout.trained_dynamics},
         metrics={**summary, "seconds": time.perf_counter() - started},
-        summary=f"train-dynamics: checkpoint {layout.dynamics}",
+        summary=f"train-dynamics: checkpoint {layout.trained_dynamics}",
     )
     if "world_size" in summary:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from common.identity import file_identity
+from common.training import DeviceUnavailable, pick_device
 from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
@@ -27,7 +28,18 @@ def _ray_train_worker(config: dict) -> None:
     train_tokenizer(config["settings"], config["source"], out, log_metrics=out.log_metrics)
 
 
+def _log_recon(path: str, key: str, step: int) -> None:
+    """A recon grid: a file under recon/, and a picture at its step on the run's image charts."""
+    tracking.log_artifact(path, key)
+    tracking.log_image(path, key, step)
+
+
 def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
+    if not cfg.ray.train_workers:  # trains here: the device must be here (workers check their own)
+        try:
+            pick_device(cfg.tokenizer.device)
+        except DeviceUnavailable as err:
+            raise StageInputError(f"tokenizer.{err}") from None
     try:
         shards = raw_shard_uris(layout.raw)
     except FileNotFoundError as err:
@@ -54,7 +66,7 @@ def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
             source,
             storage.run_folder(output, storage.scratch_root(cfg.scratch)),
             log_metrics=tracking.log_metrics,
-            log_file=tracking.log_artifact,
+            log_image=_log_recon,
         )
     identity = file_identity(storage.join(output, "model.safetensors"))
     result = StageResult(

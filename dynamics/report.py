@@ -1,0 +1,135 @@
+"""A generation's scores as pictures: one figure per metric with the model's estimates beside
+every reference and the reconstruction bound, the samples' diversity, and `report.html`, a
+self-contained page (figures and preview embedded) that opens anywhere without a server."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+# Figure objects, not pyplot: no display or global figure state, safe on a cluster node
+from matplotlib.figure import Figure
+
+from dynamics.evaluate import TABLE_METRICS, TABLE_ROWS, markdown_tables
+
+# how each curve is drawn: the model's estimates solid, the references dashed, the bound dotted
+STYLE = {
+    "model": {"color": "C0", "linewidth": 2.5},
+    "model_median": {"color": "C1", "linewidth": 2},
+    "model_average": {"color": "C2", "linewidth": 2},
+    "model_samples": {"color": "C4", "linewidth": 1},
+    "model_best": {"color": "C6", "linewidth": 1},
+    "copy_last": {"color": "C3", "linestyle": "--"},
+    "copy_last_latent": {"color": "C5", "linestyle": "--"},
+    "black": {"color": "0.2", "linestyle": "--"},
+    "train_mean": {"color": "C7", "linestyle": "--"},
+    "reconstruction": {"color": "0.5", "linestyle": ":"},
+    "truth": {"color": "0.5", "linestyle": ":"},
+}
+OF_SAMPLES = ("model_median", "model_average", "model_samples", "model_best")
+LOWER_IS_BETTER = {"mse": True, "ssim": False, "identity": False}
+
+
+def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[str, Figure]:
+    """`metrics.json` (or one of its protocols) -> {file name: figure}: per metric, the score at
+    each generated step of every estimate and reference, and the samples' diversity."""
+    per_step = metrics["per_step"]
+    steps = range(1, len(per_step["model"]["mse"]) + 1)
+    figures = {}
+    for metric, (title, _) in TABLE_METRICS.items():
+        rows = [(ref, label) for ref, label in TABLE_ROWS if metric in per_step.get(ref, {})]
+        if samples == 1:  # one sample: its median, average and best are itself
+            rows = [(ref, label) for ref, label in rows if ref not in OF_SAMPLES]
+        if metric not in per_step["model"]:
+            continue
+        figure = Figure(figsize=(7, 4.2), layout="constrained")
+        axes = figure.subplots()
+        for ref, label in rows:
+            axes.plot(steps, per_step[ref][metric], label=label.format(samples=samples), **STYLE.get(ref, {}))
+        better = "lower" if LOWER_IS_BETTER[metric] else "higher"
+        axes.set(
+            xlabel="generated frame",
+            ylabel=title,
+            title=f"{prefix}{title} per generated frame ({better} is better)",
+        )
+        axes.set_xticks(list(steps))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        figures[f"{prefix}{metric}_by_step.png"] = figure
+    if "diversity" in metrics:
+        figure = Figure(figsize=(7, 3.2), layout="constrained")
+        axes = figure.subplots()
+        axes.plot(steps, metrics["diversity"]["per_step"], color="C0", linewidth=2)
+        axes.set(
+            xlabel="generated frame",
+            ylabel="MSE between samples",
+            title=f"{prefix}diversity of the {samples} samples per generated frame",
+        )
+        axes.set_xticks(list(steps))
+        axes.grid(alpha=0.3)
+        figures[f"{prefix}diversity_by_step.png"] = figure
+    return figures
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def report_html(metrics: dict, samples: int, preview_gif: bytes, title: str) -> str:
+    """One page: the preview, the per-step figures and tables of the main protocol and of every
+    further one (e.g. the original's 15 -> 5), and how to read them."""
+    sections = [
+        _protocol_section(metrics, samples, f"{metrics['prompt_frames']} -> {metrics['generate_frames']}")
+    ]
+    for name, scored in metrics.get("protocols", {}).items():
+        sections.append(_protocol_section(scored, samples, name.replace("->", " -> "), prefix=f"{name} "))
+    gif = base64.b64encode(preview_gif).decode()
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+img {{ max-width: 100%; }} table {{ border-collapse: collapse; font-size: 0.8em; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+td:first-child {{ text-align: left; }}
+figure {{ margin: 1em 0; }} .note {{ color: #555; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="note">{metrics["clips"]} clips, {metrics["prompt_frames"]} prompt frames,
+{metrics["generate_frames"]} generated, {samples} samples each. Sample 0 is the likeliest
+continuation; the median and average are taken per pixel over the samples. The references: copy-last
+(the last prompt frame held, in pixels and through the tokenizer), all-black, the training set's
+mean frame; the tokenizer's reconstruction of the true frames bounds what any model of these latents
+can reach.</p>
+<h2>Preview</h2>
+<figure id="preview"><img alt="preview: rows of prompt and continuation, sample 0, median of samples, truth"
+ src="data:image/gif;base64,{gif}"><figcaption class="note">Per clip: sample 0, the samples' median, the
+truth.</figcaption></figure>
+{"".join(sections)}
+</body></html>
+"""
+
+
+def _protocol_section(metrics: dict, samples: int, name: str, prefix: str = "") -> str:
+    images = "".join(
+        f'<figure class="plot"><img alt="{html.escape(file)}" '
+        f'src="data:image/png;base64,{base64.b64encode(png(figure)).decode()}"></figure>'
+        for file, figure in comparison_figures(metrics, samples, prefix).items()
+    )
+    return f"<h2>{html.escape(name)}</h2>{images}{_tables(metrics, samples)}"
+
+
+def _tables(metrics: dict, samples: int) -> str:
+    """The markdown tables `stvideo tables` prints, as HTML."""
+    out = []
+    for block in markdown_tables(metrics, samples).strip().split("\n\n"):
+        lines = [line.strip("|").split("|") for line in block.splitlines() if not line.startswith("| ---")]
+        head, *body = lines
+        out.append(f"<table>{_row(head, 'th')}{''.join(_row(cells, 'td') for cells in body)}</table>")
+    return "".join(out)
+
+
+def _row(cells: list[str], tag: str) -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(cell.strip())}</{tag}>" for cell in cells) + "</tr>"

