@@ -1,7 +1,8 @@
 """Training loops against this machine's own limit: model FLOP utilisation, measured in one run.
 
-The limit is the dense matmul rate of this machine, measured first (square fp32 matmuls of
-the largest size that fits the cache well; bf16 on a GPU). Then each training loop's step
+The limit is the dense matmul rate of this machine in the precision each loop trains in
+(`mixed_precision: auto`: bf16 on a GPU, and on a CPU that multiplies bf16 in hardware; else
+fp32), measured first: square matmuls of the size that runs fastest. Then each training loop's step
 (forward, backward, AdamW) of the config's models, on inputs of its shape, is timed and its
 FLOPs counted by PyTorch's FlopCounterMode:
 
@@ -9,8 +10,8 @@ FLOPs counted by PyTorch's FlopCounterMode:
 - train-tokenizer: the VQGAN (reconstruction + quantizer loss, no discriminator, as the demo's
   steps run) on random frames [batch_videos x frames_per_video, C, H, W].
 
-It prints tokens/s (frames/s), the achieved FLOP/s and its ratio to the matmul rate: an MFU
-for CPUs (on a GPU the same ratio, in bf16, and against the card's listed peak as well).
+It prints tokens/s (frames/s), the achieved FLOP/s and its ratio to the matmul rate of its
+precision: an MFU for CPUs (on a GPU, against the card's listed peak as well).
 
     .venv/bin/python bench/training.py [--config configs/demo.yaml] [--steps 10]
 """
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.training import resolve_precision
 from dynamics.model import STTransformer
 from jobs.config import load_config
 from tokenizer.model import VQGAN
@@ -94,6 +96,16 @@ def measure(
     return achieved
 
 
+def precision_of(mixed_precision: str, device: str):
+    """What the stage trains in (`common.training.resolve_precision`): the dtype its matmuls run
+    in and the autocast that gets them there."""
+    precision = resolve_precision(mixed_precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if dtype == torch.float32:
+        return dtype, nullcontext
+    return dtype, lambda: torch.autocast(device, dtype=dtype)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="training loops' FLOP/s against this machine's matmul rate")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
@@ -102,26 +114,25 @@ def main() -> None:
 
     cfg = load_config(args.config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if device == "cpu":
-        torch.set_num_threads(torch.get_num_threads())  # all cores, as training uses them
-        autocast = nullcontext
-    else:
+    rates: dict[torch.dtype, float] = {}
 
-        def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+    def limit_of(dtype: torch.dtype) -> float:
+        if dtype not in rates:
+            rates[dtype] = matmul_rate(device, dtype)
+            print(
+                f"device {device}, {torch.get_num_threads()} threads; dense {dtype} matmul: "
+                f"{rates[dtype] / 1e9:.1f} GFLOP/s"
+            )
+        return rates[dtype]
 
-    limit = matmul_rate(device, dtype)
-    print(
-        f"device {device}, {torch.get_num_threads()} threads; dense {dtype} matmul: {limit / 1e9:.1f} GFLOP/s"
-    )
+    limit_of(torch.float32)  # the reference, whatever the loops run in
     if device == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((value for key, value in PEAKS.items() if key in name), None)
         if peak:
             print(
                 f"(the card's listed bf16 peak: {peak / 1e12:.0f} TFLOP/s; "
-                f"the matmul reaches {limit / peak:.0%})"
+                f"the bf16 matmul reaches {limit_of(torch.bfloat16) / peak:.0%})"
             )
 
     torch.manual_seed(0)
@@ -136,8 +147,9 @@ def main() -> None:
     dynamics = STTransformer(cfg.dynamics.model, codebook, grid, levels).to(device).train()
     batch, frames = cfg.dynamics.batch_size, cfg.data.clip_frames
     codes = torch.randint(0, arch.codebook_size, (batch, frames, *grid), device=device)
+    dtype, autocast = precision_of(cfg.dynamics.mixed_precision, device)
     measure(
-        "train-dynamics",
+        f"train-dynamics ({str(dtype).removeprefix('torch.')})",
         dynamics,
         lambda model: model(codes).loss,
         batch * frames * grid[0] * grid[1],
@@ -145,7 +157,7 @@ def main() -> None:
         args.steps,
         device,
         autocast,
-        limit,
+        limit_of(dtype),
     )
 
     tokenizer = VQGAN(arch).to(device).train()
@@ -162,8 +174,9 @@ def main() -> None:
         out = model(images)
         return F.l1_loss(out.recon, images) + out.quant_loss
 
+    dtype, autocast = precision_of(settings.mixed_precision, device)
     measure(
-        "train-tokenizer",
+        f"train-tokenizer ({str(dtype).removeprefix('torch.')})",
         tokenizer,
         tokenizer_loss,
         len(images),
@@ -171,7 +184,7 @@ def main() -> None:
         max(2, args.steps // 2),
         device,
         autocast,
-        limit,
+        limit_of(dtype),
     )
 
 

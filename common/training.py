@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -132,12 +133,30 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There autocast to bf16
+    runs the matmuls at about 4x the fp32 rate (a training step of the demo's dynamics model
+    1.7x faster); elsewhere bf16 is emulated, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to ask without trying; stay in fp32
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def resolve_precision(mixed_precision: str, device: str) -> str:
+    """`auto`: bf16 on a GPU that has it (else fp16), and on a CPU that multiplies bf16 in
+    hardware; fp32 ("no") elsewhere."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device == "cpu" and cpu_has_bf16() else "no"
+
+
 def make_accelerator(mixed_precision: str, grad_accum: int, device: str = "auto") -> Accelerator:
     device = pick_device(device)
-    if mixed_precision == "auto":
-        mixed_precision = "no"
-        if device == "cuda":
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    mixed_precision = resolve_precision(mixed_precision, device)
     # Accelerate takes CUDA, else MPS, unless told cpu=True; which it also needs to keep
     # torchrun's ranks on a machine with no GPU
     return Accelerator(

@@ -40,6 +40,22 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over [..., L, head_dim]; `mask` [L, L]: True where a query may
+    attend. On a GPU, PyTorch's fused kernel. On a CPU, two batched matmuls with the softmax in
+    fp32: for this model's short sequences (64 pixels, at most `max_frames` frames) the fused
+    kernel's tiling costs more than it saves (a training step 1.2x faster without it), and its
+    backward is slow in bf16, which these matmuls run in under autocast."""
+    if q.is_cuda:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 class SpatialAttention(nn.Module):
     """Self-attention over the h*w latent pixels of each frame, frames independent."""
 
@@ -52,7 +68,7 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, frames, pixels, width = x.shape
         q, k, v = self.qkv(x).view(batch * frames, pixels, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, frames, pixels, width))
 
 
@@ -124,11 +140,9 @@ class TemporalAttention(nn.Module):
         q, k, v = self._heads(x, 0)
         if cache is not None:
             cache.write(k, v, 0)
-        if frames <= self.window:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # only rotary positions get here: learned ones stop at the window
-            mask = window_mask(frames, self.window, x.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # causal, and over at most the last `window` frames (only rotary positions get past the
+        # window: learned ones stop there)
+        out = attention(q, k, v, window_mask(frames, self.window, x.device))
         return self._merge(out, x.shape[0], x.shape[2])
 
     def step(self, x: torch.Tensor, cache: LayerCache, position: int) -> torch.Tensor:

@@ -71,3 +71,18 @@ def test_real_footage_prepared_alike_by_both(monkeypatch):
     assert prepared["pyav"].original == prepared["decord"].original
     assert prepared["pyav"].shots == prepared["decord"].shots
     assert prepared["pyav"].num_frames == prepared["decord"].num_frames > 20
+
+
+@pytest.mark.slow
+def test_the_decoder_a_stage_chose_reaches_its_ray_workers(monkeypatch):
+    """`data.decoder` is read in the stage's process; Ray tasks decode in others."""
+    from jobs.config import RayConfig
+    from jobs.ray_runtime import ray_session
+    from pipeline.decoders import use_decoder
+
+    monkeypatch.setenv(DECODER_ENV, "auto")  # restored after the test: use_decoder sets it
+    use_decoder("pyav")
+    with ray_session(RayConfig(num_cpus=1)):
+        import ray
+
+        assert ray.get(ray.remote(decoder_name).remote()) == "pyav"
