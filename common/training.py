@@ -22,6 +22,7 @@ from typing import Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -157,6 +158,12 @@ def resolve_precision(mixed_precision: str, device: str) -> str:
 def make_accelerator(mixed_precision: str, grad_accum: int, device: str = "auto") -> Accelerator:
     device = pick_device(device)
     mixed_precision = resolve_precision(mixed_precision, device)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        # `stvideo run` trains the tokenizer, then the dynamics model, in one process, each in
+        # its own precision; Accelerate keeps one state per process and refuses another
+        # precision, so the previous stage's goes (the process group, PartialState, stays)
+        AcceleratorState._reset_state(reset_partial_state=False)
     # Accelerate takes CUDA, else MPS, unless told cpu=True; which it also needs to keep
     # torchrun's ranks on a machine with no GPU
     return Accelerator(

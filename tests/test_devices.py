@@ -32,3 +32,15 @@ def test_a_training_stage_asked_for_a_missing_device_names_the_key(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "tokenizer.device: given cuda; this machine has none" in result.stderr
+
+
+def test_two_stages_in_one_process_train_in_their_own_precisions():
+    """`stvideo run` trains the tokenizer then the dynamics model in one process; Accelerate
+    keeps one state per process, and each stage's precision must still be its own."""
+    first = make_accelerator("no", 1, "cpu")
+    assert first.mixed_precision == "no"
+    second = make_accelerator("bf16", 1, "cpu")
+    assert second.mixed_precision == "bf16"
+    with second.autocast():
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
+    assert make_accelerator("no", 1, "cpu").mixed_precision == "no"
