@@ -145,6 +145,15 @@ class TemporalAttention(nn.Module):
         out = attention(q, k, v, window_mask(frames, self.window, x.device))
         return self._merge(out, x.shape[0], x.shape[2])
 
+    def last(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """All frames x [B, T, N, d] from position 0 into the cache, and the attention output of
+        the last frame alone [B, 1, N, d]: what a prefill's last layer needs."""
+        q, k, v = self._heads(x, 0)
+        cache.write(k, v, 0)
+        recent = slice(max(0, k.shape[2] - self.window), None)  # the last query sees its window
+        out = attention(q[:, :, -1:], k[:, :, recent], v[:, :, recent])
+        return self._merge(out, x.shape[0], x.shape[2])
+
     def step(self, x: torch.Tensor, cache: LayerCache, position: int) -> torch.Tensor:
         """One new frame x [B, 1, N, d] at `position`, attending to itself and the cached
         frames still in the window."""
@@ -176,8 +185,12 @@ class GaussianLayer(nn.Module):
             self.conv.bias[cfg.d_model :] = -6.0
 
     def forward(
-        self, x: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        x: torch.Tensor,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+        with_kl: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, frames, pixels, width = x.shape
         height, grid_width = self.grid
         maps = x.reshape(batch * frames, height, grid_width, width).permute(0, 3, 1, 2)
@@ -186,7 +199,8 @@ class GaussianLayer(nn.Module):
         )
         mean = x + delta  # the mean is a correction of the input: a residual, easy to train
         logvar = logvar.clamp(*self.limits)
-        kl = gaussian_kl(mean, logvar).mean(-1)  # [B, T]: per latent pixel, averaged over the frame
+        # [B, T]: per latent pixel, averaged over the frame; generating needs none (nor its ops)
+        kl = gaussian_kl(mean, logvar).mean(-1) if with_kl else None
         if deterministic:
             return mean, kl
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -206,17 +220,25 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
         self.gaussian = GaussianLayer(cfg, grid)
 
-    def forward(self, x, deterministic=False, generator=None, cache: LayerCache | None = None):
+    def forward(
+        self, x, deterministic=False, generator=None, cache: LayerCache | None = None, last_only=False
+    ):
+        """`cache`: a prefill, which keeps the temporal keys and values and needs no KL;
+        `last_only` (a prefill's last layer): every frame's keys and values go to the cache, but
+        only the last frame goes on (its feed-forward and Gaussian layer: most of a layer's work)."""
         x = x + self.spatial(self.norm_spatial(x))
-        x = x + self.temporal(self.norm_temporal(x), cache)
+        if last_only:
+            x = x[:, -1:] + self.temporal.last(self.norm_temporal(x), cache)
+        else:
+            x = x + self.temporal(self.norm_temporal(x), cache)
         x = x + self.ff(self.norm_ff(x))
-        return self.gaussian(x, deterministic, generator)
+        return self.gaussian(x, deterministic, generator, with_kl=cache is None)
 
     def step(self, x, cache: LayerCache, position: int, deterministic=False, generator=None):
         x = x + self.spatial(self.norm_spatial(x))
         x = x + self.temporal.step(self.norm_temporal(x), cache, position)
         x = x + self.ff(self.norm_ff(x))
-        return self.gaussian(x, deterministic, generator)
+        return self.gaussian(x, deterministic, generator, with_kl=False)
 
 
 @dataclass
@@ -572,8 +594,9 @@ class STTransformer(nn.Module):
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The start frame and input codes [B, T-1, h, w] through every layer at once: the head's
-        output [B, T, h*w, *] (before any residual) and the summed KL [B, T]. With a `cache`, it
-        keeps each layer's temporal keys and values, and the output is the last frame's alone."""
+        output [B, T, h*w, *] (before any residual) and the summed KL [B, T]. With a `cache` (a
+        prefill) it keeps each layer's temporal keys and values, the output is the last frame's
+        alone and the KL stays zero (generating needs none)."""
         batch, frames = inputs.shape[0], inputs.shape[1] + 1
         if not self.rotary and frames > self.config.max_frames:
             raise ValueError(
@@ -585,12 +608,14 @@ class STTransformer(nn.Module):
             x = x + self.temporal_position[:frames, None]
         kl = torch.zeros(batch, frames, device=inputs.device)
         layer_caches = cache.layers if cache is not None else [None] * len(self.blocks)
-        for block, layer_cache in zip(self.blocks, layer_caches, strict=True):
-            x, layer_kl = block(x, deterministic, generator, layer_cache)
-            kl = kl + layer_kl
-        if cache is not None:  # a prefill: only the last frame's prediction is wanted
+        for index, (block, layer_cache) in enumerate(zip(self.blocks, layer_caches, strict=True)):
+            # a prefill wants the last frame's prediction alone: its last layer carries only that frame
+            last_only = cache is not None and index == len(self.blocks) - 1
+            x, layer_kl = block(x, deterministic, generator, layer_cache, last_only)
+            if layer_kl is not None:
+                kl = kl + layer_kl
+        if cache is not None:
             cache.length = frames
-            x = x[:, -1:]
         return self.head(self.norm(x)), kl
 
     def forward(

@@ -27,7 +27,7 @@ settings = DynamicsSettings(
     eval_batches=1,
     checkpoint_every=2,
     log_every=1,
-    mixed_precision="no",  # the Accelerator above is fp32, and Accelerate keeps one per process
+    mixed_precision="no",  # fp32 like the Accelerator above: what is tested here is the split
 )
 summary = train_dynamics(settings, latents, tokenizer, out / "dynamics")
 if accelerator.is_main_process:

@@ -49,7 +49,7 @@ settings = TokenizerSettings(
     restart_every=1,
     num_workers=1,
     log_every=1,
-    mixed_precision="no",  # the Accelerator above is fp32, and Accelerate keeps one per process
+    mixed_precision="no",  # fp32 like the Accelerator above: what is tested here is the split
 )
 summary = train_tokenizer(settings, FrameSource(shards, 0.2, 0.0), out / "tokenizer")
 if accelerator.is_main_process:
