@@ -299,8 +299,9 @@ class _Copied:
 
 @contextmanager
 def _stage_log(stage: str) -> Iterator:
-    """What the stage's process prints while the block runs (its summary, step lines, progress,
-    Ray's relayed worker output), copied into a file that ends up on the stage's run."""
+    """What the stage's process prints while the block runs (step lines, progress, Ray's relayed
+    worker output; the runner prints the stage's summary after), copied into a file that ends
+    up on the stage's run."""
     with tempfile.TemporaryDirectory() as folder, open(Path(folder) / f"{stage}.log", "w") as copy:
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Copied(sys.stdout, copy), _Copied(sys.stderr, copy)
