@@ -139,6 +139,9 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         assert recorded["stage"] == stage and recorded["mlflow_run_id"] == runs[stage].info.run_id
     metrics_finished = recorded["finished_at"]
     assert [a.path for a in client.list_artifacts(generate.info.run_id, "preview")] == ["preview/preview.gif"]
+    # the preview's generated frames on the image charts, one per horizon step
+    steps = [a.path for a in client.list_artifacts(generate.info.run_id, "images")]
+    assert sum("preview" in path and path.endswith(".png") for path in steps) == 10, steps
     figures = {a.path for a in client.list_artifacts(generate.info.run_id, "comparison")}
     assert {"comparison/mse_by_step.png", "comparison/ssim_by_step.png"} <= figures, figures
     assert (out / "report.html").stat().st_size > 0

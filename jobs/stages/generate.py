@@ -10,6 +10,7 @@ and logs the scores to MLflow.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -249,6 +250,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     preview_gif = write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
 
     tracking.log_bytes(preview_gif, "preview/preview.gif")
+    _log_preview_steps(preview_gif, gen.prompt_frames)
     tracking.log_bytes(metrics_json, "metrics.json")
     if "model" in metrics["per_step"]:
         _report(cfg, out, metrics, preview_gif)
@@ -275,6 +277,19 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
+
+
+def _log_preview_steps(preview_gif: bytes, prompt_frames: int) -> None:
+    """The preview's generated frames on the run's image charts, each at its horizon step: a
+    slider over the continuation beside the per-step scores."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(io.BytesIO(preview_gif)) as gif, tempfile.TemporaryDirectory() as folder:
+        for index, frame in enumerate(ImageSequence.Iterator(gif)):
+            if index >= prompt_frames:
+                path = Path(folder) / f"preview-{index:03d}.png"
+                frame.convert("RGB").save(path)
+                tracking.log_image(str(path), "preview", index - prompt_frames + 1)
 
 
 def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) -> None:
