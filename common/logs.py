@@ -45,6 +45,12 @@ def configure(verbosity: str | None = None) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if level() <= logging.DEBUG else logging.WARNING)
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An error's message as one line for a log or a reason (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def get(name: str) -> logging.Logger:
     """The logger of one part of stvideo (`stvideo.<name>`), set up on first use."""
     logger = logging.getLogger(f"stvideo.{name}")

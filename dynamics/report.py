@@ -78,14 +78,26 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def report_html(metrics: dict, samples: int, preview_gif: bytes, title: str) -> str:
-    """One page: the preview, the per-step figures and tables of the main protocol and of every
-    further one (e.g. the original's 15 -> 5), and how to read them."""
-    sections = [
-        _protocol_section(metrics, samples, f"{metrics['prompt_frames']} -> {metrics['generate_frames']}")
-    ]
+def figure_pngs(metrics: dict, samples: int) -> dict[str, dict[str, bytes]]:
+    """Every comparison figure as PNG, rendered once for the report and the run's charts:
+    {protocol ("" for the main one, else e.g. "15->5"): {file: png}}, a further protocol's
+    files named after it ("15->5 mse_by_step.png")."""
+    pngs = {"": {file: png(figure) for file, figure in comparison_figures(metrics, samples).items()}}
     for name, scored in metrics.get("protocols", {}).items():
-        sections.append(_protocol_section(scored, samples, name.replace("->", " -> "), prefix=f"{name} "))
+        figures = comparison_figures(scored, samples, prefix=f"{name} ")
+        pngs[name] = {file: png(figure) for file, figure in figures.items()}
+    return pngs
+
+
+def report_html(
+    metrics: dict, samples: int, preview_gif: bytes, title: str, pngs: dict[str, dict[str, bytes]]
+) -> str:
+    """One page: the preview, the per-step figures (`figure_pngs`) and tables of the main protocol
+    and of every further one (e.g. the original's 15 -> 5), and how to read them."""
+    main = f"{metrics['prompt_frames']} -> {metrics['generate_frames']}"
+    sections = [_protocol_section(metrics, samples, main, pngs[""])]
+    for name, scored in metrics.get("protocols", {}).items():
+        sections.append(_protocol_section(scored, samples, name.replace("->", " -> "), pngs[name]))
     gif = base64.b64encode(preview_gif).decode()
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -112,11 +124,11 @@ truth.</figcaption></figure>
 """
 
 
-def _protocol_section(metrics: dict, samples: int, name: str, prefix: str = "") -> str:
+def _protocol_section(metrics: dict, samples: int, name: str, pngs: dict[str, bytes]) -> str:
     images = "".join(
         f'<figure class="plot"><img alt="{html.escape(file)}" '
-        f'src="data:image/png;base64,{base64.b64encode(png(figure)).decode()}"></figure>'
-        for file, figure in comparison_figures(metrics, samples, prefix).items()
+        f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+        for file, data in pngs.items()
     )
     return f"<h2>{html.escape(name)}</h2>{images}{_tables(metrics, samples)}"
 

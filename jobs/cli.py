@@ -303,7 +303,9 @@ def models_promote_command(
             version = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
         client.set_registered_model_alias(name, alias, version)
     except Exception as err:  # no such model or version; MLflow unreachable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        from common import logs
+
+        first = logs.first_line(err)
         _fail(
             [f"{name} {version or ''}: {first}"],
             EXIT_BAD_INPUT,

@@ -14,6 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from common import logs
 from common.identity import file_identity
 from jobs.config import MODEL_URI_SCHEMES
 from pipeline import storage
@@ -60,7 +61,7 @@ def pin(uri: str, tracking_uri: str | None) -> str:
     except ModelURIError:
         raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = logs.first_line(err)
         raise ModelURIError(f"{uri}: {first} (MLflow at {tracking_uri})") from None
     return f"models:/{name}/{version}"
 
@@ -86,7 +87,7 @@ def checkpoint_folder(uri: str, scratch: Path, tracking_uri: str | None) -> Path
         )
     except Exception as err:
         shutil.rmtree(partial, ignore_errors=True)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = logs.first_line(err)
         raise ModelURIError(f"{uri}: could not download it ({first}; MLflow at {tracking_uri})") from None
     if not (fetched / "model.safetensors").exists():
         shutil.rmtree(partial, ignore_errors=True)

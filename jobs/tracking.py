@@ -119,7 +119,7 @@ class Journal:
 
     def lose(self, err: Exception) -> None:
         """From now on keep the records instead of sending them; say so once."""
-        self.lost = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        self.lost = logs.first_line(err)
         log.warning(
             f"MLflow stopped answering ({self.lost}); going on untracked. What could not be "
             f"logged is kept in {self.folder} and sent by the next tracked stvideo command."
@@ -540,7 +540,7 @@ class Tracker:
         try:
             uri = models.register(_client(), _run_id(), name, tags)
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = logs.first_line(err)
             log.warning(f"{kind}: not registered as a version of {name} ({first[:200]})")
             return None
         set_tags({f"output.{kind}.model": uri})

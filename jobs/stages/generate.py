@@ -296,16 +296,18 @@ def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) ->
     """`report.html` beside the metrics, and the per-step comparison figures on the run's image
     charts, so the run page shows the model beside every reference at a glance."""
     samples = cfg.generate.samples
-    figures = report.comparison_figures(metrics, samples)
-    for name, scored in metrics.get("protocols", {}).items():
-        figures.update(report.comparison_figures(scored, samples, prefix=f"p{name.replace('->', '_k')}_"))
+    pngs = report.figure_pngs(metrics, samples)
     with tempfile.TemporaryDirectory() as folder:
-        for file, figure in figures.items():
-            path = Path(folder) / file
-            path.write_bytes(report.png(figure))
-            tracking.log_artifact(str(path), "comparison")
-            tracking.log_image(str(path), f"comparison_{path.stem}", 0)
-    page = report.report_html(metrics, samples, preview_gif, f"{cfg.name}: generations/{cfg.generate.name}")
+        for protocol, files in pngs.items():
+            # a further protocol's files in MLflow: p15_k5_mse_by_step.png
+            prefix = f"p{protocol.replace('->', '_k')}_" if protocol else ""
+            for file, data in files.items():
+                path = Path(folder) / f"{prefix}{file.removeprefix(f'{protocol} ')}"
+                path.write_bytes(data)
+                tracking.log_artifact(str(path), "comparison")
+                tracking.log_image(str(path), f"comparison_{path.stem}", 0)
+    title = f"{cfg.name}: generations/{cfg.generate.name}"
+    page = report.report_html(metrics, samples, preview_gif, title, pngs)
     storage.write_bytes_atomic(storage.join(out, "report.html"), page.encode())
     tracking.log_bytes(page.encode(), "report.html")
 
