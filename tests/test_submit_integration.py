@@ -292,18 +292,28 @@ def test_report_and_the_mlflow_ui_show_the_comparison_in_a_browser(submitted):
             navigation.wait_for(timeout=60_000)
             page.screenshot(path=SCREENSHOTS / "mlflow-experiment.png")
             assert page.get_by_role("link", name="Judges").count() == 0  # the GenAI view's
-            # the generate run's comparison figure, as its artifacts tab shows it
-            figure = "comparison/mse_by_step.png"
-            page.goto(
-                f"{submitted.uri}/#/experiments/{experiment}/runs/{generate.info.run_id}/artifacts/"
-                f"{figure}?workflowType=machine_learning"
+            # the generate run's comparison figure, as a user reaches it: a fresh page on the run's
+            # artifacts tab, then the tree (a deep link's selection races the tree's loading)
+            run_page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            run_page.goto(
+                f"{submitted.uri}/#/experiments/{experiment}/runs/{generate.info.run_id}/artifacts"
+                "?workflowType=machine_learning",
+                wait_until="load",
             )
-            page.get_by_text(figure).first.wait_for(timeout=60_000)
-            page.wait_for_function(
-                "() => [...document.images].some(image => image.complete && image.naturalWidth > 300)",
-                timeout=60_000,
-            )
-            page.screenshot(path=SCREENSHOTS / "mlflow-comparison.png")
+            try:
+                run_page.get_by_text("comparison", exact=True).first.click(timeout=60_000)
+                run_page.get_by_text("mse_by_step.png", exact=True).first.click(timeout=60_000)
+                run_page.get_by_text("comparison/mse_by_step.png").first.wait_for(timeout=60_000)
+                run_page.wait_for_function(
+                    "() => [...document.images].some(image => image.complete && image.naturalWidth > 300)",
+                    timeout=60_000,
+                )
+            except Exception as error:  # the page as it was, so a failure in CI says what it showed
+                run_page.screenshot(path=SCREENSHOTS / "mlflow-comparison-failed.png")
+                raise AssertionError(
+                    f"{error}\n--- the page showed:\n{run_page.inner_text('body')[:3000]}"
+                ) from error
+            run_page.screenshot(path=SCREENSHOTS / "mlflow-comparison.png")
         finally:
             browser.close()
     assert (SCREENSHOTS / "mlflow-comparison.png").stat().st_size > 0
