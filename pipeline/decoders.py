@@ -84,11 +84,31 @@ class DecordDecoder:
         self._reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._reader)
         self.fps = float(self._reader.get_avg_fps()) if self.num_frames else 0.0
-        self.height, self.width = self._reader[0].shape[:2] if self.num_frames else (0, 0)
+        self._size: tuple[int, int] | None = None if self.num_frames else (0, 0)  # (height, width)
+
+    # decord tells a frame's size only by decoding one (a third of a short clip's decoding
+    # time), so it is learnt from the first frames decoded anyway, or asked for
+    @property
+    def height(self) -> int:
+        return self._frame_size()[0]
+
+    @property
+    def width(self) -> int:
+        return self._frame_size()[1]
+
+    def _frame_size(self) -> tuple[int, int]:
+        if self._size is None:
+            self._size = self._reader[0].shape[:2]
+        return self._size
 
     def frames(self, indices: list[int], width: int | None = None, height: int | None = None) -> np.ndarray:
-        if not width or not height or (width, height) == (self.width, self.height):
+        if not width or not height or (height, width) == self._size:
             return self._batches(self._reader, indices)
+        if self._size is None and indices:  # the common case, frames already at the size asked for
+            first = self._reader.get_batch(list(indices[:BATCH])).asnumpy()
+            self._size = first.shape[1:3]
+            if self._size == (height, width):
+                return np.concatenate([first, self._batches(self._reader, indices[BATCH:])])
         try:
             scaled = self._decord.VideoReader(
                 io.BytesIO(self._data), ctx=self._decord.cpu(0), num_threads=1, width=width, height=height

@@ -97,7 +97,10 @@ def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
 
     The one grey conversion: clips, training frames, true frames and the mean frame all use it."""
     if channels == 1:
-        return frames.mean(axis=-1, keepdims=True).round().astype(np.uint8)
+        # round((r + g + b) / 3) in integers: a third is never a half, so +1 // 3 rounds it exactly,
+        # at a tenth of the float mean's cost (which was a third of decoding a clip)
+        total = frames[..., 0].astype(np.uint16) + frames[..., 1] + frames[..., 2]
+        return ((total + 1) // 3).astype(np.uint8)[..., None]
     return frames
 
 

@@ -86,3 +86,38 @@ def test_the_decoder_a_stage_chose_reaches_its_ray_workers(monkeypatch):
         import ray
 
         assert ray.get(ray.remote(decoder_name).remote()) == "pyav"
+
+
+def test_decord_learns_the_frame_size_from_the_frames_it_decodes(monkeypatch):
+    """decord tells a size only by decoding a frame: asked for frames at the video's own size it
+    decodes each once, and asked for another size it still scales (past its first batch too)."""
+    from pipeline.decoders import BATCH, open_decoder
+    from pipeline.video import encode_mp4
+
+    monkeypatch.setenv(DECODER_ENV, "decord")
+    # grey ramps, a brighter one per frame: what a lossless codec keeps and a scaler averages
+    ramp = np.linspace(0, 120, 64)[None, None, :, None] + np.zeros((1, 32, 1, 3))
+    truth = (ramp + 10 * np.arange(BATCH + 5)[:, None, None, None]).round().astype(np.uint8)
+    data = encode_mp4(truth, fps=10, crf=0)
+    indices = list(range(BATCH + 5))[::-1]
+    native = open_decoder(data)
+    same = native.frames(indices, width=64, height=32)
+    assert (native.height, native.width) == (32, 64)
+    assert np.array_equal(same, open_decoder(data).frames(indices))
+    assert np.abs(same.astype(int) - truth[indices]).mean() < 2.0
+    square = open_decoder(data).frames(indices, width=32, height=32)
+    assert square.shape == (len(indices), 32, 32, 3)
+    assert np.abs(square[3].astype(int) - square[4]).mean() > 8  # distinct frames, in order
+    halves = truth[indices].reshape(len(indices), 32, 32, 2, 3).astype(float).mean(axis=3)
+    assert np.abs(square - halves).mean() < np.abs(square[::-1] - halves).mean() / 2
+
+
+def test_grey_is_the_rounded_mean_of_the_three_channels_for_every_colour():
+    from pipeline.video import to_channels
+
+    levels = np.arange(256, dtype=np.uint8)
+    colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(256, -1, 3)
+    grey = to_channels(colours, 1)
+    assert grey.shape == (256, 256 * 256, 1)
+    assert np.array_equal(grey, colours.mean(axis=-1, keepdims=True).round().astype(np.uint8))
+    assert np.array_equal(to_channels(colours[:2], 3), colours[:2])
