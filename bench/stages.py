@@ -3,7 +3,9 @@
 - encode: the encode stage's clips/s (Ray Data reads the raw shards, decodes with decord in
   tasks, encodes in an actor pool, the driver writes Zarr shards) ÷ the bare encoder forward's
   (`Tokenizer.encode` on the same clips' frames, already in memory, at the stage's batch size
-  and `encode.threads`, times its actors).
+  and `encode.threads`, times its actors); and the stage's rate while its actors encode (from
+  their first batch to their last) ÷ the same: the difference is Ray's start and the actors'
+  model load, a fixed cost that a larger dataset spreads thinner.
 - generate: the generate stage's frames/s (generated frames of every sample and protocol, over
   the stage's own seconds: the mean frame, Ray Data, decoding, scoring, writing) ÷ the bare
   rollouts' on the same clips (`rollout` with the stage's samples, prompt and protocols, one
@@ -105,7 +107,10 @@ def bench_encode(cfg, config: Path, source: Path, scratch: Path, sample: int) ->
         f"encode: stage {stage_rate:.1f} clips/s ({metrics['clips']} clips, {metrics['seconds']:.1f} s); "
         f"bare encoder {bare_rate:.1f} clips/s ({len(frames)} of them; "
         f"{cfg.encode.num_actors} actor x {cfg.encode.threads} threads); "
-        f"stage / bare {stage_rate / bare_rate:.2f}"
+        f"stage / bare {stage_rate / bare_rate:.2f}; "
+        f"while encoding {metrics['clips_per_s_encoding']:.1f} clips/s, "
+        f"/ bare {metrics['clips_per_s_encoding'] / bare_rate:.2f} "
+        f"(after {metrics['startup_seconds']:.1f} s starting Ray and the encoder)"
     )
 
 

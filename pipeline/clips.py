@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import logs
 from pipeline.splits import stored_segments, stored_shots
 from pipeline.video import read_frames, to_channels
 
@@ -116,3 +117,38 @@ def decode_clips(
 ) -> np.ndarray:
     """All clips of one video as uint8 [clips, T, C, size, size]."""
     return np.stack(list(iter_clips(data, plan, clip_frames, frame_size, channels)))
+
+
+class ClipDecoder:
+    """Ray Data `flat_map` of encode: one raw sample in, one row per planned clip out. It lives
+    here, apart from the encoder, so that the tasks decoding clips never import torch.
+
+    A video that fails to decode still yields its rows, marked with the
+    reason, so its clips' shards complete (as `missing`) instead of waiting forever.
+    """
+
+    def __init__(self, plans: dict[str, VideoPlan], clip_frames: int, frame_size: int, channels: int):
+        self.plans, self.clip_frames = plans, clip_frames
+        self.frame_size, self.channels = frame_size, channels
+
+    def __call__(self, row: dict) -> Iterator[dict]:
+        plan = self.plans.get(row["__key__"])
+        if plan is None:  # all its clips are in shards an earlier run wrote
+            return
+        error = ""
+        try:
+            clips = iter_clips(video_bytes(row), plan, self.clip_frames, self.frame_size, self.channels)
+        except Exception as err:  # a damaged video: recorded, the rest of the store is unaffected
+            error = f"{type(err).__name__}: {logs.first_line(err)}"  # an empty message too
+            blank = np.zeros(
+                (self.clip_frames, self.channels, self.frame_size, self.frame_size), dtype=np.uint8
+            )
+            clips = (blank for _ in plan.starts)
+        for i, (start, clip) in enumerate(zip(plan.starts, clips, strict=True)):
+            yield {
+                "clip": plan.first_clip + i,
+                "key": plan.key,
+                "start": start,
+                "frames": clip,
+                "error": error,
+            }

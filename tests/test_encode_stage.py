@@ -53,6 +53,11 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     result = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "40 clips of 20 frames" in result.stdout
+    # the stage's own time, split: Ray's start and the model load, then the encoding itself
+    metrics = json.loads((root / "latents.zarr" / "_stage.json").read_text())["metrics"]
+    assert 0 < metrics["startup_seconds"] < metrics["seconds"]
+    assert metrics["clips_per_s_encoding"] > metrics["clips_per_s"] > 0
+    assert "while encoding, after" in result.stdout
 
     group = zarr.open_group(str(root / "latents.zarr"), mode="r")  # plain zarr
     codes, sources = group["codes"], key_strings(group["source"][:])

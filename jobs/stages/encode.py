@@ -11,8 +11,8 @@ run resumes where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,43 +26,9 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.clips import VideoPlan, iter_clips, plan_clips, video_bytes
+from pipeline.clips import ClipDecoder, VideoPlan, plan_clips
 from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
 from tokenizer.tokenizer import CheckpointError, Tokenizer
-
-
-class ClipDecoder:
-    """Ray Data `flat_map`: one raw sample in, one row per planned clip out.
-
-    A video that fails to decode still yields its rows, marked with the
-    reason, so its clips' shards complete (as `missing`) instead of waiting forever.
-    """
-
-    def __init__(self, plans: dict[str, VideoPlan], clip_frames: int, frame_size: int, channels: int):
-        self.plans, self.clip_frames = plans, clip_frames
-        self.frame_size, self.channels = frame_size, channels
-
-    def __call__(self, row: dict) -> Iterator[dict]:
-        plan = self.plans.get(row["__key__"])
-        if plan is None:  # all its clips are in shards an earlier run wrote
-            return
-        error = ""
-        try:
-            clips = iter_clips(video_bytes(row), plan, self.clip_frames, self.frame_size, self.channels)
-        except Exception as err:  # a damaged video: recorded, the rest of the store is unaffected
-            error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
-            blank = np.zeros(
-                (self.clip_frames, self.channels, self.frame_size, self.frame_size), dtype=np.uint8
-            )
-            clips = (blank for _ in plan.starts)
-        for i, (start, clip) in enumerate(zip(plan.starts, clips, strict=True)):
-            yield {
-                "clip": plan.first_clip + i,
-                "key": plan.key,
-                "start": start,
-                "frames": clip,
-                "error": error,
-            }
 
 
 class TokenizerEncoder:
@@ -81,6 +47,7 @@ class TokenizerEncoder:
     def __call__(self, batch: dict) -> dict:
         import torch
 
+        began = time.time()  # wall clock: the driver compares it with its own (one host, or NTP's)
         frames = torch.from_numpy(np.array(batch["frames"]))  # a writable copy
         clips, length = frames.shape[:2]
         codes = self.tokenizer.encode(frames.flatten(0, 1)).cpu().numpy().astype(np.uint16)
@@ -90,7 +57,23 @@ class TokenizerEncoder:
             "start": batch["start"],
             "error": batch["error"],
             "codes": codes.reshape(clips, length, *codes.shape[1:]),
+            "encoded": np.full((clips, 2), (began, time.time())),
         }
+
+
+@dataclass
+class EncodingSpan:
+    """When the encoder actors began their first batch and ended their last (wall clock): what
+    the stage spent outside it before (Ray's start, the actors' model load) is then known."""
+
+    began: float = float("inf")
+    ended: float = float("-inf")
+
+    def add(self, encoded: np.ndarray) -> None:
+        self.began, self.ended = (
+            min(self.began, float(encoded[:, 0].min())),
+            max(self.ended, float(encoded[:, 1].max())),
+        )
 
 
 class ShardBuffer:
@@ -152,7 +135,7 @@ def _prepare_store(
 
 
 def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     checkpoint, registry = _pinned_tokenizer(cfg, layout)
     tokenizer, manifest = _load_inputs(layout, checkpoint, registry, storage.scratch_root(cfg.scratch))
     clip_frames = cfg.data.clip_frames
@@ -183,7 +166,10 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     pending = [
         p for p in plans if any(store.shard_of(p.first_clip + i) in buffers for i in range(len(p.starts)))
     ]
-    written = _encode_into(store, buffers, pending, cfg, (checkpoint, registry), tokenizer) if pending else 0
+    span = EncodingSpan()
+    written = (
+        _encode_into(store, buffers, pending, cfg, (checkpoint, registry), tokenizer, span) if pending else 0
+    )
     if buffers:
         raise RuntimeError(f"encode: shards {sorted(buffers)[:5]} never received all their clips")
     store.finish({"rejected": store.rejects()})
@@ -203,6 +189,9 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     encoded = sum(stop - start for start, stop in map(store.shard_range, set(range(store.num_shards)) - done))
     if encoded:
         metrics["clips_per_s"] = encoded / seconds
+    if encoded and span.ended > span.began:
+        metrics["startup_seconds"] = span.began - started_wall  # to the first batch: Ray, actors, model
+        metrics["clips_per_s_encoding"] = encoded / (span.ended - span.began)
     grid = tokenizer.grid
     summary = (
         f"encode: {num_clips} clips of {clip_frames} frames -> {layout.latents} "
@@ -213,6 +202,11 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         summary += f"; {len(done)} shards were already written and kept"
     if encoded:
         summary += f"; {metrics['clips_per_s']:.1f} clips/s"
+    if "startup_seconds" in metrics:
+        summary += (
+            f" ({metrics['clips_per_s_encoding']:.1f} while encoding, "
+            f"after {metrics['startup_seconds']:.1f} s starting Ray and the encoder)"
+        )
     return StageResult(
         stage="encode",
         inputs={"raw": layout.raw, "tokenizer": checkpoint, "tokenizer_identity": tokenizer.identity},
@@ -258,6 +252,7 @@ def _encode_into(
     cfg: PipelineConfig,
     checkpoint: tuple[str, str | None],
     tokenizer: Tokenizer,
+    span: EncodingSpan,
 ) -> int:
     """Decode and encode the pending videos' clips on Ray Data; each shard is handed to a writer
     once all its clips have arrived (and leaves `buffers`). Returns the shards written."""
@@ -305,6 +300,7 @@ def _encode_into(
         ):
             futures = []
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                span.add(batch["encoded"])
                 columns = (batch[name] for name in ("clip", "codes", "key", "start", "error"))
                 for clip, codes, key, start, error in zip(*columns, strict=True):
                     shard = store.shard_of(int(clip))
