@@ -76,7 +76,7 @@ def retrying(action: Callable[[], T], retries: int, what: str, pause: float = 1.
                     )
                 raise SubmitError(f"{what}: {err}{hint}") from None
             wait = min(pause * 2**attempt, 10.0)
-            log.warning(f"{what}: {str(err).splitlines()[0][:200]}; retrying in {wait:.0f}s")
+            log.warning(f"{what}: {logs.first_line(err)}; retrying in {wait:.0f}s")
             time.sleep(wait)
     raise AssertionError("unreachable")
 

@@ -33,6 +33,7 @@ import zarr
 from torch.utils.data import IterableDataset, get_worker_info
 from zarr.codecs import ZstdCodec
 
+from common import logs
 from pipeline import storage
 from pipeline.splits import TRAIN
 
@@ -100,7 +101,7 @@ class LatentStore:
                 return self.codes[start:stop]
         except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
             bad = next((clip for clip in range(start, stop) if not self._readable(clip)), start)
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            reason = logs.first_line(err, 160)
             raise LatentStoreError(
                 f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode, "
                 f"first at clip {bad} ({reason}); encode again (--force) to rewrite it"

@@ -104,7 +104,7 @@ class ClipGenerator:
             try:
                 row = self._continue(clip, name, *self._clip(batch, index))
             except Exception as err:  # one bad input is reported, the rest of the batch goes on
-                error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+                error = f"{type(err).__name__}: {logs.first_line(err)}"
                 row = self.rejected
             for key, value in {"clip": clip, "name": name, "error": error, **row}.items():
                 columns[key].append(value)
