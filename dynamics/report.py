@@ -33,7 +33,8 @@ LOWER_IS_BETTER = {"mse": True, "ssim": False, "identity": False}
 
 def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[str, Figure]:
     """`metrics.json` (or one of its protocols) -> {file name: figure}: per metric, the score at
-    each generated step of every estimate and reference, and the samples' diversity."""
+    each generated step of every estimate and reference, and the samples' diversity. `prefix`
+    starts each title (a further protocol's name)."""
     per_step = metrics["per_step"]
     steps = range(1, len(per_step["model"]["mse"]) + 1)
     figures = {}
@@ -56,7 +57,7 @@ def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[st
         axes.set_xticks(list(steps))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        figures[f"{prefix}{metric}_by_step.png"] = figure
+        figures[f"{metric}_by_step.png"] = figure
     if "diversity" in metrics:
         figure = Figure(figsize=(7, 3.2), layout="constrained")
         axes = figure.subplots()
@@ -68,7 +69,7 @@ def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[st
         )
         axes.set_xticks(list(steps))
         axes.grid(alpha=0.3)
-        figures[f"{prefix}diversity_by_step.png"] = figure
+        figures["diversity_by_step.png"] = figure
     return figures
 
 
@@ -80,8 +81,7 @@ def png(figure: Figure) -> bytes:
 
 def figure_pngs(metrics: dict, samples: int) -> dict[str, dict[str, bytes]]:
     """Every comparison figure as PNG, rendered once for the report and the run's charts:
-    {protocol ("" for the main one, else e.g. "15->5"): {file: png}}, a further protocol's
-    files named after it ("15->5 mse_by_step.png")."""
+    {protocol ("" for the main one, else e.g. "15->5"): {file ("mse_by_step.png"): png}}."""
     pngs = {"": {file: png(figure) for file, figure in comparison_figures(metrics, samples).items()}}
     for name, scored in metrics.get("protocols", {}).items():
         figures = comparison_figures(scored, samples, prefix=f"{name} ")
@@ -95,9 +95,11 @@ def report_html(
     """One page: the preview, the per-step figures (`figure_pngs`) and tables of the main protocol
     and of every further one (e.g. the original's 15 -> 5), and how to read them."""
     main = f"{metrics['prompt_frames']} -> {metrics['generate_frames']}"
-    sections = [_protocol_section(metrics, samples, main, pngs[""])]
+    sections = [_protocol_section(metrics, samples, main, pngs[""], "")]
     for name, scored in metrics.get("protocols", {}).items():
-        sections.append(_protocol_section(scored, samples, name.replace("->", " -> "), pngs[name]))
+        sections.append(
+            _protocol_section(scored, samples, name.replace("->", " -> "), pngs[name], f"{name} ")
+        )
     gif = base64.b64encode(preview_gif).decode()
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -124,9 +126,9 @@ truth.</figcaption></figure>
 """
 
 
-def _protocol_section(metrics: dict, samples: int, name: str, pngs: dict[str, bytes]) -> str:
+def _protocol_section(metrics: dict, samples: int, name: str, pngs: dict[str, bytes], alt: str) -> str:
     images = "".join(
-        f'<figure class="plot"><img alt="{html.escape(file)}" '
+        f'<figure class="plot"><img alt="{html.escape(alt + file)}" '
         f'src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
         for file, data in pngs.items()
     )

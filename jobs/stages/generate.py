@@ -302,7 +302,7 @@ def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) ->
             # a further protocol's files in MLflow: p15_k5_mse_by_step.png
             prefix = f"p{protocol.replace('->', '_k')}_" if protocol else ""
             for file, data in files.items():
-                path = Path(folder) / f"{prefix}{file.removeprefix(f'{protocol} ')}"
+                path = Path(folder) / f"{prefix}{file}"
                 path.write_bytes(data)
                 tracking.log_artifact(str(path), "comparison")
                 tracking.log_image(str(path), f"comparison_{path.stem}", 0)
