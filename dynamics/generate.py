@@ -29,6 +29,12 @@ class GenerationSettings:
     deterministic: bool = False  # Gaussian layers pass their means
     seed: int = 0
     decode: Literal["codes", "expected"] = "codes"  # frames from the nearest codes, or the expected vectors
+    # generated frames = the true last prompt frame + (decoded frame - the decoded last prompt frame):
+    # the tokenizer's error on what stays still cancels, and only what the model moves is drawn;
+    # a change of fewer grey levels than `anchor_threshold` (in every channel) is the tokenizer's
+    # flicker between two codings of the same thing, not motion, and is not drawn
+    anchor: bool = False
+    anchor_threshold: float = 0.0
 
     @classmethod
     def of(cls, section) -> GenerationSettings:
@@ -80,10 +86,12 @@ def continue_clip(
     settings: GenerationSettings,
     prompt_frames: int | None = None,
     steps: int | None = None,
+    truth: torch.Tensor | None = None,
 ) -> Continuation:
     """S rollouts of `steps` frames (default K) from the first `prompt_frames` (default P) of a
     clip's codes [T, h, w], decoded with the tokenizer. The shared prompt is decoded once, and
-    each generated frame once."""
+    each generated frame once. With `settings.anchor`, the clip's true frames uint8 [T, C, H, W]
+    (`truth`, at least the prompt) anchor the generated ones to the last prompt frame's pixels."""
     prompt_frames = settings.prompt_frames if prompt_frames is None else prompt_frames
     steps = settings.generate_frames if steps is None else steps
     samples, prompt = settings.samples, codes[None, :prompt_frames]
@@ -110,8 +118,15 @@ def continue_clip(
     else:
         futures = tokenizer.decode(generated[:, prompt_frames:].flatten(0, 1))
     prompt_decoded = tokenizer.decode(codes[:prompt_frames]).cpu()
+    futures = futures.cpu()
+    if settings.anchor:
+        if truth is None:
+            raise ValueError("anchor: the true prompt frames are needed to anchor the generated ones")
+        change = futures.short() - prompt_decoded[-1].short()
+        moved = change.abs().amax(-3, keepdim=True) >= settings.anchor_threshold
+        futures = (truth[prompt_frames - 1].short() + change * moved).clamp(0, 255).to(torch.uint8)
     frames = torch.cat(
-        [prompt_decoded.expand(samples, -1, -1, -1, -1), futures.cpu().unflatten(0, (samples, -1))], dim=1
+        [prompt_decoded.expand(samples, -1, -1, -1, -1), futures.unflatten(0, (samples, -1))], dim=1
     )  # [S, P + K, C, H, W]
     true_future = codes[prompt_frames : prompt_frames + steps]
     reconstruction = tokenizer.decode(true_future).cpu() if len(true_future) else None

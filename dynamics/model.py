@@ -316,7 +316,7 @@ class Head:
     is handed the model."""
 
     metric: str  # the name the main loss term is logged under
-    residual: bool  # whether the output may be a change from the previous frame's code vectors
+    residual: bool  # whether the output may be a change from the previous frame's codes
 
     def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         """The linear layer's output size."""
@@ -330,9 +330,14 @@ class Head:
                 "head: factorized"
             )
 
-    def new_parameters(self) -> dict[str, nn.Parameter]:
+    def new_parameters(self, residual: bool) -> dict[str, nn.Parameter]:
         """Parameters besides the linear layer, registered on the model under these names."""
         return {}
+
+    def previous(self, model: STTransformer, codes: torch.Tensor) -> torch.Tensor:
+        """What a residual head adds to its output for the previous frame's codes [..., N]: their
+        code vectors, so that an output of zero says "nothing moved"."""
+        return model.codebook[codes]
 
     def logits(self, model: STTransformer, out: torch.Tensor) -> torch.Tensor:
         """Head output [..., *] -> scores over the codebook [..., codebook_size]."""
@@ -416,7 +421,7 @@ class TiedHead(CategoricalHead):
     def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         return code_dim
 
-    def new_parameters(self) -> dict[str, nn.Parameter]:
+    def new_parameters(self, residual: bool) -> dict[str, nn.Parameter]:
         # cosine scores lie in [-1, 1]: a learned scale makes them logits
         return {"logit_scale": nn.Parameter(torch.tensor(2.5))}
 
@@ -433,9 +438,20 @@ class FactorizedHead(Head):
     """For an FSQ tokenizer, whose code is one level per dimension: a softmax per dimension over
     its levels, cross-entropy summed over the dimensions (the code's log-likelihood when the
     dimensions are taken as independent given the context); read by argmax per dimension, or
-    drawn per dimension at a temperature. The output is the dimensions' logits side by side."""
+    drawn per dimension at a temperature. The output is the dimensions' logits side by side.
+    Residual, a learned `copy_logit` is added to the logit of each dimension's previous level:
+    with the head at zero it starts at "nothing moved", as most latent pixels of footage do."""
 
-    metric, residual = "ce", False
+    metric, residual = "ce", True
+
+    def new_parameters(self, residual: bool) -> dict[str, nn.Parameter]:
+        # e^3 against 7 other levels of 8: three in four on the previous level at the start
+        return {"copy_logit": nn.Parameter(torch.tensor(3.0))} if residual else {}
+
+    def previous(self, model: STTransformer, codes: torch.Tensor) -> torch.Tensor:
+        digits = model.digits(codes)
+        one_hot = [F.one_hot(digits[..., d], levels) for d, levels in enumerate(model.levels)]
+        return model.copy_logit * torch.cat(one_hot, -1)
 
     def width(self, codebook_size: int, code_dim: int, levels: list[int] | None) -> int:
         return sum(levels or ())
@@ -514,7 +530,11 @@ class STTransformer(nn.Module):
         dimension (None: a VQ codebook, compared by cosine, so kept l2-normalised)."""
         super().__init__()
         self.config, self.grid = cfg, tuple(grid)
-        pixels = grid[0] * grid[1]
+        patch = cfg.patch
+        if grid[0] % patch or grid[1] % patch:
+            raise ValueError(f"model.patch: given {patch}, expected a divisor of the latent grid {grid}")
+        self.token_grid = (grid[0] // patch, grid[1] // patch)  # what attention and the Gaussian layers see
+        tokens = self.token_grid[0] * self.token_grid[1]
         codebook_size, code_dim = codebook.shape
         self.levels = None if levels is None else [int(level) for level in levels]
         if self.levels is not None:
@@ -525,17 +545,18 @@ class STTransformer(nn.Module):
             )
         vectors = codebook.float() if levels is not None else F.normalize(codebook.float(), dim=-1)
         self.register_buffer("codebook", vectors)  # frozen
-        self.embed = nn.Linear(code_dim, cfg.d_model)
-        self.spatial_position = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
+        self.embed = nn.Linear(code_dim * patch * patch, cfg.d_model)
+        self.spatial_position = nn.Parameter(torch.randn(tokens, cfg.d_model) * 0.02)
         if not self.rotary:
             self.temporal_position = nn.Parameter(torch.randn(cfg.max_frames, cfg.d_model) * 0.02)
-        self.start_frame = nn.Parameter(torch.randn(pixels, cfg.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(cfg, self.grid) for _ in range(cfg.n_layers))
+        self.start_frame = nn.Parameter(torch.randn(tokens, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, self.token_grid) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head_kind = HEADS[cfg.head]  # the one place the configured name is read
         self.head_kind.check(levels)
-        self.head = nn.Linear(cfg.d_model, self.head_kind.width(codebook_size, code_dim, levels))
-        for name, parameter in self.head_kind.new_parameters().items():
+        width = self.head_kind.width(codebook_size, code_dim, levels)
+        self.head = nn.Linear(cfg.d_model, width * patch * patch)
+        for name, parameter in self.head_kind.new_parameters(self.residual).items():
             self.register_parameter(name, parameter)
         if self.residual:  # start from "nothing moved": the first prediction copies the last frame
             nn.init.zeros_(self.head.weight)
@@ -560,8 +581,20 @@ class STTransformer(nn.Module):
         return (torch.arange(levels, device=self.codebook.device) - levels // 2).float() / (levels // 2)
 
     def _embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, T, h, w] -> [B, T, h*w, d]."""
-        return self.embed(self.codebook[codes.flatten(2)])
+        """Codes [B, T, h, w] -> tokens [B, T, h*w / patch^2, d]."""
+        batch, frames = codes.shape[:2]
+        patch, (rows, columns) = self.config.patch, self.token_grid
+        code_dim = self.codebook.shape[1]
+        vectors = self.codebook[codes].view(batch, frames, rows, patch, columns, patch, code_dim)
+        return self.embed(vectors.transpose(3, 4).reshape(batch, frames, rows * columns, patch**2 * code_dim))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T, h*w / patch^2, d] -> the head's output per latent pixel [B, T, h*w, *]."""
+        out = self.head(self.norm(x))
+        batch, frames = out.shape[:2]
+        patch, (rows, columns) = self.config.patch, self.token_grid
+        out = out.view(batch, frames, rows, columns, patch, patch, out.shape[-1] // patch**2).transpose(3, 4)
+        return out.reshape(batch, frames, rows * patch * columns * patch, out.shape[-1])
 
     @property
     def residual(self) -> bool:
@@ -582,7 +615,7 @@ class STTransformer(nn.Module):
         """
         out, kl = self._run(codes[:, :-1], deterministic, generator)
         if self.residual:  # frame 0 follows the start frame, which has no codes to add
-            previous = self.codebook[codes[:, :-1].flatten(2)].to(out.dtype)
+            previous = self.head_kind.previous(self, codes[:, :-1].flatten(2)).to(out.dtype)
             out = torch.cat([out[:, :1], out[:, 1:] + previous], dim=1)
         return out, kl
 
@@ -616,7 +649,7 @@ class STTransformer(nn.Module):
                 kl = kl + layer_kl
         if cache is not None:
             cache.length = frames
-        return self.head(self.norm(x)), kl
+        return self._head(x), kl
 
     def forward(
         self,
@@ -646,7 +679,8 @@ class STTransformer(nn.Module):
 
     def new_cache(self) -> KVCache:
         return KVCache(
-            [LayerCache(self.config.max_frames) for _ in self.blocks], pixels=self.grid[0] * self.grid[1]
+            [LayerCache(self.config.max_frames) for _ in self.blocks],
+            pixels=self.token_grid[0] * self.token_grid[1],
         )
 
     def prefill(
@@ -661,7 +695,7 @@ class STTransformer(nn.Module):
         out, _ = self._run(codes, deterministic, generator, cache)
         out = out[:, -1]
         if self.residual and codes.shape[1]:
-            out = out + self.codebook[codes[:, -1].flatten(1)].to(out.dtype)
+            out = out + self.head_kind.previous(self, codes[:, -1].flatten(1)).to(out.dtype)
         return out
 
     def step(
@@ -692,9 +726,9 @@ class STTransformer(nn.Module):
         for block, layer_cache in zip(self.blocks, cache.layers, strict=True):
             x, _ = block.step(x, layer_cache, position, deterministic, generator)
         cache.length += 1
-        out = self.head(self.norm(x))[:, 0]
+        out = self._head(x)[:, 0]
         if self.residual and frame_codes is not None:
-            out = out + self.codebook[frame_codes.flatten(1)].to(out.dtype)
+            out = out + self.head_kind.previous(self, frame_codes.flatten(1)).to(out.dtype)
         return out
 
     def expected_vectors(self, out: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ STYLE = {
     "truth": {"color": "0.5", "linestyle": ":"},
 }
 OF_SAMPLES = ("model_median", "model_average", "model_samples", "model_best")
-LOWER_IS_BETTER = {"mse": True, "ssim": False, "identity": False}
+BETTER = {"mse": "lower", "ssim": "higher", "identity": "higher", "detail": "nearer the truth"}
 
 
 def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[str, Figure]:
@@ -48,7 +48,7 @@ def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[st
         axes = figure.subplots()
         for ref, label in rows:
             axes.plot(steps, per_step[ref][metric], label=label.format(samples=samples), **STYLE.get(ref, {}))
-        better = "lower" if LOWER_IS_BETTER[metric] else "higher"
+        better = BETTER[metric]
         axes.set(
             xlabel="generated frame",
             ylabel=title,

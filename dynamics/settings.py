@@ -37,10 +37,15 @@ class STTransformerConfig:
     # the temporal window, start frame included: learned positions' count; with rotary, how many
     # frames a frame attends to (itself included) and the size of generation's key/value ring
     max_frames: int = Field(32, ge=2)
-    # regression and tied heads: predict the change from the previous frame's code vectors (a bias
-    # towards "nothing moved", which most latent pixels of a frame obey); the head starts at zero, so
-    # an untrained model copies the last frame
+    # predict the change from the previous frame (a bias towards "nothing moved", which most latent
+    # pixels of a frame obey): regression and tied heads add its code vectors, the factorized head a
+    # learned logit to each dimension's previous level; the head starts at zero, so an untrained
+    # model copies the last frame (categorical: no residual form)
     residual: bool = False
+    # latent pixels per token along each side (DiT's patch size on latents): a p x p square of
+    # codes is embedded as one token and predicted from one, so attention and the feed-forward
+    # see p^2 fewer tokens; the head still names every code. 1: a token per latent pixel
+    patch: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> STTransformerConfig:
@@ -80,6 +85,10 @@ class DynamicsSettings:
     )
     num_workers: int = Field(0, ge=0)
     shuffle_buffer: int = Field(256, ge=1)
+    # train only on clips that move: train-split clips whose motion score (the mean grey change
+    # between frames, 0-255, scored at encode) is below this are skipped; validation, test and
+    # the store keep every clip
+    min_motion: float | None = Field(None, ge=0)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(8, ge=1)

@@ -25,7 +25,7 @@ from dynamics.checkpoint import load_codebook, save_dynamics
 from dynamics.model import STTransformer
 from dynamics.rollout import rollout
 from dynamics.settings import DynamicsSettings
-from pipeline.latents import LatentClips, open_latents
+from pipeline.latents import LatentClips, clips_above, open_latents
 from pipeline.splits import TRAIN, VAL
 
 
@@ -71,6 +71,12 @@ def train_dynamics(
     # a missing split must fail on every rank now, not on rank 0 at the first evaluation
     if not (store.group["split"][:] == VAL).any():
         raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
+    counts = clips_above(store, settings.min_motion)  # what the motion threshold leaves, per split
+    if counts["clips_train_moving"] == 0:
+        raise ValueError(
+            f"min_motion: given {settings.min_motion}; no training clip moves that much "
+            f"(of {counts['clips_train']}): lower it"
+        )
     progress = training.resume_progress(accelerator, out, "train-dynamics", schedule, budget=budget)
     loader = clip_batches(settings, latents_uri, tokenizer_identity, accelerator, progress.step)
     plain = accelerator.unwrap_model(model)
@@ -103,7 +109,7 @@ def train_dynamics(
         tokens = len(codes) * clip_frames * grid[0] * grid[1]
         return training.StepResult(tokens, lambda: {**losses.metrics(), "lr": schedule.get_last_lr()[0]})
 
-    return training.run_loop(
+    summary = training.run_loop(
         accelerator,
         progress,
         settings,
@@ -117,6 +123,7 @@ def train_dynamics(
         ),
         log_metrics=log_metrics,
     )
+    return {**summary, **counts}
 
 
 def clip_batches(
@@ -136,6 +143,7 @@ def clip_batches(
         shuffle_buffer=settings.shuffle_buffer,
         seed=settings.seed,
         repeat=True,
+        min_motion=settings.min_motion,
         skip_per_worker=training.skip_per_worker(
             steps_done * settings.grad_accum, settings.num_workers, settings.batch_size
         ),

@@ -322,8 +322,13 @@ def tables_command(
         str | None,
         typer.Option(help="A generate stage's metrics.json (default: the config's generations)."),
     ] = None,
+    video: Annotated[
+        str | None,
+        typer.Option(help="One source video's clips alone (its key, as the raw manifest names it)."),
+    ] = None,
 ) -> None:
-    """Print a generate run's per-step scores as markdown tables (MSE, SSIM, digit identity)."""
+    """Print a generate run's per-step scores as markdown tables (MSE, SSIM, digit identity,
+    moving-region detail), then those of each further protocol."""
     from dynamics.evaluate import markdown_tables
     from jobs.layout import Layout
     from pipeline import storage
@@ -334,7 +339,21 @@ def tables_command(
         scores = storage.read_json(path)
     except (OSError, ValueError) as err:
         _fail([f"{path}: {err}"], EXIT_BAD_INPUT, "stvideo tables: no metrics to show; run generate first.")
-    typer.echo(markdown_tables(scores, int(scores.get("samples", cfg.generate.samples))), nl=False)
+    samples = int(scores.get("samples", cfg.generate.samples))
+    if video is not None:
+        videos = scores.get("by_video", {})
+        if video not in videos:
+            _fail(
+                [f"{path}: no video {video!r}; scored: {', '.join(sorted(videos)) or 'none'}"],
+                EXIT_BAD_INPUT,
+                "stvideo tables: no such video in this run.",
+            )
+        scores = videos[video]
+        typer.echo(f"{video}: {scores['clips']} clips\n")
+    typer.echo(markdown_tables(scores, samples), nl=False)
+    for name, protocol in scores.get("protocols", {}).items():
+        typer.echo(f"\n{name.replace('->', ' -> ')} frames:\n")
+        typer.echo(markdown_tables(protocol, samples), nl=False)
     if "prompt_identity" in scores:
         prompt = scores["prompt_identity"]
         typer.echo(

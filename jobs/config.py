@@ -23,7 +23,7 @@ from common.settings import STRICT, problem
 from dynamics.settings import DynamicsSettings
 from tokenizer.settings import TokenizerSettings
 
-VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
+VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov", "mpg", "mpeg", "ogv")
 # a name that becomes one folder under the root: no separators, no '..', nothing hidden
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 
@@ -236,6 +236,18 @@ class GenerateConfig(Section):
         "codes",
         description="generated frames from their nearest codes, or from the code vectors the model "
         "expects (its hedge where unsure; the codes fed back and stored stay the nearest)",
+    )
+    anchor: bool = Field(
+        False,
+        description="generated frames are the true last prompt frame plus the change the decoder draws "
+        "from its codes to each generated frame's: what the model leaves unmoved keeps the prompt's own "
+        "pixels, not the tokenizer's reconstruction of them",
+    )
+    anchor_threshold: float = Field(
+        0.0,
+        ge=0,
+        description="with anchor: a pixel whose decoded change is under this many grey levels (0-255) in "
+        "every channel keeps the prompt's pixel (the tokenizer's flicker between codings, not motion)",
     )
     protocols: list[tuple[int, int]] = Field(
         default_factory=list,

@@ -263,7 +263,7 @@ def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
             f"{prefix}{ref}_{name}_by_step": metrics["per_step"][ref][name][step - 1]
             for ref in BY_STEP
             if ref in metrics["per_step"]
-            for name in ("mse", "ssim", "identity")
+            for name in ("mse", "ssim", "identity", "detail")
             if name in metrics["per_step"][ref]
         }
         if "diversity" in metrics:

@@ -100,7 +100,7 @@ def detect_shots(frames: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 
 def prepare(data: bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
     """Decode `data` at the training rate and size, find its shots, and encode it again."""
-    decoder = open_video(data)
+    decoder = open_video(data, in_order=True)  # read once, start to end: frames counted by decoding
     num_frames, fps, width, height = decoder.num_frames, decoder.fps, decoder.width, decoder.height
     if fps <= 0:
         raise RejectedVideo("no frame rate")

@@ -8,8 +8,9 @@ Layout (Zarr v3 group):
   type, so every Zarr v3 reader opens it: zarr-python's variable-length strings have no
   Zarr v3 spec, and tensorstore refuses them); `LatentStore.sources` gives them as text;
 - `start_frame` int32 [N], `split` uint8 [N] (0 train, 1 val, 2 test, 255 missing: the
-  clip's video failed to decode); these three are chunked one shard's worth of clips per
-  chunk, so whoever writes a shard owns every byte of it;
+  clip's video failed to decode), `motion` float32 [N] (`pipeline.clips.motion_score`, NaN
+  for a missing clip; absent from stores written before it); these are chunked one shard's
+  worth of clips per chunk, so whoever writes a shard owns every byte of it;
 - attributes: schema version, tokenizer identity, codebook size, grid, clip
   length, stride, fps, frame size, and `complete` once every shard is written.
 
@@ -35,7 +36,7 @@ from zarr.codecs import ZstdCodec
 
 from common import logs
 from pipeline import storage
-from pipeline.splits import TRAIN
+from pipeline.splits import SPLIT_CODES, TRAIN
 
 # 2: `source` as UTF-8 bytes in uint8; stores of 1 (`source` as variable-length strings) are
 # still read, and encode writes a store of 3 in their place. 3: `codes` one chunk per shard
@@ -118,6 +119,15 @@ class LatentStore:
         """The video keys of clips start..stop as text (every clip by default)."""
         return key_strings(self.group["source"][start:stop])
 
+    def motion(self) -> np.ndarray:
+        """Every clip's motion score (`pipeline.clips.motion_score`); a store written before
+        motion was scored is refused with what to do."""
+        if "motion" not in self.group:
+            raise LatentStoreError(
+                f"{self.uri}: no motion scores (written before them); encode again (--force)"
+            )
+        return self.group["motion"][:]
+
     def shard_of(self, clip: int) -> int:
         return clip // self.clips_per_shard
 
@@ -161,6 +171,9 @@ class LatentStore:
         group.create_array(
             "split", shape=(num_clips,), chunks=(clips_per_shard,), dtype="uint8", fill_value=MISSING
         )
+        group.create_array(
+            "motion", shape=(num_clips,), chunks=(clips_per_shard,), dtype="float32", fill_value=np.nan
+        )
         group.attrs.update(
             {
                 **attrs,
@@ -182,9 +195,10 @@ class LatentStore:
         start_frame: np.ndarray,
         split: np.ndarray,
         rejects: dict[str, str] | None = None,
+        motion: np.ndarray | None = None,
     ) -> None:
-        """Write one whole shard's clips and the videos it rejected (key -> reason), then record
-        it as finished."""
+        """Write one whole shard's clips, their motion scores and the videos it rejected
+        (key -> reason), then record it as finished."""
         start, stop = self.shard_range(shard)
         if len(codes) != stop - start:
             raise ValueError(
@@ -194,6 +208,8 @@ class LatentStore:
         self.group["source"][start:stop] = key_bytes(source, self.group["source"].shape[1])
         self.group["start_frame"][start:stop] = start_frame
         self.group["split"][start:stop] = split
+        if motion is not None:
+            self.group["motion"][start:stop] = motion
         if rejects:
             storage.write_json(storage.join(self._progress_uri(), f"rejects-{shard:06d}.json"), rejects)
         self._mark_done(shard, {"clips": stop - start, "missing": int((split == MISSING).sum())})
@@ -222,6 +238,18 @@ class LatentStore:
         if missing:
             raise LatentStoreError(f"{self.uri}: shards {sorted(missing)[:5]} are not written yet")
         self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+
+
+def clips_above(store: LatentStore, min_motion: float | None) -> dict[str, int]:
+    """Per split, its clips and those whose motion is at least `min_motion` (all of them when
+    None): `{"clips_train": 1030, "clips_train_moving": 812, ...}`."""
+    splits = store.group["split"][:]
+    moving = np.ones(len(splits), bool) if min_motion is None else store.motion() >= min_motion
+    counts = {}
+    for name, code in SPLIT_CODES.items():
+        counts[f"clips_{name}"] = int((splits == code).sum())
+        counts[f"clips_{name}_moving"] = int(((splits == code) & moving).sum())
+    return counts
 
 
 def key_bytes(keys: list[str], width: int) -> np.ndarray:
@@ -301,8 +329,11 @@ class LatentClips(IterableDataset):
         crop_frames: int | None = None,
         repeat: bool = False,
         skip_per_worker: list[int] | None = None,
+        min_motion: float | None = None,
     ):
         store = open_latents(uri, tokenizer_identity)  # fail early, in the constructor
+        if min_motion is not None:
+            store.motion()  # a store without scores fails here, not in a worker
         self.uri = uri
         self.num_shards, self.clip_frames = store.num_shards, int(store.attrs["clip_frames"])
         if crop_frames is not None and not 1 <= crop_frames <= self.clip_frames:
@@ -315,27 +346,33 @@ class LatentClips(IterableDataset):
             repeat,
         )
         self.skip_per_worker = skip_per_worker or []  # clips each worker already delivered (resume)
+        self.min_motion = min_motion  # clips that move less are left out (NaN: missing, never read)
 
     def _reader(self) -> tuple[int, int, int]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + worker, self.world_size * workers, worker
 
-    def _whole_shards_feed_everyone(self, store: LatentStore, splits: np.ndarray, readers: int) -> bool:
+    def wanted(self, store: LatentStore) -> np.ndarray:
+        """Which clips this stream reads: its split's, less those below `min_motion`."""
+        wanted = store.group["split"][:] == self.split  # one byte a clip: read once, not once a shard
+        if self.min_motion is not None:
+            wanted &= store.motion() >= self.min_motion
+        return wanted
+
+    def _whole_shards_feed_everyone(self, store: LatentStore, wanted: np.ndarray, readers: int) -> bool:
         """Whole shards per reader only if every reader then gets clips of the split: a reader
         with none would spin forever on a repeating stream while the other ranks wait on it."""
         if self.num_shards < readers:
             return False
-        wanted = [
-            int((splits[slice(*store.shard_range(s))] == self.split).sum()) for s in range(self.num_shards)
-        ]
-        return all(sum(wanted[r::readers]) > 0 for r in range(readers))
+        counts = [int(wanted[slice(*store.shard_range(s))].sum()) for s in range(self.num_shards)]
+        return all(sum(counts[r::readers]) > 0 for r in range(readers))
 
     def _shard_clips(
-        self, store: LatentStore, splits: np.ndarray, shard: int, reader: int, readers: int, whole: bool
+        self, store: LatentStore, wanted: np.ndarray, shard: int, reader: int, readers: int, whole: bool
     ) -> list:
         start, stop = store.shard_range(shard)
-        keep = splits[start:stop] == self.split
+        keep = wanted[start:stop].copy()
         if not keep.any():
             return []
         codes = store.read_shard(shard)
@@ -351,17 +388,18 @@ class LatentClips(IterableDataset):
 
     def _stream(self, reader: int, readers: int) -> Iterator[torch.Tensor]:
         store = open_latents(self.uri)
-        splits = store.group["split"][:]  # one byte a clip: read once, not once a shard
-        whole = self._whole_shards_feed_everyone(store, splits, readers)
+        wanted = self.wanted(store)
+        whole = self._whole_shards_feed_everyone(store, wanted, readers)
         shards = list(range(self.num_shards))[reader::readers] if whole else list(range(self.num_shards))
-        if not (splits == self.split).any():
-            raise LatentStoreError(f"{self.uri}: no clips of split {self.split}")
+        if not wanted.any():
+            moving = f" with motion >= {self.min_motion}" if self.min_motion is not None else ""
+            raise LatentStoreError(f"{self.uri}: no clips of split {self.split}{moving}")
         epoch = 0
         while True:
             rng = np.random.default_rng([self.seed, epoch, reader])
             buffer: list[torch.Tensor] = []
             for shard in rng.permutation(shards):
-                buffer.extend(self._shard_clips(store, splits, int(shard), reader, readers, whole))
+                buffer.extend(self._shard_clips(store, wanted, int(shard), reader, readers, whole))
                 while len(buffer) > self.shuffle_buffer:
                     yield self._emit(_take_random(buffer, rng), rng)
             while buffer:

@@ -25,7 +25,7 @@ from pipeline.splits import video_segments
 from pipeline.video import RejectedVideo, probe_video, read_frames
 
 MANIFEST_SCHEMA = 1
-CONTAINER_FIELD = {"mov": "mp4", "m4v": "mp4"}
+CONTAINER_FIELD = {"mov": "mp4", "m4v": "mp4", "mpeg": "mpg"}
 PREVIEW_FRAMES = 20
 PARTS_DIR = "_parts"
 

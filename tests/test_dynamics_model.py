@@ -1,6 +1,8 @@
 """The Spatial-Temporal Transformer's structure: causality, what mixes where, the
 Gaussian layer, and the cached step path."""
 
+import math
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from dynamics.model import (
     TiedHead,
     gaussian_kl,
 )
+from dynamics.rollout import rollout, rollout_uncached
 from dynamics.settings import STTransformerConfig
 
 GRID, CODES = (3, 4), 16
@@ -328,6 +331,28 @@ def test_the_factorized_head_predicts_each_fsq_dimension_over_its_levels():
     # sure logits make the expected vector the chosen code's own
     sure = net.expected_vectors(out[:, 0] * 1000)
     assert torch.allclose(sure, grid[net.to_codes(out[:, 0] * 1000).flatten(1)], atol=1e-4)
+
+
+def test_a_residual_factorized_model_starts_by_copying_each_level_and_learns_how_sure_to_be():
+    net, _ = fsq_model(residual=True)
+    plain, _ = fsq_model()
+    assert "copy_logit" in net.state_dict() and "copy_logit" not in plain.state_dict()
+    clip = torch.randint(0, 60, (2, 5, *GRID), generator=torch.Generator().manual_seed(1))
+    out, _ = net.predict(clip, deterministic=True)
+    copied = torch.stack([net.to_codes(out[:, t]) for t in range(1, 5)], 1)
+    assert torch.equal(copied, clip[:, :-1])  # "nothing moved" until training says otherwise
+    # the previous level holds e^3 against the others' e^0, in every dimension
+    first = out[:, 1].split(LEVELS, -1)[0].softmax(-1)
+    previous_level = net.digits(clip[:, 0].flatten(1))[..., 0]
+    chance = math.exp(3) / (math.exp(3) + LEVELS[0] - 1)
+    assert torch.allclose(first.gather(-1, previous_level[..., None]), torch.tensor(chance), atol=1e-5)
+    # the cached steps add the same prior as the full forward
+    start = clip[:, :3]
+    assert torch.equal(
+        rollout(net, start, 4, deterministic=True), rollout_uncached(net, start, 4, deterministic=True)
+    )
+    net(clip, deterministic=True).loss.backward()
+    assert net.copy_logit.grad is not None
 
 
 def test_a_head_refuses_a_tokenizer_it_cannot_model():

@@ -13,6 +13,8 @@ from dynamics.evaluate import (
     copy_last_scores,
     describe,
     frame_scores,
+    moving_detail,
+    moving_region,
     sample_diversity,
     score_continuation,
     score_table,
@@ -107,13 +109,16 @@ def test_a_continuation_is_scored_beside_every_reference():
     future, ahead = truth[2:], run.frames[:, 2:]
     mean_frame = torch.full((1, 8, 8), 0.5)
     scores = score_continuation(run, truth, mean_frame)
-    # no identity score asked: every reference but the truth, whose only score it is
-    assert set(scores) == {*REFERENCES, "diversity"} - {"truth"}
+    # no identity score asked: the truth has its moving-region detail alone
+    assert set(scores) == {*REFERENCES, "diversity"} and set(scores["truth"]) == {"detail"}
     assert all(len(values) == 3 for ref in scores for values in scores[ref].values())
     assert all("identity" not in values for values in scores.values())
+    region = moving_region(truth[1:])
+    assert torch.equal(scores["truth"]["detail"], moving_detail(future, region))
+    assert torch.equal(scores["model"]["detail"], moving_detail(ahead[0], region))
 
     def same(ref, expected):
-        return set(scores[ref]) == set(expected) and all(
+        return set(scores[ref]) - {"detail"} == set(expected) and all(
             torch.equal(scores[ref][m], expected[m]) for m in expected
         )
 
@@ -131,6 +136,34 @@ def test_a_continuation_is_scored_beside_every_reference():
     assert same("train_mean", frame_scores(mean_frame.expand(3, -1, -1, -1), future))
     assert same("reconstruction", frame_scores(run.reconstruction, future))
     assert torch.equal(scores["diversity"]["mse"], sample_diversity(ahead))
+
+
+def test_moving_detail_ranks_a_continuation_that_keeps_its_mover_above_one_that_fades_it():
+    """A disc crosses a textured floor. Two continuations move it too slowly: one keeps it sharp,
+    the other fades it into the floor, as a latent model that hedges does. MSE prefers the fade;
+    the moving region's detail tells them apart, and the sharp one's is near the truth's."""
+    rng = np.random.default_rng(0)
+    floor = torch.from_numpy(rng.integers(90, 130, (1, 32, 32), dtype=np.uint8))
+    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+
+    def frames(centres, alpha=1.0):
+        out = floor.expand(len(centres), 1, 32, 32).clone().float()
+        for t, x in enumerate(centres):
+            disc = ((xs - x) ** 2 + (ys - 16) ** 2 < 25)[None]
+            out[t][disc] = (1 - alpha) * out[t][disc] + alpha * 250
+        return out.round().to(torch.uint8)
+
+    truth = frames([6, 9, 12, 15, 18, 21])  # the last prompt frame, then 5 steps
+    sharp = frames([8, 10, 12, 14, 16])  # slower
+    faded = frames([8, 10, 12, 14, 16], alpha=0.25)  # slower and faint
+    region = moving_region(truth)
+    assert 0 < region.float().mean() < 1  # the disc's path, not the floor
+    truth_detail, sharp_detail = moving_detail(truth[1:], region), moving_detail(sharp, region)
+    faded_detail = moving_detail(faded, region)
+    assert (sharp_detail > faded_detail).all()
+    assert ((sharp_detail / truth_detail - 1).abs() < 0.2).all()
+    assert (faded_detail / truth_detail < 0.8).all()
+    assert (frame_scores(faded, truth[1:])["mse"] < frame_scores(sharp, truth[1:])["mse"])[2:].all()
 
 
 def test_only_steps_with_a_true_frame_are_scored():
@@ -177,8 +210,12 @@ def test_markdown_tables_show_every_scored_row_and_step():
     run, truth = continuation()
     metrics = aggregate([table_scores(score_table(score_continuation(run, truth), 3))])
     text = markdown_tables(metrics, samples=3)
-    mse, ssim = text.strip().split("\n\n")  # no identity scored: two tables
+    mse, ssim, detail = text.strip().split("\n\n")  # no identity scored: three tables
     assert mse.startswith("| MSE | 1 | 2 | 3 | mean |") and ssim.startswith("| SSIM | 1 | 2 | 3 | mean |")
+    assert (
+        detail.startswith("| moving-region detail |")
+        and "| original frames (ceiling; for detail, the target) |" in detail
+    )
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in mse.splitlines()[2:]}
     assert "median of 3 samples" in rows and "training-set mean frame" not in rows  # no mean frame given
     assert rows["copy-last"][0] == f"{metrics['per_step']['copy_last']['mse'][0]:.1f}"

@@ -10,8 +10,18 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from pipeline.latents import MISSING, LatentClips, LatentStore, LatentStoreError, key_strings, open_latents
+from pipeline.clips import motion_score
+from pipeline.latents import (
+    MISSING,
+    LatentClips,
+    LatentStore,
+    LatentStoreError,
+    clips_above,
+    key_strings,
+    open_latents,
+)
 from pipeline.splits import TEST, TRAIN, VAL
+from tests.conftest import scene
 
 CLIP_FRAMES, GRID = 6, (4, 4)
 
@@ -47,6 +57,7 @@ def make_store(
             [f"video-{i}" for i in range(start, stop)],
             np.zeros(stop - start, dtype=np.int32),
             split,
+            motion=np.arange(start, stop, dtype=np.float32) / 4,
         )
     store.finish()
     return store
@@ -230,7 +241,7 @@ def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
             other = tensorstore.open(spec, read=True).result()
             assert np.array_equal(other.read().result(), array[:]), (folder, name)
             opened += 1
-    assert opened == 4 + 3  # codes, source, start_frame, split; codes, clip, name
+    assert opened == 5 + 3  # codes, source, start_frame, split, motion; codes, clip, name
     assert list(store.sources()) == [f"video-{i}" for i in range(10)]
     assert read_names(codes) == names
 
@@ -274,3 +285,40 @@ def test_a_store_of_the_previous_schema_is_still_read(tmp_path):
     group.attrs["schema_version"] = 9
     with pytest.raises(LatentStoreError, match="schema version 9"):
         open_latents(uri)
+
+
+def test_motion_scores_order_still_slow_and_fast_clips_and_the_filter_drops_the_still_one(tmp_path):
+    """A tripod shot of a still scene (sensor noise only), a disc crossing a fixed view, and a
+    pan: scored in that order; a threshold leaves the still clip out of training alone, and
+    the store keeps it."""
+    rng = np.random.default_rng(0)
+    view = scene(64, 64, 10, seed=2, pan=0)
+    still = np.repeat(view[:1], 10, axis=0).astype(np.int16) + rng.integers(-2, 3, (10, 64, 64, 3))
+    clips = [still.clip(0, 255).astype(np.uint8), view, scene(64, 64, 10, seed=2, pan=5)]
+    scores = [motion_score(clip.transpose(0, 3, 1, 2)) for clip in clips]  # [T, C, H, W]
+    assert scores[0] < 1.5 < scores[1] < scores[2], scores
+
+    uri = str(tmp_path / "latents.zarr")
+    store = LatentStore.create(uri, 3, CLIP_FRAMES, GRID, 3, attrs())
+    splits = np.array([TRAIN, TRAIN, VAL], np.uint8)
+    codes = np.stack([clip_codes(i) for i in range(3)])
+    store.write_shard(
+        0, codes, ["still", "crossing", "pan"], np.zeros(3, np.int32), splits, None, np.array(scores)
+    )
+    store.finish()
+    threshold = 1.5
+    kept = LatentClips(uri, TRAIN, min_motion=threshold, shuffle_buffer=1)
+    assert clip_ids(kept) == [1]
+    assert clip_ids(LatentClips(uri, TRAIN, shuffle_buffer=1)) == [0, 1]  # no threshold: both
+    assert clip_ids(LatentClips(uri, VAL, min_motion=threshold, shuffle_buffer=1)) == [2]
+    assert open_latents(uri).num_clips == 3 and np.allclose(open_latents(uri).motion(), scores)
+    assert clips_above(open_latents(uri), threshold) == {
+        "clips_train": 2,
+        "clips_train_moving": 1,
+        "clips_val": 1,
+        "clips_val_moving": 1,
+        "clips_test": 0,
+        "clips_test_moving": 0,
+    }
+    with pytest.raises(LatentStoreError, match="no clips of split 0 with motion >= 50"):
+        list(LatentClips(uri, TRAIN, min_motion=50))

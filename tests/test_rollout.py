@@ -1,5 +1,7 @@
 """Autoregressive rollouts: the cached path against the original's full re-run."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -159,3 +161,58 @@ def test_expected_decoding_draws_the_generated_frames_from_the_expected_vectors(
     expected = PixelTokenizer().decode_vectors(torch.stack(vectors, 1)[0].unflatten(1, GRID))
     assert torch.equal(run.frames[0, 4:], expected)
     assert torch.equal(run.frames[:, :4], PixelTokenizer().decode(clip[:4]).expand(2, -1, -1, -1, -1))
+
+
+def test_anchoring_draws_only_the_predicted_change_on_the_true_last_prompt_frame():
+    net, clip = model("categorical"), prompt(batch=1, frames=6)[0]
+    settings = GenerationSettings(prompt_frames=4, generate_frames=2, samples=2, temperature=1.0, anchor=True)
+    truth = torch.randint(0, 256, (6, 1, *GRID), dtype=torch.uint8)
+    run = continue_clip(net, PixelTokenizer(), clip, 0, settings, truth=truth)
+    plain = continue_clip(net, PixelTokenizer(), clip, 0, replace(settings, anchor=False))
+    assert torch.equal(run.codes, plain.codes)  # the same rollouts, drawn differently
+    change = plain.frames[:, 4:].short() - plain.frames[:, 3:4].short()
+    assert torch.equal(run.frames[:, 4:], (truth[3].short() + change).clamp(0, 255).to(torch.uint8))
+    # where a sample's codes did not move, it shows the true pixels, not their reconstruction
+    still = run.codes[:, 4:] == run.codes[:, 3:4]
+    assert still.any() and torch.equal(run.frames[:, 4:, 0][still], truth[3, 0].expand(2, 2, *GRID)[still])
+    assert torch.equal(run.frames[:, :4], plain.frames[:, :4])  # the prompt as the tokenizer holds it
+    with pytest.raises(ValueError, match="anchor"):
+        continue_clip(net, PixelTokenizer(), clip, 0, settings)
+    # a threshold drops changes smaller than the tokenizer's flicker (here: one code, 16 levels)
+    quiet = continue_clip(net, PixelTokenizer(), clip, 0, replace(settings, anchor_threshold=17), truth=truth)
+    small = change.abs() < 17
+    assert (small & (change != 0)).any() and (~small).any()
+    expected = (truth[3].short() + change * ~small).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(quiet.frames[:, 4:], expected)
+
+
+@pytest.mark.parametrize("head", ["categorical", "residual"])
+def test_patches_of_latent_pixels_as_tokens_keep_every_code_and_the_cache_exact(head):
+    """patch 2: a 2x2 square of codes is one token (4x fewer for attention), and the head still
+    names every latent pixel's code; the cached rollout equals the re-run, as with patch 1."""
+    torch.manual_seed(0)
+    cfg = STTransformerConfig(
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        head="regression" if head == "residual" else head,
+        patch=2,
+        residual=head == "residual",
+        max_frames=10,
+    )
+    net = STTransformer(cfg, torch.randn(CODES, 8), (4, 6)).eval()
+    assert net.token_grid == (2, 3) and net.spatial_position.shape == (6, 32)
+    start = torch.randint(0, CODES, (2, 4, 4, 6), generator=torch.Generator().manual_seed(1))
+    out, _ = net.predict(start, deterministic=True)
+    assert out.shape[:3] == (2, 4, 24)  # one prediction per latent pixel
+    # a change to one code moves the predictions of the next frame, not of its own or earlier ones
+    changed = start.clone()
+    changed[:, 1, 3, 5] = (changed[:, 1, 3, 5] + 1) % CODES
+    moved, _ = net.predict(changed, deterministic=True)
+    assert torch.equal(moved[:, :2], out[:, :2]) and not torch.equal(moved[:, 2], out[:, 2])
+    cached = rollout(net, start, 12, deterministic=True)
+    assert torch.equal(cached, rollout_uncached(net, start, 12, deterministic=True, whole_history=True))
+    with pytest.raises(
+        ValueError, match="model.patch: given 4, expected a divisor of the latent grid \\(4, 6\\)"
+    ):
+        STTransformer(STTransformerConfig(d_model=32, n_heads=4, patch=4), torch.randn(CODES, 8), (4, 6))

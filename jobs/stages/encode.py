@@ -28,6 +28,7 @@ from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.clips import ClipDecoder, VideoPlan, plan_clips
 from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
+from pipeline.splits import SPLIT_CODES
 from tokenizer.tokenizer import CheckpointError, Tokenizer
 
 
@@ -55,6 +56,7 @@ class TokenizerEncoder:
             "clip": batch["clip"],
             "key": batch["key"],
             "start": batch["start"],
+            "motion": batch["motion"],
             "error": batch["error"],
             "codes": codes.reshape(clips, length, *codes.shape[1:]),
             "encoded": np.full((clips, 2), (began, time.time())),
@@ -86,11 +88,15 @@ class ShardBuffer:
         self.source = [""] * size
         self.start_frame = np.zeros(size, dtype=np.int32)
         self.split = np.full(size, MISSING, dtype=np.uint8)
+        self.motion = np.full(size, np.nan, dtype=np.float32)
         self.rejects: dict[str, str] = {}
 
-    def add(self, clip: int, codes: np.ndarray, key: str, start: int, split: int, error: str) -> bool:
+    def add(
+        self, clip: int, codes: np.ndarray, key: str, start: int, split: int, motion: float, error: str
+    ) -> bool:
         offset = clip - self.start
         self.codes[offset], self.source[offset], self.start_frame[offset] = codes, key, start
+        self.motion[offset] = motion
         self.split[offset] = MISSING if error else split
         if error:
             self.rejects[key] = error
@@ -186,6 +192,10 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "shards_skipped": len(done),
         "seconds": seconds,
     }
+    motion = store.motion()
+    for name, code in SPLIT_CODES.items():  # how much each split moves: the filter's scale
+        if (splits == code).any():
+            metrics[f"motion_median_{name}"] = float(np.median(motion[splits == code]))
     encoded = sum(stop - start for start, stop in map(store.shard_range, set(range(store.num_shards)) - done))
     if encoded:
         metrics["clips_per_s"] = encoded / seconds
@@ -198,6 +208,12 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         f"(grid {grid[0]}x{grid[1]}, {store.num_shards} shards; {metrics['clips_train']} train, "
         f"{metrics['clips_val']} val, {metrics['clips_test']} test, {metrics['clips_missing']} missing)"
     )
+    medians = [
+        f"{name} {metrics[f'motion_median_{name}']:.1f}"
+        for name in SPLIT_CODES
+        if f"motion_median_{name}" in metrics
+    ]
+    summary += f"; median motion {', '.join(medians)} (mean grey change between frames, 0-255)"
     if done:
         summary += f"; {len(done)} shards were already written and kept"
     if encoded:
@@ -301,13 +317,14 @@ def _encode_into(
             futures = []
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 span.add(batch["encoded"])
-                columns = (batch[name] for name in ("clip", "codes", "key", "start", "error"))
-                for clip, codes, key, start, error in zip(*columns, strict=True):
+                columns = (batch[name] for name in ("clip", "codes", "key", "start", "motion", "error"))
+                for clip, codes, key, start, motion, error in zip(*columns, strict=True):
                     shard = store.shard_of(int(clip))
                     if shard not in buffers:
                         continue  # a video spanning a written and an unwritten shard
                     split = split_of_clip[str(key), int(start)]
-                    if buffers[shard].add(int(clip), codes, str(key), int(start), split, str(error)):
+                    clip_row = (int(clip), codes, str(key), int(start), split, float(motion), str(error))
+                    if buffers[shard].add(*clip_row):
                         # the shard is whole: one writer owns it
                         futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))
                     bar.update(1)
@@ -317,4 +334,6 @@ def _encode_into(
 
 
 def _write(store: LatentStore, shard: int, buffer: ShardBuffer) -> None:
-    store.write_shard(shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split, buffer.rejects)
+    store.write_shard(
+        shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split, buffer.rejects, buffer.motion
+    )

@@ -11,6 +11,7 @@ and logs the scores to MLflow.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tempfile
 import time
@@ -136,7 +137,7 @@ class ClipGenerator:
         """S continuations of one clip: their codes, score table and mp4 (sample 0), the preview
         frames of a preview clip; then the score table of each further protocol."""
         s, identify = self.settings, self._identify(tracks)
-        run = continue_clip(self.model, self.tokenizer, codes, clip, s)
+        run = continue_clip(self.model, self.tokenizer, codes, clip, s, truth=truth)
         scores = evaluate.score_continuation(run, truth, self.train_mean, identify)
         row = {
             "codes": run.codes.numpy().astype(np.uint16),
@@ -148,7 +149,7 @@ class ClipGenerator:
         for prompt_frames, steps in self.protocols:
             scores = {}
             if prompt_frames < len(codes):
-                other = continue_clip(self.model, self.tokenizer, codes, clip, s, prompt_frames, steps)
+                other = continue_clip(self.model, self.tokenizer, codes, clip, s, prompt_frames, steps, truth)
                 scores = evaluate.score_continuation(other, truth, self.train_mean, identify)
             row[scores_column(prompt_frames, steps)] = evaluate.score_table(scores, steps)
         video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.fps, codec="libx264", crf=12)
@@ -188,7 +189,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(f"{layout.raw_manifest}: unreadable; store clips are scored on the raw videos")
     out = layout.generations
     settings, protocols = GenerationSettings.of(gen), [tuple(protocol) for protocol in gen.protocols]
-    preview_clips = [item["clip"] for item in items[: gen.preview_clips]]
+    preview_clips = spread_over_videos(items, gen.preview_clips)
     fps = float(store.attrs["fps"] or cfg.data.fps)
 
     started = time.perf_counter()
@@ -233,8 +234,17 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
             "latents": layout.latents,
         },
     )
+    video_of = {item["clip"]: item.get("key", item["name"]) for item in items}
+    by_video: dict[str, list[dict]] = {}
+    for result in done:
+        by_video.setdefault(video_of[result["clip"]], []).append(result)
     metrics = {
         **_aggregate(done, protocols),
+        # each source video's clips alone: one scene's figures, not hidden in the corpus mean
+        "by_video": {
+            key: {"clips": len(results), **_aggregate(results, protocols)}
+            for key, results in by_video.items()
+        },
         "rejected": rejected,
         "clips": len(done),
         "prompt_frames": gen.prompt_frames,
@@ -400,6 +410,16 @@ def _raw_videos(layout: Layout, fps: float | None) -> dict[str, RawVideo]:
         return raw_videos(storage.read_json(layout.raw_manifest), layout.raw_shard, fps)
     except (OSError, ValueError):
         return {}
+
+
+def spread_over_videos(items: list[dict], count: int) -> list[int]:
+    """`count` clips for the preview, as many videos as there are shown: each video's first clip
+    in turn, then each one's second, and so on (a split by time holds runs of one video's clips)."""
+    by_video: dict[str, list[int]] = {}
+    for item in items:
+        by_video.setdefault(item.get("key", item["name"]), []).append(item["clip"])
+    rounds = itertools.zip_longest(*by_video.values())
+    return [clip for row in rounds for clip in row if clip is not None][:count]
 
 
 def _store_clips(gen, store) -> list[dict]:

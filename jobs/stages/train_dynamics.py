@@ -72,6 +72,8 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(f"encode.tokenizer: {err}") from None
     except (LatentStoreError, DynamicsCheckpointError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run `stvideo encode` with this tokenizer first") from None
+    except ValueError as err:  # a setting the store cannot meet (max_frames, min_motion)
+        raise StageInputError(f"dynamics.{err}") from None
     result = StageResult(
         stage="train-dynamics",
         inputs={"latents": layout.latents, "tokenizer": tokenizer},
@@ -83,6 +85,15 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
     if "steps" in summary:  # a time budget may have ended it before max_steps
         result.summary += f"; {int(summary['steps'])} of {cfg.dynamics.max_steps} steps"
+    if cfg.dynamics.min_motion is not None and "clips_train" in summary:
+        result.summary += (
+            f"; clips with motion >= {cfg.dynamics.min_motion:g}: "
+            + ", ".join(
+                f"{split} {int(summary[f'clips_{split}_moving'])} of {int(summary[f'clips_{split}'])}"
+                for split in ("train", "val", "test")
+            )
+            + " (only train's are left out)"
+        )
     if "val_kl" in summary:
         loss_key = "val_mse" if "val_mse" in summary else "val_ce"
         result.summary += f"; {loss_key} {summary[loss_key]:.4f}, val_kl {summary['val_kl']:.3g}" + (
