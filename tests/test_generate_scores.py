@@ -222,3 +222,15 @@ def test_markdown_tables_show_every_scored_row_and_step():
     assert (
         rows["likeliest continuation (sample 0)"][-1].rstrip(" |") == f"{metrics['mean']['model']['mse']:.1f}"
     )
+
+
+def test_the_preview_takes_its_clips_from_as_many_videos_as_it_shows():
+    from jobs.stages.generate import spread_over_videos
+
+    # a split by time: runs of one video's clips, the longest first
+    items = [{"clip": i, "name": f"{i:06d}", "key": "vtest"} for i in range(10)]
+    items += [{"clip": 10 + i, "name": f"{10 + i:06d}", "key": key} for i, key in enumerate("aab")]
+    assert spread_over_videos(items, 4) == [0, 10, 12, 1]  # vtest, a, b, then each one's second
+    assert spread_over_videos(items, 1) == [0]
+    brought = [{"clip": i, "name": f"video-{i}"} for i in range(3)]  # a brought video is its own
+    assert spread_over_videos(brought, 6) == [0, 1, 2]

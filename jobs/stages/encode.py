@@ -133,6 +133,7 @@ def _prepare_store(
             store = None
         same = store is not None and store.attrs["schema_version"] == SCHEMA_VERSION
         same = same and all(store.attrs.get(k) == v for k, v in identity.items())
+        same = same and "motion" in store.group  # a store begun before motion scores: started over
         if same and store.num_clips == num_clips and store.clips_per_shard == cfg.encode.clips_per_shard:
             return store
     return LatentStore.create(

@@ -234,17 +234,9 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
             "latents": layout.latents,
         },
     )
-    video_of = {item["clip"]: item.get("key", item["name"]) for item in items}
-    by_video: dict[str, list[dict]] = {}
-    for result in done:
-        by_video.setdefault(video_of[result["clip"]], []).append(result)
     metrics = {
         **_aggregate(done, protocols),
-        # each source video's clips alone: one scene's figures, not hidden in the corpus mean
-        "by_video": {
-            key: {"clips": len(results), **_aggregate(results, protocols)}
-            for key, results in by_video.items()
-        },
+        "by_video": _by_video(done, items, protocols),
         "rejected": rejected,
         "clips": len(done),
         "prompt_frames": gen.prompt_frames,
@@ -402,6 +394,20 @@ def _aggregate(done: list[dict], protocols: list[tuple[int, int]]) -> dict:
             scored = evaluate.aggregate([scores for scores in per_clip if scores])
             metrics["protocols"][protocol_name(prompt_frames, steps)] = scored
     return metrics
+
+
+def _by_video(done: list[dict], items: list[dict], protocols: list[tuple[int, int]]) -> dict:
+    """Each source video's clips aggregated alone, so one scene's figures are not hidden in the
+    mean; empty when no video has two clips (then the rows are the clips themselves)."""
+    video_of = {item["clip"]: item.get("key", item["name"]) for item in items}
+    grouped: dict[str, list[dict]] = {}
+    for result in done:
+        grouped.setdefault(video_of[result["clip"]], []).append(result)
+    if len(grouped) == len(done):
+        return {}
+    return {
+        key: {"clips": len(results), **_aggregate(results, protocols)} for key, results in grouped.items()
+    }
 
 
 def _raw_videos(layout: Layout, fps: float | None) -> dict[str, RawVideo]:
