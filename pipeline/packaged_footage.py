@@ -142,7 +142,7 @@ def gather_packages(out: Path, debs: Path, catalogue=CATALOGUE) -> list[dict]:
     for package in dict.fromkeys(video.package for video in catalogue):
         wanted = [video for video in catalogue if video.package == package]
         if all((out / video.name).exists() for video in wanted) and (out / "licences" / package).exists():
-            deb = next(iter(sorted(debs.glob(f"{package}_*.deb"))), None)
+            deb = ([None] + sorted(debs.glob(f"{package}_*.deb")))[-1]  # the newest, as _download takes
         else:
             deb = _download(package, debs)
             if deb is None:

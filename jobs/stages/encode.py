@@ -193,10 +193,7 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "shards_skipped": len(done),
         "seconds": seconds,
     }
-    motion = store.motion()
-    for name, code in SPLIT_CODES.items():  # how much each split moves: the filter's scale
-        if (splits == code).any():
-            metrics[f"motion_median_{name}"] = float(np.median(motion[splits == code]))
+    metrics.update(_motion_medians(store.motion(), splits))
     encoded = sum(stop - start for start, stop in map(store.shard_range, set(range(store.num_shards)) - done))
     if encoded:
         metrics["clips_per_s"] = encoded / seconds
@@ -209,11 +206,7 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         f"(grid {grid[0]}x{grid[1]}, {store.num_shards} shards; {metrics['clips_train']} train, "
         f"{metrics['clips_val']} val, {metrics['clips_test']} test, {metrics['clips_missing']} missing)"
     )
-    medians = [
-        f"{name} {metrics[f'motion_median_{name}']:.1f}"
-        for name in SPLIT_CODES
-        if f"motion_median_{name}" in metrics
-    ]
+    medians = [f"{key.rsplit('_', 1)[1]} {value:.1f}" for key, value in metrics.items() if "motion_" in key]
     summary += f"; median motion {', '.join(medians)} (mean grey change between frames, 0-255)"
     if done:
         summary += f"; {len(done)} shards were already written and kept"
@@ -231,6 +224,15 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics=metrics,
         summary=summary,
     )
+
+
+def _motion_medians(motion: np.ndarray, splits: np.ndarray) -> dict[str, float]:
+    """Each split's median motion score: the scale `dynamics.min_motion` is set on."""
+    return {
+        f"motion_median_{name}": float(np.median(motion[splits == code]))
+        for name, code in SPLIT_CODES.items()
+        if (splits == code).any()
+    }
 
 
 def _pinned_tokenizer(cfg: PipelineConfig, layout: Layout) -> tuple[str, str | None]:
