@@ -99,9 +99,10 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         "black",
         "train_mean",
         "reconstruction",
-        "truth",  # generated Moving MNIST: the originals' digit identity, that score's ceiling
+        "truth",  # the originals' digit identity (that score's ceiling) and moving-region detail
     }
-    assert set(metrics["per_step"]["truth"]) == {"identity"}
+    assert set(metrics["per_step"]["truth"]) == {"identity", "detail"}
+    assert all(len(metrics["per_step"][ref]["detail"]) == 10 for ref in metrics["per_step"])
     assert all(len(metrics["per_step"][ref]["identity"]) == 10 for ref in metrics["per_step"])
     ceiling, prompt = metrics["mean"]["truth"]["identity"], metrics["prompt_identity"]
     assert ceiling > 0.8 and prompt["original"] > 0.8 and 0 <= prompt["reconstructed"] <= 1
