@@ -210,5 +210,5 @@ def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):
     assert "fewer than the 10 prompt frames" in reasons["short"]
     assert {"empty", "notes", "truncated", "damaged", "dangling", "short"} <= set(reasons)
     # brought videos have no digit tracks: no identity score, rather than a wrong one
-    assert "truth" not in metrics["per_step"] and "prompt_identity" not in metrics
+    assert set(metrics["per_step"]["truth"]) == {"detail"} and "prompt_identity" not in metrics
     assert "identity" not in metrics["per_step"]["model"]
