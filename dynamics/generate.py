@@ -31,8 +31,9 @@ class GenerationSettings:
     decode: Literal["codes", "expected"] = "codes"  # frames from the nearest codes, or the expected vectors
     # generated frames = the true last prompt frame + (decoded frame - the decoded last prompt frame):
     # the tokenizer's error on what stays still cancels, and only what the model moves is drawn;
-    # a change of fewer grey levels than `anchor_threshold` (in every channel) is the tokenizer's
-    # flicker between two codings of the same thing, not motion, and is not drawn
+    # the tokenizer's flicker between two codings of the same thing adds changes of up to about
+    # `anchor_threshold` grey levels to every change: each is shrunk by that much (a soft
+    # threshold, the classic denoiser), so a smaller one is not drawn and a larger one loses its noise
     anchor: bool = False
     anchor_threshold: float = 0.0
 
@@ -122,12 +123,20 @@ def continue_clip(
     if settings.anchor:
         if truth is None:
             raise ValueError("anchor: the true prompt frames are needed to anchor the generated ones")
-        change = futures.short() - prompt_decoded[-1].short()
-        moved = change.abs().amax(-3, keepdim=True) >= settings.anchor_threshold
-        futures = (truth[prompt_frames - 1].short() + change * moved).clamp(0, 255).to(torch.uint8)
+        futures = anchored(futures, prompt_decoded[-1], truth[prompt_frames - 1], settings.anchor_threshold)
     frames = torch.cat(
         [prompt_decoded.expand(samples, -1, -1, -1, -1), futures.unflatten(0, (samples, -1))], dim=1
     )  # [S, P + K, C, H, W]
     true_future = codes[prompt_frames : prompt_frames + steps]
     reconstruction = tokenizer.decode(true_future).cpu() if len(true_future) else None
     return Continuation(generated, frames, prompt_frames, reconstruction)
+
+
+def anchored(futures: torch.Tensor, decoded_last: torch.Tensor, true_last: torch.Tensor, threshold: float):
+    """Generated frames uint8 [N, C, H, W] redrawn as the true last prompt frame plus the decoder's
+    change from the decoded last prompt frame, each pixel's change soft-thresholded: shrunk by
+    `threshold` grey levels (measured on its largest channel), and none below that."""
+    change = futures.float() - decoded_last.float()
+    size = change.abs().amax(-3, keepdim=True)
+    kept = (size - threshold).clamp(min=0) / size.clamp(min=1e-6)
+    return (true_last.float() + change * kept).round().clamp(0, 255).to(torch.uint8)

@@ -246,8 +246,9 @@ class GenerateConfig(Section):
     anchor_threshold: float = Field(
         0.0,
         ge=0,
-        description="with anchor: a pixel whose decoded change is under this many grey levels (0-255) in "
-        "every channel keeps the prompt's pixel (the tokenizer's flicker between codings, not motion)",
+        description="with anchor: each pixel's decoded change is shrunk by this many grey levels (0-255, "
+        "on its largest channel), so a smaller one keeps the prompt's pixel: the tokenizer's flicker "
+        "between codings, not motion, is not drawn (a soft threshold)",
     )
     protocols: list[tuple[int, int]] = Field(
         default_factory=list,
