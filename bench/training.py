@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.machine import matmul_rate, synchronize
 from common.training import resolve_precision
 from dynamics.model import STTransformer
 from jobs.config import load_config
@@ -34,28 +35,6 @@ from tokenizer.model import VQGAN
 
 REPO = Path(__file__).resolve().parents[1]
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16, FLOP/s
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_rate(device: str, dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """FLOP/s of the best square matmul size here (each size timed for about `seconds`/4)."""
-    best = 0.0
-    for size in (512, 1024, 2048) if device == "cpu" else (4096, 8192):
-        a = torch.randn(size, size, device=device, dtype=dtype)
-        b = torch.randn(size, size, device=device, dtype=dtype)
-        a @ b  # warm-up
-        synchronize(device)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / 4:
-            a @ b
-            count += 1
-        synchronize(device)
-        best = max(best, 2 * size**3 * count / (time.perf_counter() - started))
-    return best
 
 
 def timed_steps(step, steps: int, device: str) -> float:

@@ -305,6 +305,27 @@ class StepResult:
     metrics: Callable[[], dict[str, float]]  # what to log, computed on logging steps only
 
 
+def reached(progress: Progress, cadence: Cadence) -> dict[str, float]:
+    """How far the run got: its steps, the config's step budget, and whether the time guard
+    (`max_minutes`) ended it first (1.0), so a figure is never quietly from a shorter run."""
+    cut_short = progress.budget.spent and progress.step < cadence.max_steps
+    return {"steps": progress.step, "max_steps": cadence.max_steps, "stopped_by_time": float(cut_short)}
+
+
+def time_guard_note(summary: dict[str, float], max_minutes: float | None) -> str:
+    """What a stage's summary says of the step budget: `N of M steps`, and loudly when the time
+    guard ended the run first."""
+    if "steps" not in summary:
+        return ""
+    note = f"{int(summary['steps'])} of {int(summary.get('max_steps', summary['steps']))} steps"
+    if summary.get("stopped_by_time"):
+        note += (
+            f" (STOPPED by the {max_minutes:g}-minute time guard, max_minutes: the figures below are "
+            "from a shorter run than the config's; raise it or use a faster machine)"
+        )
+    return note
+
+
 def listed(summary: dict[str, float]) -> str:
     """A summary as one line: `name value, ...`."""
     return ", ".join(f"{key} {value:.4g}" for key, value in summary.items())
@@ -386,7 +407,7 @@ def run_loop(
             log(values)
         if due(cadence.eval_every):
             if main:
-                summary = {**evaluate(), **throughput, "steps": progress.step}
+                summary = {**evaluate(), **throughput, **reached(progress, cadence)}
                 log(summary)
                 logger.info(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()

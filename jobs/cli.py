@@ -340,6 +340,13 @@ def tables_command(
     except (OSError, ValueError) as err:
         _fail([f"{path}: {err}"], EXIT_BAD_INPUT, "stvideo tables: no metrics to show; run generate first.")
     samples = int(scores.get("samples", cfg.generate.samples))
+    for name, reached in scores.get("trained", {}).items():  # what the figures come from
+        line = f"{name}: {reached.get('steps', '?')} of {reached.get('max_steps', '?')} training steps"
+        if reached.get("stopped_by_time"):
+            line += " (STOPPED by its time guard: these figures are from a shorter run than the config's)"
+        typer.echo(line)
+    if scores.get("trained"):
+        typer.echo("")
     if video is not None:
         videos = scores.get("by_video", {})
         if video not in videos:

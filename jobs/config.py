@@ -351,6 +351,35 @@ class SubmitConfig(Section):
     log_tail: int = Field(40, ge=1, description="log lines shown when a stage fails")
 
 
+class ExpectedTime(Section):
+    """A run of this config from scratch, to plan by: `stvideo run` measures this machine's
+    matmul rates and scales each stage's seconds by the reference machine's rate over this one's,
+    in the precision the stage multiplies in (the training stages' `mixed_precision`, else fp32)."""
+
+    matmul_gflops: dict[Literal["fp32", "bf16"], float] = Field(
+        description="the reference machine's dense matmul rates, GFLOP/s (bench/training.py prints them)"
+    )
+    stage_seconds: dict[str, float] = Field(description="each stage's seconds in the reference run")
+    measured: str = Field("", description="where and how the reference run was measured, for people")
+
+    @field_validator("stage_seconds")
+    @classmethod
+    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
+        from jobs.stages import STAGES  # the registry reads this module: imported on use
+
+        for name in value:
+            if name not in STAGES:
+                raise problem(name, name, "a stage: " + ", ".join(STAGES))
+        return value
+
+    @field_validator("matmul_gflops")
+    @classmethod
+    def _has_fp32(cls, value: dict[str, float]) -> dict[str, float]:
+        if "fp32" not in value:
+            raise ValueError("expected an fp32 rate (every stage that is not mixed-precision scales by it)")
+        return value
+
+
 class PipelineConfig(Section):
     name: str = "stvideo"
     root: str = Field("out/demo", description="output root: a local path or s3://bucket/prefix")
@@ -368,6 +397,7 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     submit: SubmitConfig = Field(default_factory=SubmitConfig)
+    expected: ExpectedTime | None = Field(None, description="a reference run's time, to plan by")
 
     _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
 

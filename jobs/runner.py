@@ -45,6 +45,8 @@ class Runner:
         self.parent_id: str | None = None
 
     def run(self, names: list[str]) -> list[Outcome]:
+        if self.cfg.expected is not None and rank() == 0:
+            self._say_expected_time(names)
         with self.tracker.pipeline_run(names) as self.parent_id:
             return [self.run_stage(STAGES[name]) for name in names]
 
@@ -98,6 +100,41 @@ class Runner:
         seconds = time.perf_counter() - started
         self.echo(f"{result.summary}  [{seconds:.1f}s]")
         return Outcome(spec, result, seconds, final)
+
+    def _say_expected_time(self, names: list[str]) -> None:
+        """Measure this machine's matmul rates (a second or two) and say how long the stages that
+        will run should take here, scaled from the config's reference run."""
+        import torch
+
+        from common.machine import PRECISIONS, expected_seconds, matmul_rate
+        from common.training import resolve_precision
+
+        if torch.cuda.is_available():  # the reference runs are CPU runs: no honest scale to a GPU
+            return
+        todo = [name for name in names if not lineage.check(self.cfg, STAGES[name], self.layout).done]
+        reference = self.cfg.expected
+        stages = {name: reference.stage_seconds[name] for name in todo if name in reference.stage_seconds}
+        if not stages:
+            return
+        precision_of = {
+            "train-tokenizer": resolve_precision(self.cfg.tokenizer.mixed_precision, "cpu"),
+            "train-dynamics": resolve_precision(self.cfg.dynamics.mixed_precision, "cpu"),
+        }
+        precision_of = {stage: "fp32" if p == "no" else p for stage, p in precision_of.items()}
+        needed = {"fp32"} | {precision_of.get(stage, "fp32") for stage in stages}
+        gflops = {p: matmul_rate("cpu", PRECISIONS[p], seconds=0.6) / 1e9 for p in sorted(needed)}
+        scaled = expected_seconds(stages, reference.matmul_gflops, gflops, precision_of)
+        rates = ", ".join(f"{gflops[p]:.0f} GFLOP/s {p}" for p in sorted(gflops))
+        theirs = ", ".join(
+            f"{reference.matmul_gflops[p]:.0f} {p}" for p in sorted(gflops) if p in reference.matmul_gflops
+        )
+        by_stage = ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in scaled.items())
+        self.echo(
+            f"this machine multiplies at {rates} ({torch.get_num_threads()} threads); the reference run "
+            f"took {sum(stages.values()) / 60:.1f} min at {theirs}: expect about "
+            f"{sum(scaled.values()) / 60:.0f} min here ({by_stage}). The figures are set by step "
+            "budgets, not by this time."
+        )
 
     def _say_what_changed(self, status: lineage.Completeness, final: str) -> None:
         """Say why the stage runs; refuse to replace the user's own data made another way unless

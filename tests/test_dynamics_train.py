@@ -121,10 +121,11 @@ def test_the_loop_keeps_its_cadence_and_a_finished_run_only_evaluates(tmp_path):
         return summary, logged
 
     summary, logged = run()
-    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "score", "steps"]
+    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "max_steps", "score", "steps", "stopped_by_time"]
     assert logged == [(2, logs), (3, evals), (4, logs), (6, logs), (6, evals), (7, logs), (7, evals)]
     assert checkpoints == [4, 7] and (tmp_path / "train_state").is_dir()
     assert summary["score"] == 7.0 and summary["steps"] == 7 and summary["frames_per_s"] > 0
+    assert summary["max_steps"] == 7 and summary["stopped_by_time"] == 0.0  # the step budget ended it
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
     # run again: it resumes at its last step, trains no more and reports what the checkpoint holds
     again, logged = run()
@@ -139,7 +140,15 @@ def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path
 
     import torch
 
-    from common.training import Budget, StepResult, adamw, make_accelerator, resume_progress, run_loop
+    from common.training import (
+        Budget,
+        StepResult,
+        adamw,
+        make_accelerator,
+        resume_progress,
+        run_loop,
+        time_guard_note,
+    )
 
     checkpoints, rates = [], []
 
@@ -179,6 +188,12 @@ def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path
     summary = run()
     steps = summary["steps"]
     assert 3 <= steps <= 8 and checkpoints == [steps] and summary["score"] == steps
+    # the guard, not the step budget, ended it: the summary says so, and so does the stage's line
+    assert summary["stopped_by_time"] == 1.0 and summary["max_steps"] == 1000
+    assert json.loads((tmp_path / "metrics.json").read_text())["stopped_by_time"] == 1.0
+    note = time_guard_note(summary, 0.005)
+    assert note.startswith(f"{steps} of 1000 steps") and "STOPPED by the 0.005-minute time guard" in note
+    assert time_guard_note({**summary, "stopped_by_time": 0.0}, 0.005) == f"{steps} of 1000 steps"
     assert json.loads((tmp_path / "train_state" / "progress.json").read_text())["seconds"] >= 0.3
     # the schedule follows the clock: well below the start by the end, though 1000 steps were allowed
     assert rates[-1] < 0.5 * rates[0]

@@ -234,8 +234,11 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
             "latents": layout.latents,
         },
     )
+    tokenizer_local = models.checkpoint_folder(layout.tokenizer, scratch, registry)
+    trained = _trained({"tokenizer": tokenizer_local, "dynamics": dynamics_local})
     metrics = {
         **_aggregate(done, protocols),
+        "trained": trained,
         "by_video": _by_video(done, items, protocols),
         "rejected": rejected,
         "clips": len(done),
@@ -266,6 +269,11 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if rejected:
         summary += f"; {len(rejected)} rejected (see metrics.json)"
+    if cut_short := [name for name, reached in trained.items() if reached.get("stopped_by_time")]:
+        summary += (
+            f"; NOTE: the {' and the '.join(cut_short)} training stopped at its time guard before its "
+            "step budget, so these figures are from a shorter run than the config's"
+        )
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
         summary += (
@@ -394,6 +402,20 @@ def _aggregate(done: list[dict], protocols: list[tuple[int, int]]) -> dict:
             scored = evaluate.aggregate([scores for scores in per_clip if scores])
             metrics["protocols"][protocol_name(prompt_frames, steps)] = scored
     return metrics
+
+
+def _trained(folders: dict[str, Path]) -> dict[str, dict]:
+    """How far each model trained (its steps, the step budget, whether the time guard stopped
+    it), from its checkpoint's metrics.json; a checkpoint without one is left out."""
+    keys = ("steps", "max_steps", "stopped_by_time")
+    reached = {}
+    for name, folder in folders.items():
+        try:
+            summary = json.loads((Path(folder) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        reached[name] = {key: summary[key] for key in keys if key in summary}
+    return reached
 
 
 def _by_video(done: list[dict], items: list[dict], protocols: list[tuple[int, int]]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from common import training
 from common.training import DeviceUnavailable, pick_device
 from jobs import models, tracking
 from jobs.config import PipelineConfig
@@ -83,8 +84,8 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if "world_size" in summary:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
-    if "steps" in summary:  # a time budget may have ended it before max_steps
-        result.summary += f"; {int(summary['steps'])} of {cfg.dynamics.max_steps} steps"
+    if "steps" in summary:  # the time guard may have ended it before max_steps
+        result.summary += "; " + training.time_guard_note(summary, cfg.dynamics.max_minutes)
     if cfg.dynamics.min_motion is not None and "clips_train" in summary:
         result.summary += (
             f"; clips with motion >= {cfg.dynamics.min_motion:g}: "

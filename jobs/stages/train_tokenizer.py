@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from common import training
 from common.identity import file_identity
 from common.training import DeviceUnavailable, pick_device
 from jobs import tracking
@@ -78,8 +79,8 @@ def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if "world_size" in summary:
         result.summary += f" ({int(summary['world_size'])} Ray Train workers)"
-    if "steps" in summary:  # a time budget may have ended it before max_steps
-        result.summary += f"; {int(summary['steps'])} of {cfg.tokenizer.max_steps} steps"
+    if "steps" in summary:  # the time guard may have ended it before max_steps
+        result.summary += "; " + training.time_guard_note(summary, cfg.tokenizer.max_minutes)
     if "psnr" in summary:  # the main process evaluated; other ranks only trained
         tracking.log_bytes(storage.read_bytes(storage.join(output, "config.json")), "checkpoint/config.json")
         result.summary += (
