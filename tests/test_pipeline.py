@@ -102,6 +102,11 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         "truth",  # the originals' digit identity (that score's ceiling) and moving-region detail
     }
     assert set(metrics["per_step"]["truth"]) == {"identity", "detail"}
+    # what the figures come from: each model's steps against its budget, neither cut by its guard
+    assert metrics["trained"] == {
+        "tokenizer": {"steps": 40, "max_steps": 40, "stopped_by_time": 0.0},
+        "dynamics": {"steps": 30, "max_steps": 30, "stopped_by_time": 0.0},
+    }
     assert all(len(metrics["per_step"][ref]["detail"]) == 10 for ref in metrics["per_step"])
     assert all(len(metrics["per_step"][ref]["identity"]) == 10 for ref in metrics["per_step"])
     ceiling, prompt = metrics["mean"]["truth"]["identity"], metrics["prompt_identity"]
