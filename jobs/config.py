@@ -317,6 +317,16 @@ class StageResources(Section):
     memory: int | None = Field(None, ge=1, description="bytes of memory the driver holds")
 
 
+def stage_names(value: dict) -> dict:
+    """A mapping keyed by stages' CLI names: each key must name one."""
+    from jobs.stages import STAGES  # the registry reads this module: imported on use
+
+    for name in value:
+        if name not in STAGES:
+            raise problem(name, name, "a stage: " + ", ".join(STAGES))
+    return value
+
+
 class SubmitConfig(Section):
     """`stvideo submit`: each stage as its own Ray job through the Jobs API."""
 
@@ -337,15 +347,7 @@ class SubmitConfig(Section):
         description="per stage (its CLI name, e.g. train-dynamics): what its job driver holds",
     )
 
-    @field_validator("resources")
-    @classmethod
-    def _known_stages(cls, value: dict[str, StageResources]) -> dict[str, StageResources]:
-        from jobs.stages import STAGES  # the registry reads this module: imported on use
-
-        for name in value:
-            if name not in STAGES:
-                raise problem(name, name, "a stage: " + ", ".join(STAGES))
-        return value
+    _known_stages = field_validator("resources")(classmethod(lambda cls, value: stage_names(value)))
 
     retries: int = Field(8, ge=0, description="resubmissions on the cluster's transient answers")
     log_tail: int = Field(40, ge=1, description="log lines shown when a stage fails")
@@ -362,15 +364,7 @@ class ExpectedTime(Section):
     stage_seconds: dict[str, float] = Field(description="each stage's seconds in the reference run")
     measured: str = Field("", description="where and how the reference run was measured, for people")
 
-    @field_validator("stage_seconds")
-    @classmethod
-    def _known_stages(cls, value: dict[str, float]) -> dict[str, float]:
-        from jobs.stages import STAGES  # the registry reads this module: imported on use
-
-        for name in value:
-            if name not in STAGES:
-                raise problem(name, name, "a stage: " + ", ".join(STAGES))
-        return value
+    _known_stages = field_validator("stage_seconds")(classmethod(lambda cls, value: stage_names(value)))
 
     @field_validator("matmul_gflops")
     @classmethod
