@@ -182,7 +182,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(f"generate.dynamics: {err}") from None
     except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
-    _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
+    tokenizer_local = _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
     raw_videos = _raw_videos(layout, store.attrs["fps"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     if not gen.videos and not raw_videos:
@@ -234,7 +234,6 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
             "latents": layout.latents,
         },
     )
-    tokenizer_local = models.checkpoint_folder(layout.tokenizer, scratch, registry)
     trained = _trained({"tokenizer": tokenizer_local, "dynamics": dynamics_local})
     metrics = {
         **_aggregate(done, protocols),
@@ -269,11 +268,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if rejected:
         summary += f"; {len(rejected)} rejected (see metrics.json)"
-    if cut_short := [name for name, reached in trained.items() if reached.get("stopped_by_time")]:
-        summary += (
-            f"; NOTE: the {' and the '.join(cut_short)} training stopped at its time guard before its "
-            "step budget, so these figures are from a shorter run than the config's"
-        )
+    summary += _cut_short_note(trained)
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
         summary += (
@@ -335,8 +330,9 @@ def _pinned_checkpoints(cfg: PipelineConfig, layout: Layout) -> tuple[Layout, st
     return replace(layout, **pinned), registry
 
 
-def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: str) -> None:
-    """Decoding with another tokenizer than the one that made the latents gives noise: refuse."""
+def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: str) -> Path:
+    """Decoding with another tokenizer than the one that made the latents gives noise: refuse.
+    Returns the checkpoint's local folder."""
     try:
         folder = models.checkpoint_folder(layout.tokenizer, scratch, registry)
         given = file_identity(folder / "model.safetensors")
@@ -349,6 +345,7 @@ def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: s
             f"encode.tokenizer: {layout.tokenizer} is tokenizer {given}, but {layout.latents} was made "
             f"with tokenizer {made_with} (and the dynamics model learned its codes): give that one"
         )
+    return folder
 
 
 def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[int, dict]:
@@ -416,6 +413,17 @@ def _trained(folders: dict[str, Path]) -> dict[str, dict]:
             continue
         reached[name] = {key: summary[key] for key in keys if key in summary}
     return reached
+
+
+def _cut_short_note(trained: dict[str, dict]) -> str:
+    """A warning for the summary when a model's time guard ended its training early; else ''."""
+    cut_short = [name for name, reached in trained.items() if reached.get("stopped_by_time")]
+    if not cut_short:
+        return ""
+    return (
+        f"; NOTE: the {' and the '.join(cut_short)} training stopped at its time guard before its "
+        "step budget, so these figures are from a shorter run than the config's"
+    )
 
 
 def _by_video(done: list[dict], items: list[dict], protocols: list[tuple[int, int]]) -> dict:
