@@ -1,18 +1,31 @@
 """This machine's speed, measured, and the time a run can be planned by.
 
 Machines of one kind differ up to 3x in matmul rate, so a run's time is stated against the
-rate it was measured at: a config's reference run (`expected`: each stage's seconds and the
-matmul rates of the machine it ran on) scales to this machine by the rate of the precision
-each stage multiplies in. Figures are set by step budgets, so only the time scales.
+rate it was measured at: a config's reference runs (`expected`: each stage's seconds, the
+matmul rates of the machine it ran on and the precision each stage multiplied in) scale to this
+machine by the rate of that precision. A CPU without bf16 hardware trains in fp32, so a config
+keeps a reference run from such a machine too. Figures are set by step budgets, so only the time
+scales.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class ReferenceRun(Protocol):
+    """A run to plan by (a config's `expected` entries): each stage's seconds, the machine's
+    matmul rates (GFLOP/s) and the precision each stage multiplied in (fp32 where not named)."""
+
+    stage_seconds: dict[str, float]
+    matmul_gflops: dict[str, float]
+    precision: dict[str, str]
 
 
 def synchronize(device: str) -> None:
@@ -21,7 +34,8 @@ def synchronize(device: str) -> None:
 
 
 def matmul_rate(device: str, dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """FLOP/s of the best square matmul size here (each size timed for about `seconds`/4)."""
+    """FLOP/s of the best square matmul size here (each size timed for about `seconds`/4; no
+    larger size once one product outlasts that: bf16 without hardware support is 100x slower)."""
     best = 0.0
     for size in (512, 1024, 2048) if device == "cpu" else (4096, 8192):
         a = torch.randn(size, size, device=device, dtype=dtype)
@@ -33,22 +47,34 @@ def matmul_rate(device: str, dtype: torch.dtype, seconds: float = 2.0) -> float:
             a @ b
             count += 1
         synchronize(device)
-        best = max(best, 2 * size**3 * count / (time.perf_counter() - started))
+        elapsed = time.perf_counter() - started
+        best = max(best, 2 * size**3 * count / elapsed)
+        if count == 1 and elapsed > seconds / 4:
+            break
     return best
 
 
 def expected_seconds(
-    reference_seconds: dict[str, float],
-    reference_gflops: dict[str, float],
+    stages: Sequence[str],
+    references: Sequence[ReferenceRun],
     gflops: dict[str, float],
     precision_of: dict[str, str],
-) -> dict[str, float]:
-    """Each stage's reference seconds scaled by how much faster the reference machine multiplies
-    in the stage's precision (`precision_of`, fp32 where a stage is not named) than this one."""
-    scaled = {}
-    for stage, seconds in reference_seconds.items():
-        precision = precision_of.get(stage, "fp32")
-        if precision not in reference_gflops or precision not in gflops:
-            precision = "fp32"
-        scaled[stage] = seconds * reference_gflops[precision] / gflops[precision]
-    return scaled
+) -> dict[str, tuple[float, str]]:
+    """Each of `stages`' seconds here (those a reference ran) and a caveat (else ""): from the
+    first reference run that multiplied in the precision this machine will (`precision_of`, fp32
+    where a stage is not named), scaled by the ratio of its matmul rate to this machine's in that
+    precision. A stage no reference ran in this precision scales from the first that ran it, by
+    its rate in its own precision over this machine's in ours, with a caveat: a step is seldom
+    bound by matmuls alone, so across precisions that ratio is a rough guess."""
+    plan: dict[str, tuple[float, str]] = {}
+    for stage in stages:
+        here = precision_of.get(stage, "fp32")
+        ran = [run for run in references if stage in run.stage_seconds]
+        if not ran:
+            continue
+        same = [run for run in ran if run.precision.get(stage, "fp32") == here]
+        run = (same or ran)[0]
+        theirs = run.precision.get(stage, "fp32")
+        caveat = "" if same else f"{stage}: the reference multiplied in {theirs}, this machine in {here}"
+        plan[stage] = run.stage_seconds[stage] * run.matmul_gflops[theirs] / gflops[here], caveat
+    return plan

@@ -84,14 +84,16 @@ def train_dynamics(
     def train_step() -> training.StepResult | None:
         codes = next(loader).to(device)
         lengths = None
+        prompt = rollout_prompt(settings, codes.shape[1], progress.step, accelerator.process_index)
         if settings.min_frames:  # the original trained on 10 to 20 frames: random lengths, padded
             draw = torch.Generator().manual_seed(settings.seed * 1_000_003 + progress.step)
             lengths = torch.randint(settings.min_frames, clip_frames + 1, (len(codes),), generator=draw)
-            lengths = lengths.to(device)
+            # frames past the longest length are out of the loss and, coming later, reach no
+            # earlier frame: leaving them out is the same loss for less work
+            codes, lengths = codes[:, : int(lengths.max())], lengths.to(device)
 
         inputs = None
-        prompt = rollout_prompt(settings, codes.shape[1], progress.step, accelerator.process_index)
-        if prompt is not None:
+        if prompt is not None and prompt < codes.shape[1] - 1:  # else no free-running input is read
             with accelerator.autocast():
                 inputs = free_running_inputs(plain, codes, prompt, settings.rollout_passes)
 
@@ -106,7 +108,7 @@ def train_dynamics(
         if not accelerator.sync_gradients:
             return None
         schedule.step()
-        tokens = len(codes) * clip_frames * grid[0] * grid[1]
+        tokens = codes.shape[0] * codes.shape[1] * grid[0] * grid[1]  # as fed, padding included
         return training.StepResult(tokens, lambda: {**losses.metrics(), "lr": schedule.get_last_lr()[0]})
 
     summary = training.run_loop(
@@ -165,11 +167,14 @@ def free_running_inputs(model: STTransformer, codes: torch.Tensor, prompt: int, 
     Gaussian layers sampled, as generation does). Each pass redoes every prediction from the
     previous pass's inputs, so after pass k the first k predicted frames are exactly what
     free running would feed, and the later ones carry errors of about k steps. Passes enough
-    to make every frame exact are one cached rollout instead, which costs about one pass."""
+    to make every frame exact are one cached rollout instead, which costs about one pass.
+    The last frame is only ever a target, never an input: it keeps its true codes."""
     inputs = codes.clone()
     frames = codes.shape[1]
-    if passes >= frames - prompt:
-        inputs[:, prompt:] = rollout(model, codes[:, :prompt], frames - prompt)[:, prompt:]
+    if prompt >= frames - 1:
+        return inputs
+    if passes >= frames - 1 - prompt:
+        inputs[:, prompt:-1] = rollout(model, codes[:, :prompt], frames - 1 - prompt)[:, prompt:]
         return inputs
     for _ in range(passes):
         out, _ = model.predict(inputs)

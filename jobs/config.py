@@ -356,22 +356,31 @@ class SubmitConfig(Section):
 class ExpectedTime(Section):
     """A run of this config from scratch, to plan by: `stvideo run` measures this machine's
     matmul rates and scales each stage's seconds by the reference machine's rate over this one's,
-    in the precision the stage multiplies in (the training stages' `mixed_precision`, else fp32)."""
+    in the precision the stage multiplied in there (`precision`) and will multiply in here (the
+    training stages' `mixed_precision` on this CPU)."""
 
     matmul_gflops: dict[Literal["fp32", "bf16"], float] = Field(
         description="the reference machine's dense matmul rates, GFLOP/s (bench/training.py prints them)"
     )
     stage_seconds: dict[str, float] = Field(description="each stage's seconds in the reference run")
+    precision: dict[str, Literal["fp32", "bf16"]] = Field(
+        default_factory=dict,
+        description="the precision each stage multiplied in on the reference machine (fp32 where not named)",
+    )
     measured: str = Field("", description="where and how the reference run was measured, for people")
 
-    _known_stages = field_validator("stage_seconds")(classmethod(lambda cls, value: stage_names(value)))
+    _known_stages = field_validator("stage_seconds", "precision")(
+        classmethod(lambda cls, value: stage_names(value))
+    )
 
-    @field_validator("matmul_gflops")
-    @classmethod
-    def _has_fp32(cls, value: dict[str, float]) -> dict[str, float]:
-        if "fp32" not in value:
-            raise ValueError("expected an fp32 rate (every stage that is not mixed-precision scales by it)")
-        return value
+    @model_validator(mode="after")
+    def _rates_for_its_precisions(self) -> ExpectedTime:
+        for precision in {"fp32", *self.precision.values()}:
+            if precision not in self.matmul_gflops:
+                raise ValueError(
+                    f"matmul_gflops: expected a {precision} rate (the stages run in it scale by it)"
+                )
+        return self
 
 
 class PipelineConfig(Section):
@@ -391,7 +400,16 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     submit: SubmitConfig = Field(default_factory=SubmitConfig)
-    expected: ExpectedTime | None = Field(None, description="a reference run's time, to plan by")
+    expected: list[ExpectedTime] = Field(
+        default_factory=list,
+        description="reference runs' times, to plan by (one mapping or a list: a stage scales from the "
+        "first run that multiplied in the precision this machine will)",
+    )
+
+    @field_validator("expected", mode="before")
+    @classmethod
+    def _one_reference_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     _absolute_root = field_validator("root")(classmethod(lambda cls, value: absolute_local(value)))
 

@@ -45,7 +45,7 @@ class Runner:
         self.parent_id: str | None = None
 
     def run(self, names: list[str]) -> list[Outcome]:
-        if self.cfg.expected is not None and rank() == 0:
+        if self.cfg.expected and rank() == 0:
             self._say_expected_time(names)
         with self.tracker.pipeline_run(names) as self.parent_id:
             return [self.run_stage(STAGES[name]) for name in names]
@@ -103,7 +103,7 @@ class Runner:
 
     def _say_expected_time(self, names: list[str]) -> None:
         """Measure this machine's matmul rates (a second or two) and say how long the stages that
-        will run should take here, scaled from the config's reference run."""
+        will run should take here, scaled from the config's reference runs."""
         import torch
 
         from common.machine import PRECISIONS, expected_seconds, matmul_rate
@@ -112,27 +112,29 @@ class Runner:
         if torch.cuda.is_available():  # the reference runs are CPU runs: no honest scale to a GPU
             return
         todo = [name for name in names if not self._complete(name)]
-        reference = self.cfg.expected
-        stages = {name: reference.stage_seconds[name] for name in todo if name in reference.stage_seconds}
-        if not stages:
-            return
+        references = self.cfg.expected
         precision_of = {
             "train-tokenizer": resolve_precision(self.cfg.tokenizer.mixed_precision, "cpu"),
             "train-dynamics": resolve_precision(self.cfg.dynamics.mixed_precision, "cpu"),
         }
         precision_of = {stage: "fp32" if p == "no" else p for stage, p in precision_of.items()}
-        needed = {"fp32"} | {precision_of.get(stage, "fp32") for stage in stages}
+        needed = {precision_of.get(name, "fp32") for name in todo}
         gflops = {p: matmul_rate("cpu", PRECISIONS[p], seconds=0.6) / 1e9 for p in sorted(needed)}
-        scaled = expected_seconds(stages, reference.matmul_gflops, gflops, precision_of)
+        plan = expected_seconds(todo, references, gflops, precision_of)
+        if not plan:
+            return
         rates = ", ".join(f"{gflops[p]:.0f} GFLOP/s {p}" for p in sorted(gflops))
-        theirs = ", ".join(
-            f"{reference.matmul_gflops[p]:.0f} {p}" for p in sorted(gflops) if p in reference.matmul_gflops
+        by_stage = ", ".join(f"{name} {seconds / 60:.1f}" for name, (seconds, _) in plan.items())
+        machines = " and ".join(
+            " / ".join(f"{rate:.0f} {p}" for p, rate in sorted(run.matmul_gflops.items()))
+            for run in references
         )
-        by_stage = ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in scaled.items())
+        caveats = [caveat for _, caveat in plan.values() if caveat]
+        guess = f"; a rough guess where {'; '.join(caveats)}" if caveats else ""
         self.echo(
-            f"this machine multiplies at {rates} ({torch.get_num_threads()} threads); the reference run "
-            f"took {sum(stages.values()) / 60:.1f} min at {theirs}: expect about "
-            f"{sum(scaled.values()) / 60:.0f} min here ({by_stage}). The figures are set by step "
+            f"this machine multiplies at {rates} ({torch.get_num_threads()} threads): expect about "
+            f"{sum(seconds for seconds, _ in plan.values()) / 60:.0f} min here ({by_stage}), scaled from "
+            f"the config's reference runs at {machines} GFLOP/s{guess}. The figures are set by step "
             "budgets, not by this time."
         )
 

@@ -256,15 +256,27 @@ def test_free_running_inputs_are_what_generation_feeds_after_the_prompt():
     # as many passes as predicted frames: every replaced input is exactly the free-running one
     inputs = free_running_inputs(net, clip, prompt=3, passes=5)
     assert torch.equal(inputs[:, :3], clip[:, :3])
-    assert torch.equal(inputs, rollout(net, clip[:, :3], 5, deterministic=True))
-    # (that many passes take one cached rollout; four passes, redone in full, agree on four frames)
-    assert torch.equal(free_running_inputs(net, clip, prompt=3, passes=4)[:, :7], inputs[:, :7])
+    assert torch.equal(inputs[:, :7], rollout(net, clip[:, :3], 4, deterministic=True))
+    assert torch.equal(inputs[:, 7], clip[:, 7])  # the last frame is never an input: not generated
+    # (that many passes take one cached rollout; three passes, redone in full, agree on three frames)
+    assert torch.equal(free_running_inputs(net, clip, prompt=3, passes=3)[:, :6], inputs[:, :6])
     # one pass: the first predicted frame is free-running, later ones come from true inputs
     once = free_running_inputs(net, clip, prompt=3, passes=1)
     assert torch.equal(once[:, 3], inputs[:, 3])
     with torch.no_grad():
         teacher = net.to_codes(net.predict(clip, deterministic=True)[0][:, 5])
     assert torch.equal(once[:, 5], teacher)
+
+
+def test_frames_past_the_longest_length_change_no_loss():
+    net = model()
+    clip, lengths = codes(frames=8), torch.tensor([5, 6])
+    padded = net(clip, lengths, deterministic=True)
+    cut = net(clip[:, :6], lengths, deterministic=True)  # what training feeds: up to the longest
+    assert torch.allclose(padded.loss, cut.loss, rtol=1e-5) and torch.allclose(
+        padded.main, cut.main, rtol=1e-5
+    )
+    assert not torch.allclose(padded.loss, net(clip, deterministic=True).loss)  # the lengths do matter
 
 
 def test_rollout_prompts_follow_the_settings():
