@@ -1,5 +1,6 @@
 """Training the tokenizer on real shards: discriminator switch-on, resume, two processes."""
 
+import itertools
 import json
 
 import pytest
@@ -120,6 +121,30 @@ def test_readers_split_one_epoch_exactly(raw_shards):
             )
             seen += [item["key"] for item in dataset]
         assert sorted(seen) == train_keys, world
+
+
+def test_decoded_frames_kept_in_memory_are_the_frames_decoding_gives(raw_shards):
+    class CountedReads(RawVideoFrames):
+        reads = 0
+
+        def _read(self, sample, indices):
+            CountedReads.reads += 1
+            return super()._read(sample, indices)
+
+    def first(count: int, cache_mb: float) -> tuple[list[dict], int]:
+        CountedReads.reads = 0
+        reader = CountedReads(
+            raw_shards, TRAIN, 0.2, 0.0, frame_size=16, channels=1, frames_per_video=2, cache_mb=cache_mb
+        )
+        return list(itertools.islice(reader, count)), CountedReads.reads
+
+    (decoded, reads), (cached, cached_reads) = first(60, 0), first(60, 64)  # several epochs
+    assert [item["key"] for item in decoded] == [item["key"] for item in cached]
+    assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(decoded, cached, strict=True))
+    videos = len({item["key"] for item in cached})
+    assert reads == 60 and cached_reads == videos < 60  # each video decoded once, in its first epoch
+    _, over_budget = first(60, 1e-4)  # nothing fits: every video decoded every time
+    assert over_budget == 60
 
 
 def test_two_processes_see_each_video_once_per_epoch_and_train(raw_shards, tmp_path):

@@ -124,6 +124,9 @@ class TokenizerSettings:
         "auto", description="where it trains; auto: CUDA, then MPS (Apple silicon), then the CPU"
     )
     num_workers: int = Field(1, ge=0)
+    # decoded frames each reader (DataLoader worker) keeps of videos of at most 64 frames, so the
+    # epochs after the first decode nothing; 0: decode every time
+    frame_cache_mb: float = Field(1024.0, ge=0)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)
     eval_videos: int = Field(32, ge=1)

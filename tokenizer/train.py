@@ -181,6 +181,7 @@ def frame_batches(
         settings.model,
         frames_per_video=settings.frames_per_video,
         seed=settings.seed,
+        cache_mb=settings.frame_cache_mb,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
         skip_per_worker=training.skip_per_worker(
