@@ -11,7 +11,10 @@ FLOPs counted by PyTorch's FlopCounterMode:
   steps run) on random frames [batch_videos x frames_per_video, C, H, W].
 
 It prints tokens/s (frames/s), the achieved FLOP/s and its ratio to the matmul rate of its
-precision: an MFU for CPUs (on a GPU, against the card's listed peak as well).
+precision: an MFU for CPUs (on a GPU, against the card's listed peak as well). Then two steps
+as the stages take them now against the way they took them before, timed in alternating rounds:
+the tokenizer channels-last against contiguous, and the dynamics step with the config's random
+lengths and rollouts, its clips cut to their longest length, against clips fed whole.
 
     .venv/bin/python bench/training.py [--config configs/demo.yaml] [--steps 10]
 """
@@ -19,6 +22,8 @@ precision: an MFU for CPUs (on a GPU, against the card's listed peak as well).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,10 +35,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.machine import matmul_rate, synchronize
 from common.training import resolve_precision
 from dynamics.model import STTransformer
+from dynamics.train import step_batch
 from jobs.config import load_config
 from tokenizer.model import VQGAN
 
 REPO = Path(__file__).resolve().parents[1]
+OPTIMIZERS: dict[int, torch.optim.Optimizer] = {}  # one per model, kept across the timed steps
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16, FLOP/s
 
 
@@ -164,6 +171,61 @@ def main() -> None:
         device,
         autocast,
         limit_of(dtype),
+    )
+
+    print("as the stages train, against the way they trained before (ratio > 1: faster now):")
+    channels_last = copy.deepcopy(tokenizer).to(memory_format=torch.channels_last)
+    images_last = images.contiguous(memory_format=torch.channels_last)
+    compare(
+        "train-tokenizer, channels-last ÷ contiguous",
+        lambda: optimizer_step(channels_last, lambda model: tokenizer_loss_of(model, images_last), autocast),
+        lambda: optimizer_step(tokenizer, lambda model: tokenizer_loss_of(model, images), autocast),
+        max(2, args.steps // 2),
+        device,
+    )
+    dtype, autocast = precision_of(cfg.dynamics.mixed_precision, device)
+    whole = dataclasses.replace(cfg.dynamics, min_frames=None)  # every clip fed to its end
+    now_steps, before_steps = iter(range(10**9)), iter(range(10**9))  # the same lengths and rollouts
+    compare(
+        "train-dynamics with its random lengths and rollouts, cut to the longest ÷ fed whole",
+        lambda: dynamics_step(dynamics, cfg.dynamics, codes, next(now_steps), autocast),
+        lambda: dynamics_step(dynamics, whole, codes, next(before_steps), autocast),
+        2 * args.steps,  # half the steps roll out: enough of both kinds
+        device,
+    )
+
+
+def tokenizer_loss_of(model, images: torch.Tensor) -> torch.Tensor:
+    out = model(images)
+    return F.l1_loss(out.recon, images) + out.quant_loss
+
+
+def optimizer_step(model, loss_of, autocast) -> None:
+    """Forward, backward and AdamW (its state made on first use, as in training)."""
+    optimizer = OPTIMIZERS.setdefault(id(model), torch.optim.AdamW(model.parameters(), lr=1e-4))
+    with autocast():
+        loss = loss_of(model)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def dynamics_step(model, settings, codes, step: int, autocast) -> None:
+    """One step as `train-dynamics` takes it: random lengths, free-running inputs on the steps
+    that roll out (`dynamics.train.step_batch`)."""
+    fed, lengths, inputs = step_batch(settings, model, codes, step, rank=0, autocast=autocast)
+    optimizer_step(model, lambda net: net(fed, lengths, inputs=inputs).loss, autocast)
+
+
+def compare(name: str, now, before, steps: int, device: str) -> None:
+    """Seconds per call of each, interleaved in rounds so that both see the same machine."""
+    seconds = {"now": 0.0, "before": 0.0}
+    for _ in range(2):
+        for key, call in (("now", now), ("before", before)):
+            seconds[key] += timed_steps(call, steps // 2, device)
+    print(
+        f"  {name}: {seconds['now'] / 2:.3f} s against {seconds['before'] / 2:.3f} s a step: "
+        f"{seconds['before'] / seconds['now']:.2f}x"
     )
 
 

@@ -10,6 +10,7 @@ scales.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -61,11 +62,11 @@ def expected_seconds(
     precision_of: dict[str, str],
 ) -> dict[str, tuple[float, str]]:
     """Each of `stages`' seconds here (those a reference ran) and a caveat (else ""): from the
-    first reference run that multiplied in the precision this machine will (`precision_of`, fp32
-    where a stage is not named), scaled by the ratio of its matmul rate to this machine's in that
-    precision. A stage no reference ran in this precision scales from the first that ran it, by
-    its rate in its own precision over this machine's in ours, with a caveat: a step is seldom
-    bound by matmuls alone, so across precisions that ratio is a rough guess."""
+    reference run that multiplied in the precision this machine will (`precision_of`, fp32 where
+    a stage is not named) at the rate nearest this machine's, scaled by the ratio of the two
+    rates. A stage no reference ran in this precision scales from the first that ran it, by its
+    rate in its own precision over this machine's in ours, with a caveat: a step is seldom bound
+    by matmuls alone, so across precisions that ratio is a rough guess."""
     plan: dict[str, tuple[float, str]] = {}
     for stage in stages:
         here = precision_of.get(stage, "fp32")
@@ -73,7 +74,10 @@ def expected_seconds(
         if not ran:
             continue
         same = [run for run in ran if run.precision.get(stage, "fp32") == here]
-        run = (same or ran)[0]
+        if same:
+            run = min(same, key=lambda run: abs(math.log(run.matmul_gflops[here] / gflops[here])))
+        else:
+            run = ran[0]
         theirs = run.precision.get(stage, "fp32")
         caveat = "" if same else f"{stage}: the reference multiplied in {theirs}, this machine in {here}"
         plan[stage] = run.stage_seconds[stage] * run.matmul_gflops[theirs] / gflops[here], caveat

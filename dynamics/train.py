@@ -13,7 +13,8 @@ Accelerate then joins.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -82,21 +83,14 @@ def train_dynamics(
     plain = accelerator.unwrap_model(model)
 
     def train_step() -> training.StepResult | None:
-        codes = next(loader).to(device)
-        lengths = None
-        prompt = rollout_prompt(settings, codes.shape[1], progress.step, accelerator.process_index)
-        if settings.min_frames:  # the original trained on 10 to 20 frames: random lengths, padded
-            draw = torch.Generator().manual_seed(settings.seed * 1_000_003 + progress.step)
-            lengths = torch.randint(settings.min_frames, clip_frames + 1, (len(codes),), generator=draw)
-            # frames past the longest length are out of the loss and, coming later, reach no
-            # earlier frame: leaving them out is the same loss for less work
-            codes, lengths = codes[:, : int(lengths.max())], lengths.to(device)
-
-        inputs = None
-        if prompt is not None and prompt < codes.shape[1] - 1:  # else no free-running input is read
-            with accelerator.autocast():
-                inputs = free_running_inputs(plain, codes, prompt, settings.rollout_passes)
-
+        codes, lengths, inputs = step_batch(
+            settings,
+            plain,
+            next(loader).to(device),
+            progress.step,
+            accelerator.process_index,
+            accelerator.autocast,
+        )
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 losses = model(codes, lengths, inputs=inputs)
@@ -151,6 +145,32 @@ def clip_batches(
         ),
     )
     return training.batches(dataset, settings.batch_size, settings.num_workers, settings.seed)
+
+
+def step_batch(
+    settings: DynamicsSettings,
+    model: STTransformer,
+    codes: torch.Tensor,
+    step: int,
+    rank: int,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """What training step `step` feeds the model: the clips [B, T, h, w] with random lengths
+    (`min_frames`: the original trained on 10 to 20 frames) and, on the steps that roll out, the
+    free-running inputs. Frames past the longest length are out of the loss and, coming later,
+    reach no earlier frame: the clips are cut there, the same loss for less work."""
+    frames = codes.shape[1]
+    prompt = rollout_prompt(settings, frames, step, rank)
+    lengths = None
+    if settings.min_frames:
+        draw = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+        lengths = torch.randint(settings.min_frames, frames + 1, (len(codes),), generator=draw)
+        codes, lengths = codes[:, : int(lengths.max())], lengths.to(codes.device)
+    inputs = None
+    if prompt is not None and prompt < codes.shape[1] - 1:  # else no free-running input is read
+        with autocast():
+            inputs = free_running_inputs(model, codes, prompt, settings.rollout_passes)
+    return codes, lengths, inputs
 
 
 def rollout_prompt(settings: DynamicsSettings, frames: int, step: int, rank: int) -> int | None:

@@ -403,7 +403,7 @@ class PipelineConfig(Section):
     expected: list[ExpectedTime] = Field(
         default_factory=list,
         description="reference runs' times, to plan by (one mapping or a list: a stage scales from the "
-        "first run that multiplied in the precision this machine will)",
+        "run at the nearest rate among those that multiplied in the precision this machine will)",
     )
 
     @field_validator("expected", mode="before")

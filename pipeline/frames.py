@@ -15,8 +15,8 @@ reads its bytes without decoding it, so a resumed run can fast-forward to the
 exact position it stopped at.
 
 Training sees each video once per epoch, a few frames at a time; decoding them
-took a fifth of a tokenizer step on 2 cores (the reader shares them with the
-model). So a reader keeps the decoded frames of short videos (at most
+took a tenth of the demo's tokenizer step on 2 cores (the reader shares them with
+the model). So a reader keeps the decoded frames of short videos (at most
 `CACHED_VIDEO_FRAMES` in the split) up to `cache_mb`, and later epochs pick
 their frames from memory: the same frames, decoded once.
 """

@@ -278,6 +278,16 @@ def test_frames_past_the_longest_length_change_no_loss():
     )
     assert not torch.allclose(padded.loss, net(clip, deterministic=True).loss)  # the lengths do matter
 
+    from dynamics.settings import DynamicsSettings
+    from dynamics.train import step_batch
+
+    settings = DynamicsSettings(min_frames=2, rollout_passes=20, rollout_prompt=1)
+    for step in range(20):
+        fed, lengths, inputs = step_batch(settings, net, clip, step, rank=0)
+        assert fed.shape[1] == int(lengths.max()) and torch.equal(fed, clip[:, : fed.shape[1]])
+        if inputs is not None:  # the last frame fed is only a target: its input stays true
+            assert inputs.shape == fed.shape and torch.equal(inputs[:, -1], fed[:, -1])
+
 
 def test_rollout_prompts_follow_the_settings():
     from dynamics.settings import DynamicsSettings

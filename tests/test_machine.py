@@ -21,18 +21,21 @@ def test_each_stage_scales_from_a_run_in_the_precision_it_multiplies_in_here():
         precision={"train-dynamics": "bf16"},
     )
     fp32_machine = ExpectedTime(
-        matmul_gflops={"fp32": 50.0}, stage_seconds={"ingest": 40.0, "train-dynamics": 2000.0}
+        matmul_gflops={"fp32": 40.0}, stage_seconds={"ingest": 40.0, "train-dynamics": 2000.0}
     )
     stages = ["ingest", "train-tokenizer", "train-dynamics", "generate"]
-    # 2x slower in fp32, 4x in bf16: each stage from the first run, dynamics by the bf16 ratio
+    # 2x slower in fp32, 4x in bf16: each stage from the nearer machine, dynamics by the bf16 ratio
     here = expected_seconds(
         stages, [bf16_machine, fp32_machine], {"fp32": 100.0, "bf16": 200.0}, {"train-dynamics": "bf16"}
     )
     assert here == {"ingest": (20.0, ""), "train-tokenizer": (200.0, ""), "train-dynamics": (1200.0, "")}
     # a CPU without bf16 trains dynamics in fp32: it scales from the run that did too
     fp32_only = expected_seconds(stages, [bf16_machine, fp32_machine], {"fp32": 100.0}, {})
-    assert fp32_only["train-dynamics"] == (1000.0, "")
-    assert fp32_only["ingest"] == (20.0, "")  # the first run that ran it in fp32
+    assert fp32_only["train-dynamics"] == (800.0, "")
+    assert fp32_only["ingest"] == (20.0, "")  # 200 is nearer 100 than 40 is (in ratio)
+    assert expected_seconds(["ingest"], [bf16_machine, fp32_machine], {"fp32": 60.0}, {}) == {
+        "ingest": (40.0 * 40 / 60, "")  # the nearest machine's run, the other way round
+    }
     # with no such run it scales across precisions, and says that this is a guess
     seconds, caveat = expected_seconds(["train-dynamics"], [bf16_machine], {"fp32": 100.0}, {})[
         "train-dynamics"
