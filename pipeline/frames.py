@@ -63,8 +63,11 @@ class DecodedFrames:
     def get(self, key: str) -> np.ndarray | None:
         return self._frames.get(key)
 
+    def has_room(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.budget
+
     def keep(self, key: str, frames: np.ndarray) -> None:
-        if self.used + frames.nbytes <= self.budget:
+        if self.has_room(frames.nbytes):
             self._frames[key] = frames
             self.used += frames.nbytes
 
@@ -164,7 +167,8 @@ class RawVideoFrames(IterableDataset):
             rng = np.random.default_rng([self.seed, epoch, int(key_unit(key) * 2**32)])
             chosen = sorted(rng.choice(len(indices), size=self.frames_per_video, replace=False).tolist())
         decoded = cache.get(key)
-        if decoded is None and cache.budget and len(indices) <= CACHED_VIDEO_FRAMES:
+        whole = len(indices) * self.channels * self.frame_size**2  # the split's frames, decoded
+        if decoded is None and len(indices) <= CACHED_VIDEO_FRAMES and cache.has_room(whole):
             decoded = self._read(sample, indices)
             cache.keep(key, decoded)
         if decoded is not None:
