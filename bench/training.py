@@ -156,15 +156,11 @@ def main() -> None:
         device=device,
     )
 
-    def tokenizer_loss(model):
-        out = model(images)
-        return F.l1_loss(out.recon, images) + out.quant_loss
-
     dtype, autocast = precision_of(settings.mixed_precision, device)
     measure(
         f"train-tokenizer ({str(dtype).removeprefix('torch.')})",
         tokenizer,
-        tokenizer_loss,
+        lambda model: tokenizer_loss_of(model, images),
         len(images),
         "frames",
         max(2, args.steps // 2),
@@ -173,24 +169,31 @@ def main() -> None:
         limit_of(dtype),
     )
 
+    against_the_old_steps(cfg, tokenizer, images, autocast, dynamics, codes, args.steps, device)
+
+
+def against_the_old_steps(cfg, tokenizer, images, tokenizer_autocast, dynamics, codes, steps, device) -> None:
+    """Each stage's step as it trains now against the way it trained before, in alternating rounds."""
     print("as the stages train, against the way they trained before (ratio > 1: faster now):")
     channels_last = copy.deepcopy(tokenizer).to(memory_format=torch.channels_last)
     images_last = images.contiguous(memory_format=torch.channels_last)
     compare(
         "train-tokenizer, channels-last ÷ contiguous",
-        lambda: optimizer_step(channels_last, lambda model: tokenizer_loss_of(model, images_last), autocast),
-        lambda: optimizer_step(tokenizer, lambda model: tokenizer_loss_of(model, images), autocast),
-        max(2, args.steps // 2),
+        lambda: optimizer_step(
+            channels_last, lambda model: tokenizer_loss_of(model, images_last), tokenizer_autocast
+        ),
+        lambda: optimizer_step(tokenizer, lambda model: tokenizer_loss_of(model, images), tokenizer_autocast),
+        max(2, steps // 2),
         device,
     )
-    dtype, autocast = precision_of(cfg.dynamics.mixed_precision, device)
+    _, autocast = precision_of(cfg.dynamics.mixed_precision, device)
     whole = dataclasses.replace(cfg.dynamics, min_frames=None)  # every clip fed to its end
     now_steps, before_steps = iter(range(10**9)), iter(range(10**9))  # the same lengths and rollouts
     compare(
         "train-dynamics with its random lengths and rollouts, cut to the longest ÷ fed whole",
         lambda: dynamics_step(dynamics, cfg.dynamics, codes, next(now_steps), autocast),
         lambda: dynamics_step(dynamics, whole, codes, next(before_steps), autocast),
-        2 * args.steps,  # half the steps roll out: enough of both kinds
+        2 * steps,  # half the steps roll out: enough of both kinds
         device,
     )
 
