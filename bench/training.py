@@ -59,21 +59,12 @@ def measure(
     name: str, model, loss_of, items: int, unit: str, steps: int, device: str, autocast, limit: float
 ):
     """Times `steps` optimizer steps of loss_of(model) and prints the rate and its MFU."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with autocast():
-            loss = loss_of(model)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     with FlopCounterMode(display=False) as counter:
         with autocast():
             loss_of(model).backward()
     model.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
-    seconds = timed_steps(step, steps, device)
+    seconds = timed_steps(lambda: optimizer_step(model, loss_of, autocast), steps, device)
     achieved = flops / seconds
     print(
         f"{name:16s}: {items / seconds:9.0f} {unit}/s, {flops / items / 1e6:7.2f} MFLOP per {unit[:-1]}, "
