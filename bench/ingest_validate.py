@@ -43,7 +43,7 @@ def main() -> None:
 
     source = MovingMnistSource(num_videos=args.videos, fps=10)
     items = source.items()
-    videos = [source.fetch(item).data for item in items]
+    videos = [source.fetch(item).read() for item in items]
     frames = sum(probe_video(data).num_frames for data in videos)
 
     decord_s = best_of(3, lambda: [probe_video(data) for data in videos])

@@ -56,7 +56,7 @@ def run_stage(stage: str, config: Path, root: Path, *sets: str) -> dict:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{stage} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    folder = {"encode": "latents.zarr", "generate": "generations/default"}[stage]
+    folder = {"ingest": "raw", "encode": "latents.zarr", "generate": "generations/default"}[stage]
     return json.loads((root / folder / "_stage.json").read_text())["metrics"]
 
 

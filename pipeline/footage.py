@@ -14,15 +14,16 @@ dissolve is left alone, as a dissolve is motion the dynamics model may as well l
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from typing import IO
 
+import av
 import numpy as np
 
-from pipeline.decoders import VideoDecoder
 from pipeline.splits import key_unit
-from pipeline.video import RejectedVideo, _reason, encode_mp4, open_video
+from pipeline.video import Mp4Writer, RejectedVideo, _reason
 
-DECODE_BATCH = 16  # frames per decode call: bounded memory for long, large videos
 NEIGHBOURHOOD = 9  # frames around a candidate cut whose median difference is "ordinary motion"
 
 
@@ -75,53 +76,118 @@ def fit_square(frames: np.ndarray, size: int, fit: str, offset: float) -> np.nda
     return np.ascontiguousarray(frames[:, top : top + size, left : left + size])
 
 
-def _decode_scaled(decoder: VideoDecoder, indices: list[int], width: int, height: int) -> np.ndarray:
-    """Frames at `indices`, scaled to width x height while decoding (in batches: bounded memory)."""
-    batches = [
-        decoder.frames(indices[start : start + DECODE_BATCH], width, height)
-        for start in range(0, len(indices), DECODE_BATCH)
-    ]
-    return np.concatenate(batches)
-
-
 def detect_shots(frames: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     """[start, end) ranges between hard cuts in frames uint8 [T, H, W, 3]."""
-    grey = frames.astype(np.float32).mean(axis=-1)
-    differences = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))  # [T-1]: frame i -> i+1
-    cuts = []
-    for i, difference in enumerate(differences):
-        around = np.delete(differences[max(0, i - NEIGHBOURHOOD // 2) : i + NEIGHBOURHOOD // 2 + 1], 0)
-        ordinary = float(np.median(around)) if len(around) else 0.0
-        if difference >= threshold and difference >= 3 * ordinary:
-            cuts.append(i + 1)
-    bounds = [0, *cuts, len(frames)]
-    return [(start, end) for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+    differences = ShotDetector(threshold)
+    for frame in frames:
+        differences.add(frame)
+    return differences.shots()
 
 
-def prepare(data: bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
-    """Decode `data` at the training rate and size, find its shots, and encode it again."""
-    decoder = open_video(data, in_order=True)  # read once, start to end: frames counted by decoding
-    num_frames, fps, width, height = decoder.num_frames, decoder.fps, decoder.width, decoder.height
-    if fps <= 0:
-        raise RejectedVideo("no frame rate")
-    indices = resampled_indices(num_frames, fps, how.fps)
-    try:
-        scaled = _decode_scaled(decoder, indices, *scaled_size(width, height, how.size, how.fit))
-    except Exception as err:
-        raise RejectedVideo(f"decoding failed: {_reason(err)}") from None
+class ShotDetector:
+    """Hard cuts in frames given one at a time: only one grey frame and one number a frame are kept."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.differences: list[float] = []  # mean absolute grey change, frame i -> i+1
+        self.count, self._previous = 0, None
+
+    def add(self, frame: np.ndarray) -> None:
+        grey = frame.astype(np.float32).mean(axis=-1)
+        if self._previous is not None:
+            pair = np.stack([self._previous, grey])
+            self.differences.append(float(np.abs(np.diff(pair, axis=0)).mean(axis=(1, 2))[0]))
+        self._previous, self.count = grey, self.count + 1
+
+    def shots(self) -> list[tuple[int, int]]:
+        differences, cuts = np.asarray(self.differences, dtype=np.float32), []
+        for i, difference in enumerate(differences):
+            around = np.delete(differences[max(0, i - NEIGHBOURHOOD // 2) : i + NEIGHBOURHOOD // 2 + 1], 0)
+            ordinary = float(np.median(around)) if len(around) else 0.0
+            if difference >= self.threshold and difference >= 3 * ordinary:
+                cuts.append(i + 1)
+        bounds = [0, *cuts, self.count]
+        return [(start, end) for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+
+
+@dataclass
+class _Original:
+    """What one pass over the original learns of it: its size and frame count."""
+
+    width: int = 0
+    height: int = 0
+    num_frames: int = 0
+
+
+def _resampled(decoded, source_fps: float, key: str, how: Preparation, original: _Original):
+    """`resampled_indices`' frames scaled and fitted, in one pass over a stream whose length is
+    known only at its end: each source frame is scaled once if any tick of the target rate shows
+    it, and a tick is released once the frames seen so far prove the video lasts that long."""
     offset = 0.5 if how.fit != "random" else key_unit(f"{how.seed}:{key}")  # one crop per video
-    frames = fit_square(scaled, how.size, how.fit, offset)
-    original = {
+
+    def ticks(num_frames: int) -> int:
+        return max(1, int(num_frames / source_fps * how.fps + 1e-6))
+
+    tick, released, waiting = 0, 0, []
+    for index, frame in enumerate(decoded):
+        if index == 0:
+            original.width, original.height = frame.width, frame.height
+            width, height = scaled_size(frame.width, frame.height, how.size, how.fit)
+        original.num_frames = index + 1
+        picture = None
+        while int(tick * source_fps / how.fps + 1e-6) == index:
+            if picture is None:
+                pixels = frame.to_ndarray(
+                    format="rgb24", width=width, height=height, interpolation="BILINEAR"
+                )
+                picture = fit_square(pixels[None], how.size, how.fit, offset)[0]
+            waiting.append(picture)
+            tick += 1
+        while waiting and released < ticks(index + 1):
+            yield waiting.pop(0)
+            released += 1
+    while waiting and released < ticks(original.num_frames):
+        yield waiting.pop(0)
+        released += 1
+
+
+def prepare(stream: IO[bytes] | bytes, key: str, path: str, how: Preparation) -> PreparedVideo:
+    """Decode a video once, start to end, at the training rate and size, find its shots and encode
+    it again. `stream` is read as the decoder needs it: neither the file nor a full-size frame is
+    held whole, so memory does not grow with a video's length or resolution."""
+    if isinstance(stream, bytes):
+        stream = io.BytesIO(stream)
+    if stream.seek(0, io.SEEK_END) == 0:
+        raise RejectedVideo("empty file (0 bytes)")
+    stream.seek(0)
+    try:
+        container = av.open(stream)
+    except Exception as err:  # PyAV's FFmpegError family, or the stream's own
+        raise RejectedVideo(f"not a readable video: {_reason(err)}") from None
+    original, shots = _Original(), ShotDetector(how.shot_threshold)
+    with container, Mp4Writer(how.fps, **how.encoding) as writer:
+        if not container.streams.video:
+            raise RejectedVideo("not a readable video: no video stream")
+        video = container.streams.video[0]
+        rate = video.average_rate or video.guessed_rate
+        fps = float(rate) if rate else 0.0
+        if fps <= 0:
+            raise RejectedVideo("no frame rate")
+        try:
+            for frame in _resampled(container.decode(video), fps, key, how, original):
+                writer.write(frame)
+                shots.add(frame)
+        except Exception as err:
+            failed = "decoding failed" if original.num_frames else "not a readable video"
+            raise RejectedVideo(f"{failed}: {_reason(err)}") from None
+        if not original.num_frames:  # e.g. cut before its first frame: ffmpeg opens it and finds none
+            raise RejectedVideo("not a readable video: no frame could be decoded")
+    described = {
         "path": path,
-        "width": int(width),
-        "height": int(height),
+        "width": original.width,
+        "height": original.height,
         "fps": fps,
-        "num_frames": num_frames,
-        "duration_s": round(num_frames / fps, 3),
+        "num_frames": original.num_frames,
+        "duration_s": round(original.num_frames / fps, 3),
     }
-    return PreparedVideo(
-        data=encode_mp4(frames, how.fps, **how.encoding),
-        num_frames=len(frames),
-        original=original,
-        shots=detect_shots(frames, how.shot_threshold),
-    )
+    return PreparedVideo(data=writer.data, num_frames=shots.count, original=described, shots=shots.shots())

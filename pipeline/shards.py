@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import tarfile
 import tempfile
 import time
@@ -62,6 +63,9 @@ class ShardReport:
     rejects: list[dict] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
+    # the building process's peak resident memory (its high-water mark, from the kernel): what one
+    # video's length and resolution cost; a reused Ray worker's earlier tasks count too
+    peak_rss_mb: float = 0.0
 
     @property
     def samples(self) -> int:
@@ -104,6 +108,7 @@ def build_shard(task: ShardTask, source) -> ShardReport:
     finally:
         os.unlink(local_tar)
     report.seconds = time.perf_counter() - started
+    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     storage.write_json(part_uri(task.raw_uri, task.index), asdict(report))
     return report
 
@@ -112,11 +117,13 @@ def _stored_form(video, item: SourceItem, task: ShardTask) -> tuple[bytes, str, 
     """The bytes a shard stores for one video, their container and the sample's metadata;
     raises RejectedVideo with the reason a video cannot make a clip."""
     meta: dict = {"source": item.ref}
-    data, extension, shots = video.data, video.extension, None
     if task.preparation is not None:
-        prepared = prepare(video.data, item.key, item.ref, task.preparation)
+        with video.open() as stream:
+            prepared = prepare(stream, item.key, item.ref, task.preparation)
         data, extension, shots = prepared.data, "mp4", prepared.shots
         meta["original"] = prepared.original
+    else:  # kept as it came: the shard stores the file itself
+        data, extension, shots = video.read(), video.extension, None
     info = probe_video(data, min_frames=task.min_frames)
     shots = shots or [(0, info.num_frames)]
     longest = max(end - start for start, end in shots)

@@ -1,14 +1,18 @@
 """Where raw videos come from: a folder of files, or the Moving MNIST generator.
 
 A source lists its items on the driver (cheap, deterministic, sorted) and
-fetches one item's bytes inside a worker, so the bytes never pass through the
-driver.
+fetches one item inside a worker, so the bytes never pass through the driver; a brought
+file is opened there and read as it is decoded, never whole.
 """
 
 from __future__ import annotations
 
+import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import IO
 
 import numpy as np
 from fsspec.core import url_to_fs
@@ -27,11 +31,29 @@ class SourceItem:
 
 @dataclass(frozen=True)
 class FetchedVideo:
-    data: bytes
+    """One input video: its bytes (generated ones), or how to open the file (brought ones: read
+    as a decoder needs them, so a long 4K file is never held whole)."""
+
     extension: str
+    data: bytes | None = None
+    opener: Callable[[], IO[bytes]] | None = None
     label: object = None
     # generated Moving MNIST: where each digit is in every frame (`pipeline.truth.digit_tracks`)
     digits: dict | None = None
+
+    def open(self) -> IO[bytes]:
+        """The video as a binary stream; RejectedVideo with the reason if it cannot be read."""
+        return io.BytesIO(self.data) if self.opener is None else self.opener()
+
+    def read(self) -> bytes:
+        """The whole file (what a shard stores when videos are kept as they came)."""
+        if self.data is not None:
+            return self.data
+        with self.open() as stream:
+            try:
+                return stream.read()
+            except OSError as err:
+                raise RejectedVideo(f"cannot read: {err.strerror or err}") from None
 
 
 def _info(fs, path: str) -> dict:
@@ -39,6 +61,15 @@ def _info(fs, path: str) -> dict:
         return fs.info(path)
     except OSError:  # a dangling link: listed, then rejected with its reason when fetched
         return {}
+
+
+def _open_file(fs, path: str) -> IO[bytes]:
+    try:
+        if fs.isdir(path):
+            raise IsADirectoryError(21, "is a directory")
+        return fs.open(path, "rb")
+    except OSError as err:
+        raise RejectedVideo(f"cannot read: {err.strerror or err}") from None
 
 
 def safe_key(text: str) -> str:
@@ -84,13 +115,7 @@ class FolderSource:
         # the listing's filesystem and raw path: a name with "::" or "[" is not re-parsed as a URL
         fs, _ = url_to_fs(self.path)
         path = item.location
-        try:
-            data = fs.cat_file(path)
-        except IsADirectoryError:
-            raise RejectedVideo("cannot read: is a directory") from None
-        except OSError as err:
-            raise RejectedVideo(f"cannot read: {err.strerror or err}") from None
-        return FetchedVideo(data=data, extension=path.rsplit(".", 1)[-1].lower())
+        return FetchedVideo(extension=path.rsplit(".", 1)[-1].lower(), opener=partial(_open_file, fs, path))
 
 
 @dataclass(frozen=True)

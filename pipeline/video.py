@@ -110,26 +110,66 @@ def to_channels(frames: np.ndarray, channels: int) -> np.ndarray:
 def encode_mp4(
     frames: np.ndarray, fps: float, codec: str = "libx264", crf: int = 12, keyframe_interval: int = 10
 ) -> bytes:
-    """Encode uint8 frames [T, H, W] (grey) or [T, H, W, 3] (RGB) as an mp4.
+    """Encode uint8 frames [T, H, W] (grey) or [T, H, W, 3] (RGB) as an mp4."""
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be even for yuv420p")
+    with Mp4Writer(fps, codec, crf, keyframe_interval) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.data
 
-    The moov atom goes first (faststart) so that a reader can seek without
-    reading the whole file; that needs a seekable file, hence the temp file.
+
+class Mp4Writer:
+    """An mp4 written a frame at a time, so that whoever makes the frames never holds them all;
+    `data` holds the file's bytes once the writer is closed.
+
+    The moov atom goes first (faststart) so that a reader can seek without reading the whole
+    file; that needs a seekable file, hence the temp file.
     """
-    if frames.ndim == 3:
-        frames = np.repeat(frames[..., None], 3, axis=-1)
-    _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"frame size {width}x{height} must be even for yuv420p")
-    options = {"g": str(keyframe_interval)}
-    options.update({"crf": str(crf)} if codec == "libx264" else {"qscale": "2"})
-    with tempfile.NamedTemporaryFile(suffix=".mp4") as handle:
-        with av.open(handle.name, "w", format="mp4", options={"movflags": "faststart"}) as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = options
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        return open(handle.name, "rb").read()
+
+    def __init__(self, fps: float, codec: str = "libx264", crf: int = 12, keyframe_interval: int = 10):
+        self.fps, self.codec, self.crf, self.keyframe_interval = fps, codec, crf, keyframe_interval
+        self._file = tempfile.NamedTemporaryFile(suffix=".mp4")
+        self._container = self._stream = None
+        self.data = b""
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(finish=kind is None)
+
+    def write(self, frame: np.ndarray) -> None:
+        """One uint8 frame, [H, W] (grey) or [H, W, 3] (RGB); every frame the size of the first."""
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=-1)
+        if self._stream is None:
+            self._open(*frame.shape[:2])
+        picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")
+        for packet in self._stream.encode(picture):
+            self._container.mux(packet)
+
+    def _open(self, height: int, width: int) -> None:
+        if height % 2 or width % 2:
+            raise ValueError(f"frame size {width}x{height} must be even for yuv420p")
+        options = {"g": str(self.keyframe_interval)}
+        options.update({"crf": str(self.crf)} if self.codec == "libx264" else {"qscale": "2"})
+        self._container = av.open(self._file.name, "w", format="mp4", options={"movflags": "faststart"})
+        self._stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self._stream.options = options
+
+    def close(self, finish: bool = True) -> None:
+        """Flush the encoder and keep the file's bytes (`finish`), or drop it all."""
+        try:
+            if self._container is not None:
+                if finish:
+                    for packet in self._stream.encode():
+                        self._container.mux(packet)
+                self._container.close()
+                self._container = None
+                if finish:
+                    with open(self._file.name, "rb") as written:
+                        self.data = written.read()
+        finally:
+            self._file.close()

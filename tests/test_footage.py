@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from pipeline.clips import clip_windows
+from pipeline.decoders import PyAVDecoder
 from pipeline.footage import Preparation, detect_shots, fit_square, prepare, resampled_indices, scaled_size
 from pipeline.latents import key_strings
 from pipeline.shards import iter_samples
@@ -63,6 +64,36 @@ def test_prepare_stores_the_training_geometry_and_describes_the_original():
         "num_frames": 50,
         "duration_s": 2.0,
     }
+
+
+class CountingReads(io.BytesIO):
+    """A file that remembers the largest single read asked of it."""
+
+    largest = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.largest = max(self.largest, len(data))
+        return data
+
+
+@pytest.mark.parametrize("frames,fps", [(50, 25), (23, 15), (13, 5)])
+def test_prepare_streams_the_file_once_and_gives_what_decoding_it_whole_gives(frames, fps):
+    video = scene(400, 300, frames, seed=1)
+    data = encode_mp4(
+        np.concatenate([video[: frames // 2], scene(400, 300, frames - frames // 2, seed=7)]), fps
+    )
+    how = Preparation(fps=10, size=32, fit="centre", shot_threshold=30, seed=0, encoding={})
+    stream = CountingReads(data)
+    prepared = prepare(stream, "clip", "clip.mp4", how)
+    assert stream.largest <= 64 * 1024 < len(data)  # read as decoded, never whole
+
+    # the reference: every frame counted first, then the resampled ones decoded, fitted, encoded
+    decoder = PyAVDecoder(data)
+    indices = resampled_indices(decoder.num_frames, decoder.fps, 10)
+    fitted = fit_square(decoder.frames(indices, *scaled_size(400, 300, 32, "centre")), 32, "centre", 0.5)
+    assert prepared.num_frames == len(fitted) and prepared.data == encode_mp4(fitted, 10)
+    assert prepared.shots == detect_shots(fitted, 30)
 
 
 def test_few_videos_are_split_by_time_with_a_gap_and_many_by_video():

@@ -117,4 +117,4 @@ def test_a_file_name_that_looks_like_a_glob_is_still_a_file(tmp_path, video_fold
     odd.write_bytes((video_folder["path"] / "square.mp4").read_bytes())
     [item] = FolderSource(str(odd), ("mp4",)).items()
     assert item.key == "clip_1080p"
-    assert probe_video(FolderSource(str(odd), ("mp4",)).fetch(item).data).num_frames == 24
+    assert probe_video(FolderSource(str(odd), ("mp4",)).fetch(item).read()).num_frames == 24

@@ -156,6 +156,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     }
     if processed:
         metrics["videos_per_s"] = processed / seconds
+        metrics["task_peak_rss_mb"] = max(r.peak_rss_mb for r in built)
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
         f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; {splits}"
@@ -163,7 +164,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"
     if processed:
-        summary += f"; {metrics['videos_per_s']:.1f} videos/s"
+        summary += f"; {metrics['videos_per_s']:.1f} videos/s, {metrics['task_peak_rss_mb']:.0f} MB peak per task"
     return StageResult(
         stage="ingest",
         inputs={"videos": cfg.data.path or f"moving-mnist(seed={cfg.data.seed})"},
