@@ -9,6 +9,7 @@ and the manifest records exactly those.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -79,6 +80,8 @@ class Runner:
             except StageInputError as err:
                 raise StageInputError(str(err), stage=spec.name) from None
             result = _named_where_it_goes(result, staging, final)
+            # this process's high-water mark (it includes the stages it ran before, under `run`)
+            result.metrics["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             tags: dict[str, str] = {}
             if rank() == 0:
                 provenance = {

@@ -7,12 +7,14 @@ which worker decodes it or when.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from common import logs
+from pipeline.shards import iter_samples
 from pipeline.splits import stored_segments, stored_shots
 from pipeline.video import read_frames, to_channels
 
@@ -164,3 +166,67 @@ class ClipDecoder:
                 "motion": np.float32("nan") if error else motion_score(clip),
                 "error": error,
             }
+
+
+def shard_plans(plans: list[VideoPlan], shard_range: tuple[int, int]) -> list[VideoPlan]:
+    """The plans cut to the clips numbered start..stop-1 (one latent shard): a video whose clips
+    straddle two shards gives each shard its own part."""
+    start, stop = shard_range
+    parts = []
+    for plan in plans:
+        first, last = plan.first_clip, plan.first_clip + len(plan.starts)
+        if last <= start or first >= stop:
+            continue
+        lo, hi = max(start, first) - first, min(stop, last) - first
+        parts.append(
+            VideoPlan(plan.key, plan.shard, first + lo, plan.starts[lo:hi], plan.step, plan.splits[lo:hi])
+        )
+    return parts
+
+
+def decode_shard_clips(
+    plans: list[VideoPlan], clip_frames: int, frame_size: int, channels: int, samples
+) -> dict[str, np.ndarray]:
+    """Every clip of one latent shard, in clip order, as columns: `clip`, `frames` uint8
+    [n, T, C, size, size], `start`, `split`, `motion` and `key` and `error` (text; a video that
+    fails to decode, or is missing from its raw shard, gives blank clips marked with the reason).
+    `samples(uri, keys)` yields the raw samples of those keys from one raw shard."""
+    decoder = ClipDecoder({plan.key: plan for plan in plans}, clip_frames, frame_size, channels)
+    rows: list[dict] = []
+    for uri in dict.fromkeys(plan.shard for plan in plans):  # raw shards in order, each read once
+        keys = {plan.key for plan in plans if plan.shard == uri}
+        found = set()
+        for sample in samples(uri, keys):
+            found.add(sample["__key__"])
+            rows.extend(decoder(sample))
+        for key in sorted(keys - found):
+            rows.extend(decoder({"__key__": key}))  # no video in the row: blank clips with the reason
+    splits = {plan.first_clip + i: split for plan in plans for i, split in enumerate(plan.splits)}
+    rows.sort(key=lambda row: row["clip"])
+    return {
+        "clip": np.array([row["clip"] for row in rows], dtype=np.int64),
+        "frames": np.stack([row["frames"] for row in rows]),
+        "start": np.array([row["start"] for row in rows], dtype=np.int32),
+        "split": np.array([splits[row["clip"]] for row in rows], dtype=np.uint8),
+        "motion": np.array([row["motion"] for row in rows], dtype=np.float32),
+        "key": np.array([row["key"] for row in rows], dtype=object),
+        "error": np.array([row["error"] for row in rows], dtype=object),
+    }
+
+
+def decode_shard_rows(batch: dict, clip_frames: int, frame_size: int, channels: int) -> dict:
+    """Ray Data batch of encode: each row names a latent shard and its videos' plans (JSON); out
+    come that shard's clips as `decode_shard_clips` gives them, one object per column and row
+    (shards differ in size)."""
+    decoded = [
+        decode_shard_clips(
+            [VideoPlan(**plan) for plan in json.loads(plans)], clip_frames, frame_size, channels, iter_samples
+        )
+        for plans in batch["plans"]
+    ]
+    columns = {"shard": batch["shard"]}
+    for name in decoded[0]:
+        column = np.empty(len(decoded), dtype=object)
+        column[:] = [shard[name] for shard in decoded]
+        columns[name] = column
+    return columns

@@ -24,6 +24,8 @@ This module never imports the tokenizer or any video code.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -212,7 +214,11 @@ class LatentStore:
             self.group["motion"][start:stop] = motion
         if rejects:
             storage.write_json(storage.join(self._progress_uri(), f"rejects-{shard:06d}.json"), rejects)
-        self._mark_done(shard, {"clips": stop - start, "missing": int((split == MISSING).sum())})
+        # who wrote it: encode's workers write their own shards, never its driver
+        writer = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._mark_done(
+            shard, {"clips": stop - start, "missing": int((split == MISSING).sum()), "writer": writer}
+        )
 
     def _progress_uri(self, shard: int | None = None) -> str:
         folder = storage.join(self.uri, PROGRESS_DIR)

@@ -16,8 +16,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-import webdataset as wds
-
 from pipeline import storage
 from pipeline.footage import Preparation, prepare
 from pipeline.preview import gif_bytes, tile_videos
@@ -74,6 +72,8 @@ class ShardReport:
 
 def build_shard(task: ShardTask, source) -> ShardReport:
     """Fetch, validate and pack the task's videos; a bad video is a reject, not a failure."""
+    import webdataset as wds  # here, not above: it imports torch, which readers of shards need not
+
     started = time.perf_counter()
     report = ShardReport(index=task.index, name=shard_name(task.index), fingerprint=task.fingerprint)
     handle, local_tar = tempfile.mkstemp(suffix=".tar")
@@ -159,8 +159,9 @@ def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem
     return [items[start : start + per_shard] for start in range(0, len(items), per_shard)]
 
 
-def iter_samples(shard_uri: str):
-    """Samples of one shard as {"__key__": key, ext: bytes, ...}, streamed from any fsspec URI.
+def iter_samples(shard_uri: str, keys: set[str] | None = None):
+    """Samples of one shard as {"__key__": key, ext: bytes, ...}, streamed from any fsspec URI;
+    only those of `keys` when given (the others' bytes are passed over, never kept).
 
     webdataset's own reader wants URLs it can open itself; this streams
     whatever fsspec opens, grouping members by key as webdataset does.
@@ -172,6 +173,8 @@ def iter_samples(shard_uri: str):
             if not member.isfile():
                 continue
             key, _, extension = member.name.partition(".")
+            if keys is not None and key not in keys:
+                continue
             if sample and sample["__key__"] != key:
                 yield sample
                 sample = {}

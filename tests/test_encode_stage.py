@@ -1,6 +1,7 @@
 """`stvideo encode` end to end: Ray Data, a real Zarr store, rejects, and a real kill."""
 
 import json
+import subprocess
 import tarfile
 
 import numpy as np
@@ -12,7 +13,7 @@ import zarr
 from pipeline.latents import MISSING, key_strings, open_latents
 from pipeline.shards import iter_samples
 from pipeline.video import encode_mp4, read_frames
-from tests.conftest import FEW_VIDEOS, build_raw, kill_when, run_stvideo, untracked_tiny
+from tests.conftest import FEW_VIDEOS, build_raw, kill_when, run_stvideo, start_stvideo, untracked_tiny
 from tokenizer.settings import VQGANConfig
 from tokenizer.tokenizer import Tokenizer
 
@@ -50,9 +51,18 @@ def grey_frames(data: bytes) -> torch.Tensor:
 def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     root = tmp_path / "run"
     tokenizer = make_root(root)
-    result = run_stvideo(*encode_args(root, "--set", "encode.clips_per_shard=8"))
+    driver = start_stvideo(
+        *encode_args(root, "--set", "encode.clips_per_shard=8"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = driver.communicate(timeout=600)
+    result = subprocess.CompletedProcess(driver.args, driver.returncode, out, err)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "40 clips of 20 frames" in result.stdout
+    # the encoder actors wrote every shard; the driver (the CLI's process) wrote none
+    records = [json.loads(p.read_text()) for p in (root / "latents.zarr" / "_progress").glob("shard-*.json")]
+    assert len(records) == 5 and all(r["writer"]["pid"] not in (driver.pid, 0) for r in records)
     # the stage's own time, split: Ray's start and the model load, then the encoding itself
     metrics = json.loads((root / "latents.zarr" / "_stage.json").read_text())["metrics"]
     assert 0 < metrics["startup_seconds"] < metrics["seconds"]

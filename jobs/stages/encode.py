@@ -1,18 +1,18 @@
 """`stvideo encode`: every clip of the raw shards -> codebook indices in latents.zarr.
 
-Ray Data does the heavy lifting: read the webdataset shards, decode clip
-windows with decord in CPU tasks, encode them in a pool of tokenizer actors
-(the model loaded once per actor). The driver gathers the codes as they
-stream in and hands each zarr shard, once all its clips have arrived, to a
-writer that owns that whole shard; each written shard is recorded, so a killed
-run resumes where it stopped.
+The unit of work is one zarr shard of the store (`encode.clips_per_shard` clips). Ray Data does
+the heavy lifting: CPU tasks decode a shard's clip windows with decord from the raw webdataset
+shards, and a pool of tokenizer actors (the model loaded once per actor) encodes them and writes
+the zarr shard itself, owning it whole. The driver plans the shards, pre-sizes the store and
+counts the shards as they are recorded: no frame or code passes through it. Each written shard is
+recorded under `_progress/`, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +26,25 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.clips import ClipDecoder, VideoPlan, plan_clips
+from pipeline.clips import VideoPlan, decode_shard_rows, plan_clips, shard_plans
 from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
 from pipeline.splits import SPLIT_CODES
 from tokenizer.tokenizer import CheckpointError, Tokenizer
 
 
-class TokenizerEncoder:
-    """Ray Data actor: loads the tokenizer once, encodes batches of clips."""
+class ShardEncoder:
+    """Ray Data actor: loads the tokenizer once; for each shard's decoded clips, encodes them in
+    batches and writes the whole zarr shard (and its `_progress/` record) from here."""
 
-    def __init__(self, checkpoint: str, scratch: Path, threads: int = 1, registry: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        scratch: Path,
+        store_uri: str,
+        batch_size: int,
+        threads: int = 1,
+        registry: str | None = None,
+    ):
         import torch
 
         torch.set_num_threads(threads)
@@ -44,22 +53,39 @@ class TokenizerEncoder:
             models.checkpoint_folder(checkpoint, scratch, registry),
             map_location="cuda" if torch.cuda.is_available() else "cpu",
         )
+        self.store, self.batch_size = open_latents(store_uri, complete=False), batch_size
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
         began = time.time()  # wall clock: the driver compares it with its own (one host, or NTP's)
-        frames = torch.from_numpy(np.array(batch["frames"]))  # a writable copy
-        clips, length = frames.shape[:2]
-        codes = self.tokenizer.encode(frames.flatten(0, 1)).cpu().numpy().astype(np.uint16)
+        shards = [int(shard) for shard in batch["shard"]]
+        missing = []
+        for row, shard in enumerate(shards):
+            frames = torch.from_numpy(np.array(batch["frames"][row]))  # a writable copy
+            codes = np.concatenate(
+                [
+                    self.tokenizer.encode(part.flatten(0, 1)).cpu().numpy().astype(np.uint16)
+                    for part in frames.split(self.batch_size)
+                ]
+            ).reshape(len(frames), frames.shape[1], *self.tokenizer.grid)
+            errors, keys = batch["error"][row], [str(key) for key in batch["key"][row]]
+            split = np.where(errors == "", batch["split"][row], MISSING).astype(np.uint8)
+            rejects = {key: str(error) for key, error in zip(keys, errors, strict=True) if error}
+            start, stop = self.store.shard_range(shard)
+            if batch["clip"][row][0] != start or len(codes) != stop - start:
+                raise RuntimeError(
+                    f"encode: shard {shard} was decoded with other clips than {start}..{stop - 1}"
+                )
+            self.store.write_shard(
+                shard, codes, keys, batch["start"][row], split, rejects, batch["motion"][row]
+            )
+            missing.append(int((split == MISSING).sum()))
         return {
-            "clip": batch["clip"],
-            "key": batch["key"],
-            "start": batch["start"],
-            "motion": batch["motion"],
-            "error": batch["error"],
-            "codes": codes.reshape(clips, length, *codes.shape[1:]),
-            "encoded": np.full((clips, 2), (began, time.time())),
+            "shard": np.array(shards),
+            "clips": np.array([len(batch["clip"][row]) for row in range(len(shards))]),
+            "missing": np.array(missing),
+            "encoded": np.array([(began, time.time())] * len(shards)),
         }
 
 
@@ -76,32 +102,6 @@ class EncodingSpan:
             min(self.began, float(encoded[:, 0].min())),
             max(self.ended, float(encoded[:, 1].max())),
         )
-
-
-class ShardBuffer:
-    """The clips of one zarr shard as they arrive, in any order."""
-
-    def __init__(self, start: int, stop: int, clip_frames: int, grid: tuple[int, int]):
-        size = stop - start
-        self.start, self.remaining = start, size
-        self.codes = np.zeros((size, clip_frames, *grid), dtype=np.uint16)
-        self.source = [""] * size
-        self.start_frame = np.zeros(size, dtype=np.int32)
-        self.split = np.full(size, MISSING, dtype=np.uint8)
-        self.motion = np.full(size, np.nan, dtype=np.float32)
-        self.rejects: dict[str, str] = {}
-
-    def add(
-        self, clip: int, codes: np.ndarray, key: str, start: int, split: int, motion: float, error: str
-    ) -> bool:
-        offset = clip - self.start
-        self.codes[offset], self.source[offset], self.start_frame[offset] = codes, key, start
-        self.motion[offset] = motion
-        self.split[offset] = MISSING if error else split
-        if error:
-            self.rejects[key] = error
-        self.remaining -= 1
-        return self.remaining == 0
 
 
 def _identity(cfg: PipelineConfig, tokenizer: Tokenizer, raw_fingerprint: str) -> dict:
@@ -164,22 +164,10 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     key_width = max((len(plan.key.encode()) for plan in plans), default=1)
     store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, key_width)
     done = store.done_shards()
-    buffers = {
-        s: ShardBuffer(*store.shard_range(s), clip_frames, tokenizer.grid)
-        for s in range(store.num_shards)
-        if s not in done
-    }
-    # only videos with a clip in an unwritten shard are read again
-    pending = [
-        p for p in plans if any(store.shard_of(p.first_clip + i) in buffers for i in range(len(p.starts)))
-    ]
+    pending = _pending_shards(store, plans, done)  # only the videos of unwritten shards are read again
     span = EncodingSpan()
-    written = (
-        _encode_into(store, buffers, pending, cfg, (checkpoint, registry), tokenizer, span) if pending else 0
-    )
-    if buffers:
-        raise RuntimeError(f"encode: shards {sorted(buffers)[:5]} never received all their clips")
-    store.finish({"rejected": store.rejects()})
+    written = _encode_shards(store, pending, cfg, (checkpoint, registry), tokenizer, span) if pending else 0
+    store.finish({"rejected": store.rejects()})  # refuses a store with a shard not recorded
 
     seconds = time.perf_counter() - started
     splits = store.group["split"][:]
@@ -264,22 +252,34 @@ def _load_inputs(
     return tokenizer, storage.read_json(layout.raw_manifest)
 
 
-def _encode_into(
+def _pending_shards(store: LatentStore, plans: list[VideoPlan], done: set[int]) -> list[dict]:
+    """One Ray Data row per unwritten shard: its index and its videos' plans (JSON), cut to its
+    clips. Plans are in clip order, so one pass hands each shard the videos it needs."""
+    pending, index = [], 0
+    for shard in range(store.num_shards):
+        start, stop = store.shard_range(shard)
+        while index < len(plans) and plans[index].first_clip + len(plans[index].starts) <= start:
+            index += 1
+        if shard in done:
+            continue
+        end = index
+        while end < len(plans) and plans[end].first_clip < stop:
+            end += 1
+        parts = shard_plans(plans[index:end], (start, stop))
+        pending.append({"shard": shard, "plans": json.dumps([asdict(part) for part in parts])})
+    return pending
+
+
+def _encode_shards(
     store: LatentStore,
-    buffers: dict[int, ShardBuffer],
-    pending: list[VideoPlan],
+    pending: list[dict],
     cfg: PipelineConfig,
     checkpoint: tuple[str, str | None],
     tokenizer: Tokenizer,
     span: EncodingSpan,
 ) -> int:
-    """Decode and encode the pending videos' clips on Ray Data; each shard is handed to a writer
-    once all its clips have arrived (and leaves `buffers`). Returns the shards written."""
-    split_of_clip = {
-        (plan.key, start): split
-        for plan in pending
-        for start, split in zip(plan.starts, plan.splits, strict=True)
-    }
+    """Decode and encode the pending shards on Ray Data; the encoder actors write them. Returns
+    the shards written."""
     with ray_session(cfg.ray):
         import ray
         import ray.data
@@ -288,55 +288,41 @@ def _encode_into(
 
         ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, ours, counts clips
         gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        decoder = ClipDecoder(
-            {plan.key: plan for plan in pending},
-            cfg.data.clip_frames,
-            tokenizer.config.frame_size,
-            tokenizer.config.in_channels,
-        )
         dataset = (
-            ray.data.read_webdataset(sorted({plan.shard for plan in pending}), decoder=None)
-            .flat_map(decoder)  # stateless CPU tasks
+            ray.data.from_items(pending, override_num_blocks=len(pending))  # a task per shard
             .map_batches(
-                TokenizerEncoder,
+                decode_shard_rows,  # stateless CPU tasks, apart from the encoder: no torch
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs={
+                    "clip_frames": cfg.data.clip_frames,
+                    "frame_size": tokenizer.config.frame_size,
+                    "channels": tokenizer.config.in_channels,
+                },
+            )
+            .map_batches(
+                ShardEncoder,
                 fn_constructor_args=(
                     checkpoint[0],
                     storage.scratch_root(cfg.scratch),
+                    store.uri,
+                    cfg.encode.batch_size,
                     cfg.encode.threads,
                     checkpoint[1],
                 ),
-                batch_size=cfg.encode.batch_size,
+                batch_size=1,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
                 num_gpus=gpus,
                 resources=cfg.encode.actor_resources or None,
             )
         )
-        total = sum(buffer.remaining for buffer in buffers.values())
-        with (
-            ThreadPoolExecutor(max_workers=2) as writers,
-            progress_bar(total=total, desc="encode", unit="clip") as bar,
-        ):
-            futures = []
+        total = sum(stop - start for start, stop in (store.shard_range(row["shard"]) for row in pending))
+        written = 0
+        with progress_bar(total=total, desc="encode", unit="clip") as bar:
+            # the driver sees one small row per written shard: its index, clip counts and times
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 span.add(batch["encoded"])
-                columns = (batch[name] for name in ("clip", "codes", "key", "start", "motion", "error"))
-                for clip, codes, key, start, motion, error in zip(*columns, strict=True):
-                    shard = store.shard_of(int(clip))
-                    if shard not in buffers:
-                        continue  # a video spanning a written and an unwritten shard
-                    split = split_of_clip[str(key), int(start)]
-                    clip_row = (int(clip), codes, str(key), int(start), split, float(motion), str(error))
-                    if buffers[shard].add(*clip_row):
-                        # the shard is whole: one writer owns it
-                        futures.append(writers.submit(_write, store, shard, buffers.pop(shard)))
-                    bar.update(1)
-            for future in futures:
-                future.result()
-    return len(futures)
-
-
-def _write(store: LatentStore, shard: int, buffer: ShardBuffer) -> None:
-    store.write_shard(
-        shard, buffer.codes, buffer.source, buffer.start_frame, buffer.split, buffer.rejects, buffer.motion
-    )
+                written += len(batch["shard"])
+                bar.update(int(batch["clips"].sum()))
+    return written

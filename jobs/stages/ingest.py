@@ -164,7 +164,8 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"
     if processed:
-        summary += f"; {metrics['videos_per_s']:.1f} videos/s, {metrics['task_peak_rss_mb']:.0f} MB peak per task"
+        summary += f"; {metrics['videos_per_s']:.1f} videos/s"
+        summary += f", {metrics['task_peak_rss_mb']:.0f} MB peak per task"
     return StageResult(
         stage="ingest",
         inputs={"videos": cfg.data.path or f"moving-mnist(seed={cfg.data.seed})"},
