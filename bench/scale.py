@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -50,7 +49,9 @@ STAGE_OUTPUT = {
 GENERATE_CLIPS = 16
 
 
-def settings(root: str, videos: int, tokenizer: Path, dynamics: str | None) -> list[str]:
+def settings(
+    root: str, videos: int, tokenizer: Path, dynamics: str | None, ray_address: str | None
+) -> list[str]:
     sets = {
         "root": root,
         "tracking.enabled": "false",
@@ -80,6 +81,8 @@ def settings(root: str, videos: int, tokenizer: Path, dynamics: str | None) -> l
     }
     if dynamics:
         sets["generate.dynamics"] = dynamics
+    if ray_address:
+        sets["ray.address"] = ray_address
     out = []
     for key, value in sets.items():
         out += ["--set", f"{key}={value}"]
@@ -142,7 +145,6 @@ def count_objects(uri: str) -> int:
 
 def read_latents(root: str) -> dict:
     """The latent reader as training uses it, and its limit: every codes file's bytes read."""
-    import torch
     from torch.utils.data import DataLoader
 
     from pipeline import storage
@@ -163,7 +165,6 @@ def read_latents(root: str) -> dict:
         first = first if first is not None else time.perf_counter() - began
         count += len(batch)
     seconds = time.perf_counter() - began
-    torch.set_num_threads(torch.get_num_threads())
     return {
         "first_batch_s": first,
         "clips_per_s": count / seconds,
@@ -187,8 +188,10 @@ def make_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def measure(root: str, videos: int, tokenizer: Path, dynamics: str | None, env: dict) -> dict:
-    sets = settings(root, videos, tokenizer, dynamics)
+def measure(
+    root: str, videos: int, tokenizer: Path, dynamics: str | None, env: dict, ray: str | None
+) -> dict:
+    sets = settings(root, videos, tokenizer, dynamics, ray)
     row: dict = {"videos": videos}
     for stage in ("ingest", "encode"):
         _, worker_peak, wall = run(stage, sets, env)
@@ -207,7 +210,7 @@ def measure(root: str, videos: int, tokenizer: Path, dynamics: str | None, env: 
     if dynamics is None:  # trained once, at the first N: its cost is not what this measures
         run("train-dynamics", sets, env)
         dynamics = f"{root}/dynamics"
-        sets = settings(root, videos, tokenizer, dynamics)
+        sets = settings(root, videos, tokenizer, dynamics, ray)
     _, worker_peak, wall = run("generate", sets, env)
     metrics = manifest(root, "generate")
     row["generate"] = {
@@ -236,7 +239,8 @@ def report(rows: list[dict], where: str) -> None:
             )
             print(
                 f"  N={n:>6} {stage:<8} {s['seconds']:7.1f} s, {1000 * s['per_video']:7.2f} ms/{unit}; "
-                f"driver peak {s['driver_mb']:5.0f} MiB, largest worker {s['worker_mb']:5.0f} MiB; "
+                f"driver peak {s['driver_mb']:5.0f} MiB, largest worker "
+                f"{f'{worker:5.0f} MiB' if (worker := s['worker_mb']) else 'not measured'}; "
                 f"{s['objects_per_1000']:.0f} objects per 1,000 {unit}s{extra}"
             )
         r = row["reader"]
@@ -252,7 +256,8 @@ def ratios(rows: list[dict]) -> None:
     small, large = rows[0], rows[-1]
     print(f"\nratios, N={large['videos']} against N={small['videos']} (1 is flat)")
     for stage in ("ingest", "encode", "generate"):
-        line = f"  {stage:<8} per-{'clip' if stage == 'generate' else 'video'} cost {large[stage]['per_video'] / small[stage]['per_video']:.2f}x"
+        unit = "clip" if stage == "generate" else "video"
+        line = f"  {stage:<8} per-{unit} cost {large[stage]['per_video'] / small[stage]['per_video']:.2f}x"
         if len(rows) >= 3 and stage != "generate":
             a, b, c = (row[stage]["seconds"] for row in rows[:3])
             n = [row["videos"] for row in rows[:3]]
@@ -269,6 +274,11 @@ def main() -> None:
     parser.add_argument("--videos", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--s3-videos", type=int, default=1000, help="0: no S3 run")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-scale")
+    parser.add_argument(
+        "--ray-address",
+        help="a running Ray head to use instead of an embedded Ray per stage (the smoke run's); "
+        "its workers are not under the stage's process, so their peak RSS is not measured",
+    )
     args = parser.parse_args()
     import shutil
 
@@ -277,7 +287,9 @@ def main() -> None:
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     rows, dynamics = [], None
     for videos in args.videos:
-        row, dynamics = measure(str(args.work / f"n{videos}"), videos, tokenizer, dynamics, env)
+        row, dynamics = measure(
+            str(args.work / f"n{videos}"), videos, tokenizer, dynamics, env, args.ray_address
+        )
         rows.append(row)
         report([row], f"local root, N={videos}")
     ratios(rows)
@@ -285,8 +297,6 @@ def main() -> None:
         from tests.conftest import moto_s3
 
         with moto_s3("scale") as s3_env:
-            from pipeline import storage
-
             storage_env = {**env, **s3_env}
             os.environ.update(s3_env)
             local_dynamics = dynamics  # a local checkpoint: generate reads it from anywhere
@@ -294,7 +304,6 @@ def main() -> None:
                 f"s3://scale/n{args.s3_videos}", args.s3_videos, tokenizer, local_dynamics, storage_env
             )
             report([row], f"S3 root (moto on 127.0.0.1), N={args.s3_videos}")
-            del storage
 
 
 if __name__ == "__main__":

@@ -88,8 +88,9 @@ def main() -> None:
         shutil.rmtree(root)
         print(
             f"{args.width}x{args.height}, {seconds:g} s ({video.stat().st_size / 2**20:.0f} MiB): ingest "
-            f"{metrics['seconds']:.1f} s, its task {part['seconds']:.1f} s ({part['seconds'] / seconds:.2f} s "
-            f"per second of video), task peak RSS {part['peak_rss_mb']:.0f} MiB",
+            f"{metrics['seconds']:.1f} s, its task {part['seconds']:.1f} s "
+            f"({part['seconds'] / seconds:.2f} s per second of video), "
+            f"task peak RSS {part['peak_rss_mb']:.0f} MiB",
             flush=True,
         )
     (first, first_took, first_rss), (last, last_took, last_rss) = rows[0], rows[-1]

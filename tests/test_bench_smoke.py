@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,3 +24,23 @@ def test_training_bench_prints_its_rates_and_the_ratios_against_the_old_steps():
     ratios = re.findall(r"^  (train-\S+).*: ([\d.]+)x$", out, flags=re.MULTILINE)
     assert [name for name, _ in ratios] == ["train-tokenizer,", "train-dynamics"], out
     assert all(float(ratio) > 0 for _, ratio in ratios)
+
+
+def test_scale_bench_runs_every_stage_at_two_sizes_and_prints_the_ratios(ray_head, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/scale.py", "--videos", "20", "200", "--s3-videos", "0"]
+        + ["--work", str(tmp_path), "--ray-address", ray_head["address"]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
+    for stage in ("ingest", "encode", "generate"):
+        assert len(re.findall(rf"N= +(?:20|200) {stage} +[\d.]+ s, +[\d.]+ ms/", out)) == 2, out
+        ratio = rf"^  {stage} +per-(video|clip) cost [\d.]+x; driver peak RSS [\d.]+x"
+        assert re.search(ratio, out, re.MULTILINE), out
+    assert re.search(r"reader   first batch [\d.]+ s, \d+ clips/s", out), out
+    assert re.search(r"status   [\d.]+ s against [\d.]+ s", out), out
