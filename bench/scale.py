@@ -292,7 +292,8 @@ def main() -> None:
         )
         rows.append(row)
         report([row], f"local root, N={videos}")
-    ratios(rows)
+    if len(rows) > 1:
+        ratios(rows)
     if args.s3_videos:
         from tests.conftest import moto_s3
 
@@ -300,10 +301,16 @@ def main() -> None:
             storage_env = {**env, **s3_env}
             os.environ.update(s3_env)
             local_dynamics = dynamics  # a local checkpoint: generate reads it from anywhere
-            row, _ = measure(
-                f"s3://scale/n{args.s3_videos}", args.s3_videos, tokenizer, local_dynamics, storage_env
-            )
+            root = f"s3://scale/n{args.s3_videos}"
+            row, _ = measure(root, args.s3_videos, tokenizer, local_dynamics, storage_env, args.ray_address)
             report([row], f"S3 root (moto on 127.0.0.1), N={args.s3_videos}")
+            local = next((r for r in rows if r["videos"] == args.s3_videos), None)
+            if local:
+                print(f"  S3 against the local root at N={args.s3_videos}:")
+                for stage in ("ingest", "encode", "generate"):
+                    print(
+                        f"    {stage:<8} {row[stage]['seconds'] / local[stage]['seconds']:.2f}x the seconds"
+                    )
 
 
 if __name__ == "__main__":

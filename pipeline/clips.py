@@ -133,8 +133,9 @@ def decode_clips(
 
 
 class ClipDecoder:
-    """Ray Data `flat_map` of encode: one raw sample in, one row per planned clip out. It lives
-    here, apart from the encoder, so that the tasks decoding clips never import torch.
+    """One raw sample in, one row per planned clip out (`decode_shard_clips` gathers a latent
+    shard's). It lives here, apart from the encoder, so that the tasks decoding clips never
+    import torch.
 
     A video that fails to decode still yields its rows, marked with the
     reason, so its clips' shards complete (as `missing`) instead of waiting forever.
