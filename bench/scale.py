@@ -13,10 +13,11 @@ Each stage runs through the CLI, as a user runs it, one process per stage. Per s
   batch, clips/s, and that rate over its limit (reading every codes file's bytes, in this run);
 - `stvideo status` wall time (the CLI process, start to exit).
 
-Then, per stage, the ratio of per-video cost at the largest N to the smallest, and the marginal
-one (seconds per added video from the middle N to the largest ÷ from the smallest to the middle):
-the first includes fixed costs (Ray's start) that a larger N spreads thinner, the second does not,
-so a stage whose cost per video grows with N shows there.
+Then, per stage, the ratio of per-video cost at the largest N to the smallest, and the same ratio
+of its tasks' own work per video (ingest: its tasks' seconds from their part records; encode: each
+shard's decode and encode seconds from its progress record): the first includes fixed costs
+(Ray's start, the actors' model load) that a larger N spreads thinner, the second does not, so a
+stage whose cost per video grows with N shows there.
 
     .venv/bin/python bench/scale.py [--videos 100 1000 10000] [--s3-videos 1000]
 
@@ -136,6 +137,16 @@ def manifest(root: str, stage: str) -> dict:
     return storage.read_json(storage.join(root, STAGE_OUTPUT[stage], "_stage.json"))["metrics"]
 
 
+def records(folder: str, prefix: str = "") -> list[dict]:
+    """The JSON records in a folder: ingest's part records, encode's progress records."""
+    from pipeline import storage
+
+    names = [
+        name for name in storage.list_names(folder) if name.startswith(prefix) and name.endswith(".json")
+    ]
+    return [storage.read_json(storage.join(folder, name)) for name in names]
+
+
 def count_objects(uri: str) -> int:
     from pipeline import storage
 
@@ -205,6 +216,10 @@ def measure(
         }
     from pipeline import storage
 
+    row["ingest"]["work_per_video"] = sum(r["seconds"] for r in records(f"{root}/raw/_parts")) / videos
+    shards = records(f"{root}/latents.zarr/_progress", "shard-")
+    clips = sum(r["clips"] for r in shards)
+    row["encode"]["work_per_video"] = sum(r["decode_seconds"] + r["encode_seconds"] for r in shards) / clips
     row["ingest"]["manifest_bytes_per_video"] = len(storage.read_bytes(f"{root}/raw/manifest.json")) / videos
     row["reader"] = read_latents(root)
     if dynamics is None:  # trained once, at the first N: its cost is not what this measures
@@ -237,8 +252,13 @@ def report(rows: list[dict], where: str) -> None:
                 if "manifest_bytes_per_video" in s
                 else ""
             )
+            work = (
+                f" ({1000 * s['work_per_video']:.2f} ms of its tasks' own work)"
+                if "work_per_video" in s
+                else ""
+            )
             print(
-                f"  N={n:>6} {stage:<8} {s['seconds']:7.1f} s, {1000 * s['per_video']:7.2f} ms/{unit}; "
+                f"  N={n:>6} {stage:<8} {s['seconds']:7.1f} s, {1000 * s['per_video']:7.2f} ms/{unit}{work}; "
                 f"driver peak {s['driver_mb']:5.0f} MiB, largest worker "
                 f"{f'{worker:5.0f} MiB' if (worker := s['worker_mb']) else 'not measured'}; "
                 f"{s['objects_per_1000']:.0f} objects per 1,000 {unit}s{extra}"
@@ -258,10 +278,9 @@ def ratios(rows: list[dict]) -> None:
     for stage in ("ingest", "encode", "generate"):
         unit = "clip" if stage == "generate" else "video"
         line = f"  {stage:<8} per-{unit} cost {large[stage]['per_video'] / small[stage]['per_video']:.2f}x"
-        if len(rows) >= 3 and stage != "generate":
-            a, b, c = (row[stage]["seconds"] for row in rows[:3])
-            n = [row["videos"] for row in rows[:3]]
-            line += f"; marginal {((c - b) / (n[2] - n[1])) / ((b - a) / (n[1] - n[0])):.2f}x"
+        if "work_per_video" in large[stage]:
+            work = large[stage]["work_per_video"] / small[stage]["work_per_video"]
+            line += f"; its tasks' own work per {unit} {work:.2f}x"
         line += f"; driver peak RSS {large[stage]['driver_mb'] / small[stage]['driver_mb']:.2f}x"
         print(line)
     reader = large["reader"]["clips_per_s"] / small["reader"]["clips_per_s"]

@@ -8,6 +8,7 @@ which worker decodes it or when.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -219,13 +220,20 @@ def decode_shard_rows(batch: dict, clip_frames: int, frame_size: int, channels: 
     """Ray Data batch of encode: each row names a latent shard and its videos' plans (JSON); out
     come that shard's clips as `decode_shard_clips` gives them, one object per column and row
     (shards differ in size)."""
-    decoded = [
-        decode_shard_clips(
-            [VideoPlan(**plan) for plan in json.loads(plans)], clip_frames, frame_size, channels, iter_samples
+    decoded, seconds = [], []
+    for plans in batch["plans"]:
+        began = time.perf_counter()
+        decoded.append(
+            decode_shard_clips(
+                [VideoPlan(**plan) for plan in json.loads(plans)],
+                clip_frames,
+                frame_size,
+                channels,
+                iter_samples,
+            )
         )
-        for plans in batch["plans"]
-    ]
-    columns = {"shard": batch["shard"]}
+        seconds.append(time.perf_counter() - began)
+    columns = {"shard": batch["shard"], "decode_seconds": np.array(seconds)}
     for name in decoded[0]:
         column = np.empty(len(decoded), dtype=object)
         column[:] = [shard[name] for shard in decoded]

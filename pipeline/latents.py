@@ -198,9 +198,10 @@ class LatentStore:
         split: np.ndarray,
         rejects: dict[str, str] | None = None,
         motion: np.ndarray | None = None,
+        note: dict | None = None,
     ) -> None:
         """Write one whole shard's clips, their motion scores and the videos it rejected
-        (key -> reason), then record it as finished."""
+        (key -> reason), then record it as finished (with `note`: what its writer measured)."""
         start, stop = self.shard_range(shard)
         if len(codes) != stop - start:
             raise ValueError(
@@ -216,9 +217,8 @@ class LatentStore:
             storage.write_json(storage.join(self._progress_uri(), f"rejects-{shard:06d}.json"), rejects)
         # who wrote it: encode's workers write their own shards, never its driver
         writer = {"host": socket.gethostname(), "pid": os.getpid()}
-        self._mark_done(
-            shard, {"clips": stop - start, "missing": int((split == MISSING).sum()), "writer": writer}
-        )
+        record = {"clips": stop - start, "missing": int((split == MISSING).sum()), "writer": writer}
+        self._mark_done(shard, {**record, **(note or {})})
 
     def _progress_uri(self, shard: int | None = None) -> str:
         folder = storage.join(self.uri, PROGRESS_DIR)

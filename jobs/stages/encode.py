@@ -62,6 +62,7 @@ class ShardEncoder:
         shards = [int(shard) for shard in batch["shard"]]
         missing = []
         for row, shard in enumerate(shards):
+            began_shard = time.time()
             frames = torch.from_numpy(np.array(batch["frames"][row]))  # a writable copy
             codes = np.concatenate(
                 [
@@ -77,8 +78,12 @@ class ShardEncoder:
                 raise RuntimeError(
                     f"encode: shard {shard} was decoded with other clips than {start}..{stop - 1}"
                 )
+            seconds = {  # the shard's own work, without Ray's start: what bench/scale.py adds up
+                "decode_seconds": float(batch["decode_seconds"][row]),
+                "encode_seconds": time.time() - began_shard,
+            }
             self.store.write_shard(
-                shard, codes, keys, batch["start"][row], split, rejects, batch["motion"][row]
+                shard, codes, keys, batch["start"][row], split, rejects, batch["motion"][row], seconds
             )
             missing.append(int((split == MISSING).sum()))
         return {
