@@ -102,8 +102,9 @@ class PeakWatcher:
         while not self._stop.is_set():
             with contextlib.suppress(psutil.Error):
                 for child in psutil.Process(self.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.Error, OSError, ValueError):
-                        if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
+                    # a worker may end between any two of these reads: it is then left for the next round
+                    with contextlib.suppress(psutil.Error, OSError, ValueError, StopIteration):
+                        if "".join(child.cmdline()[:1]).startswith("ray::"):
                             status = Path(f"/proc/{child.pid}/status").read_text()
                             line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
                             self.peak_kb = max(self.peak_kb, int(line.split()[1]))
