@@ -49,3 +49,22 @@ def test_scale_bench_runs_every_stage_at_two_sizes_and_prints_the_ratios(ray_hea
         assert re.search(ratio, out, re.MULTILINE), out
     assert re.search(r"reader   first batch [\d.]+ s, \d+ clips/s", out), out
     assert re.search(r"status   [\d.]+ s against [\d.]+ s", out), out
+
+
+@pytest.mark.slow
+def test_video_memory_bench_ingests_each_length_and_prints_the_ratio(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/video_memory.py", "--seconds", "4", "8", "--width", "640", "--height", "360"]
+        + ["--work", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = re.findall(r"640x360, (\d) s .*its task [\d.]+ s .*task peak RSS (\d+) MiB", done.stdout)
+    assert [seconds for seconds, _ in rows] == ["4", "8"] and all(int(rss) > 0 for _, rss in rows), (
+        done.stdout
+    )
+    assert re.search(r"8 s against 4 s: [\d.]+x \(1 is linear\)", done.stdout), done.stdout
