@@ -38,15 +38,9 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.stages import REPO, STAGE_OUTPUT  # noqa: E402
 
-STAGE_OUTPUT = {
-    "ingest": "raw",
-    "encode": "latents.zarr",
-    "train-dynamics": "dynamics",
-    "generate": "generations/default",
-}
 GENERATE_CLIPS = 16
 
 
@@ -116,9 +110,8 @@ class PeakWatcher:
         return self.peak_kb / 1024
 
 
-def run(stage: str, sets: list[str], env: dict) -> tuple[dict, float, float]:
-    """One stage through the CLI; returns its manifest's metrics, the largest worker's peak RSS
-    (MiB) and the wall time."""
+def run(stage: str, sets: list[str], env: dict) -> tuple[float, float]:
+    """One stage through the CLI; returns the largest Ray worker's peak RSS (MiB) and the wall time."""
     command = [sys.executable, "-m", "jobs.cli", stage, "--config", "configs/tiny.yaml", *sets]
     began = time.perf_counter()
     process = subprocess.Popen(
@@ -129,13 +122,21 @@ def run(stage: str, sets: list[str], env: dict) -> tuple[dict, float, float]:
     worker_peak, wall = watcher.stop(), time.perf_counter() - began
     if process.returncode:
         sys.exit(f"{stage} failed:\n{out[-2000:]}\n{err[-3000:]}")
-    return out, worker_peak, wall
+    return worker_peak, wall
 
 
-def manifest(root: str, stage: str) -> dict:
+def stage_row(root: str, stage: str, count: int, worker_peak: float) -> dict:
+    """A finished stage's figures from its manifest, per video (per clip for generate)."""
     from pipeline import storage
 
-    return storage.read_json(storage.join(root, STAGE_OUTPUT[stage], "_stage.json"))["metrics"]
+    metrics = storage.read_json(storage.join(root, STAGE_OUTPUT[stage], "_stage.json"))["metrics"]
+    return {
+        "seconds": metrics["seconds"],
+        "per_video": metrics["seconds"] / count,
+        "driver_mb": metrics["driver_peak_rss_mb"],
+        "worker_mb": worker_peak,
+        "objects_per_1000": 1000 * count_objects(storage.join(root, STAGE_OUTPUT[stage])) / count,
+    }
 
 
 def records(folder: str, prefix: str = "") -> list[dict]:
@@ -206,15 +207,7 @@ def measure(
     sets = settings(root, videos, tokenizer, dynamics, ray)
     row: dict = {"videos": videos}
     for stage in ("ingest", "encode"):
-        _, worker_peak, wall = run(stage, sets, env)
-        metrics = manifest(root, stage)
-        row[stage] = {
-            "seconds": metrics["seconds"],
-            "per_video": metrics["seconds"] / videos,
-            "driver_mb": metrics["driver_peak_rss_mb"],
-            "worker_mb": worker_peak,
-            "objects_per_1000": 1000 * count_objects(f"{root}/{STAGE_OUTPUT[stage]}") / videos,
-        }
+        row[stage] = stage_row(root, stage, videos, run(stage, sets, env)[0])
     from pipeline import storage
 
     row["ingest"]["work_per_video"] = sum(r["seconds"] for r in records(f"{root}/raw/_parts")) / videos
@@ -227,17 +220,8 @@ def measure(
         run("train-dynamics", sets, env)
         dynamics = f"{root}/dynamics"
         sets = settings(root, videos, tokenizer, dynamics, ray)
-    _, worker_peak, wall = run("generate", sets, env)
-    metrics = manifest(root, "generate")
-    row["generate"] = {
-        "seconds": metrics["seconds"],
-        "per_video": metrics["seconds"] / GENERATE_CLIPS,
-        "driver_mb": metrics["driver_peak_rss_mb"],
-        "worker_mb": worker_peak,
-        "objects_per_1000": 1000 * count_objects(f"{root}/{STAGE_OUTPUT['generate']}") / GENERATE_CLIPS,
-    }
-    _, _, wall = run("status", sets, env)
-    row["status_s"] = wall
+    row["generate"] = stage_row(root, "generate", GENERATE_CLIPS, run("generate", sets, env)[0])
+    row["status_s"] = run("status", sets, env)[1]
     return row, dynamics
 
 

@@ -45,6 +45,12 @@ from pipeline.shards import iter_samples
 from tokenizer.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+STAGE_OUTPUT = {  # where each stage writes under the root, its manifest `_stage.json` inside
+    "ingest": "raw",
+    "encode": "latents.zarr",
+    "train-dynamics": "dynamics",
+    "generate": "generations/default",
+}
 
 
 def run_stage(stage: str, config: Path, root: Path, *sets: str) -> dict:
@@ -56,8 +62,7 @@ def run_stage(stage: str, config: Path, root: Path, *sets: str) -> dict:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{stage} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    folder = {"ingest": "raw", "encode": "latents.zarr", "generate": "generations/default"}[stage]
-    return json.loads((root / folder / "_stage.json").read_text())["metrics"]
+    return json.loads((root / STAGE_OUTPUT[stage] / "_stage.json").read_text())["metrics"]
 
 
 def decoded_clips(root: Path, limit: int):

@@ -187,18 +187,17 @@ def shard_plans(plans: list[VideoPlan], shard_range: tuple[int, int]) -> list[Vi
 
 
 def decode_shard_clips(
-    plans: list[VideoPlan], clip_frames: int, frame_size: int, channels: int, samples
+    plans: list[VideoPlan], clip_frames: int, frame_size: int, channels: int
 ) -> dict[str, np.ndarray]:
     """Every clip of one latent shard, in clip order, as columns: `clip`, `frames` uint8
     [n, T, C, size, size], `start`, `split`, `motion` and `key` and `error` (text; a video that
-    fails to decode, or is missing from its raw shard, gives blank clips marked with the reason).
-    `samples(uri, keys)` yields the raw samples of those keys from one raw shard."""
+    fails to decode, or is missing from its raw shard, gives blank clips marked with the reason)."""
     decoder = ClipDecoder({plan.key: plan for plan in plans}, clip_frames, frame_size, channels)
     rows: list[dict] = []
     for uri in dict.fromkeys(plan.shard for plan in plans):  # raw shards in order, each read once
         keys = {plan.key for plan in plans if plan.shard == uri}
         found = set()
-        for sample in samples(uri, keys):
+        for sample in iter_samples(uri, keys):
             found.add(sample["__key__"])
             rows.extend(decoder(sample))
         for key in sorted(keys - found):
@@ -225,11 +224,7 @@ def decode_shard_rows(batch: dict, clip_frames: int, frame_size: int, channels: 
         began = time.perf_counter()
         decoded.append(
             decode_shard_clips(
-                [VideoPlan(**plan) for plan in json.loads(plans)],
-                clip_frames,
-                frame_size,
-                channels,
-                iter_samples,
+                [VideoPlan(**plan) for plan in json.loads(plans)], clip_frames, frame_size, channels
             )
         )
         seconds.append(time.perf_counter() - began)

@@ -50,9 +50,17 @@ class PreparedVideo:
 def resampled_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
     """The source frame shown at each tick of the target rate: every k-th frame when slowing
     down, repeated frames when speeding up, so that every video plays at one rate."""
-    duration = num_frames / source_fps
-    count = max(1, int(duration * target_fps + 1e-6))
-    return [min(num_frames - 1, int(tick * source_fps / target_fps + 1e-6)) for tick in range(count)]
+    count = _tick_count(num_frames, source_fps, target_fps)
+    return [min(num_frames - 1, _frame_of_tick(tick, source_fps, target_fps)) for tick in range(count)]
+
+
+def _tick_count(num_frames: int, source_fps: float, target_fps: float) -> int:
+    """Ticks of the target rate in a video of `num_frames` source frames (at least one)."""
+    return max(1, int(num_frames / source_fps * target_fps + 1e-6))
+
+
+def _frame_of_tick(tick: int, source_fps: float, target_fps: float) -> int:
+    return int(tick * source_fps / target_fps + 1e-6)
 
 
 def scaled_size(width: int, height: int, size: int, fit: str) -> tuple[int, int]:
@@ -95,6 +103,7 @@ class ShotDetector:
     def add(self, frame: np.ndarray) -> None:
         grey = frame.astype(np.float32).mean(axis=-1)
         if self._previous is not None:
+            # the pair as detect_shots once stacked every frame: the same reduction, the same bits
             pair = np.stack([self._previous, grey])
             self.differences.append(float(np.abs(np.diff(pair, axis=0)).mean(axis=(1, 2))[0]))
         self._previous, self.count = grey, self.count + 1
@@ -124,10 +133,6 @@ def _resampled(decoded, source_fps: float, key: str, how: Preparation, original:
     known only at its end: each source frame is scaled once if any tick of the target rate shows
     it, and a tick is released once the frames seen so far prove the video lasts that long."""
     offset = 0.5 if how.fit != "random" else key_unit(f"{how.seed}:{key}")  # one crop per video
-
-    def ticks(num_frames: int) -> int:
-        return max(1, int(num_frames / source_fps * how.fps + 1e-6))
-
     tick, released, waiting = 0, 0, []
     for index, frame in enumerate(decoded):
         if index == 0:
@@ -135,7 +140,7 @@ def _resampled(decoded, source_fps: float, key: str, how: Preparation, original:
             width, height = scaled_size(frame.width, frame.height, how.size, how.fit)
         original.num_frames = index + 1
         picture = None
-        while int(tick * source_fps / how.fps + 1e-6) == index:
+        while _frame_of_tick(tick, source_fps, how.fps) == index:
             if picture is None:
                 pixels = frame.to_ndarray(
                     format="rgb24", width=width, height=height, interpolation="BILINEAR"
@@ -143,10 +148,10 @@ def _resampled(decoded, source_fps: float, key: str, how: Preparation, original:
                 picture = fit_square(pixels[None], how.size, how.fit, offset)[0]
             waiting.append(picture)
             tick += 1
-        while waiting and released < ticks(index + 1):
+        while waiting and released < _tick_count(index + 1, source_fps, how.fps):
             yield waiting.pop(0)
             released += 1
-    while waiting and released < ticks(original.num_frames):
+    while waiting and released < _tick_count(original.num_frames, source_fps, how.fps):
         yield waiting.pop(0)
         released += 1
 

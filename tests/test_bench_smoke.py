@@ -12,16 +12,22 @@ import pytest
 from tests.conftest import REPO
 
 
-def test_training_bench_prints_its_rates_and_the_ratios_against_the_old_steps():
+def run_bench(*args: str, timeout: int = 600) -> str:
+    """A bench script run as a user runs it; its output, once it has exited 0."""
     done = subprocess.run(
-        [sys.executable, "bench/training.py", "--config", "configs/tiny.yaml", "--steps", "2"],
+        [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_training_bench_prints_its_rates_and_the_ratios_against_the_old_steps():
+    out = run_bench("bench/training.py", "--config", "configs/tiny.yaml", "--steps", "2")
     assert re.search(r"train-dynamics \(float32\): +\d+ tokens/s", out), out
     ratios = re.findall(r"^  (train-\S+).*: ([\d.]+)x$", out, flags=re.MULTILINE)
     assert [name for name, _ in ratios] == ["train-tokenizer,", "train-dynamics"], out
@@ -31,17 +37,10 @@ def test_training_bench_prints_its_rates_and_the_ratios_against_the_old_steps():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_scale_bench_runs_every_stage_at_two_sizes_and_prints_the_ratios(ray_head, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "bench/scale.py", "--videos", "20", "200", "--s3-videos", "0"]
-        + ["--work", str(tmp_path), "--ray-address", ray_head["address"]],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    sizes = "--videos 20 200 --s3-videos 0".split()
+    out = run_bench(
+        "bench/scale.py", *sizes, "--work", str(tmp_path), "--ray-address", ray_head["address"], timeout=900
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    out = done.stdout
     for stage in ("ingest", "encode", "generate"):
         assert len(re.findall(rf"N= +(?:20|200) {stage} +[\d.]+ s, +[\d.]+ ms/", out)) == 2, out
         own_work = "" if stage == "generate" else r"its tasks' own work per video [\d.]+x; "
@@ -53,18 +52,8 @@ def test_scale_bench_runs_every_stage_at_two_sizes_and_prints_the_ratios(ray_hea
 
 @pytest.mark.slow
 def test_video_memory_bench_ingests_each_length_and_prints_the_ratio(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "bench/video_memory.py", "--seconds", "4", "8", "--width", "640", "--height", "360"]
-        + ["--work", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    rows = re.findall(r"640x360, (\d) s .*its task [\d.]+ s .*task peak RSS (\d+) MiB", done.stdout)
-    assert [seconds for seconds, _ in rows] == ["4", "8"] and all(int(rss) > 0 for _, rss in rows), (
-        done.stdout
-    )
-    assert re.search(r"8 s against 4 s: [\d.]+x \(1 is linear\)", done.stdout), done.stdout
+    sizes = "--seconds 4 8 --width 640 --height 360".split()
+    out = run_bench("bench/video_memory.py", *sizes, "--work", str(tmp_path))
+    rows = re.findall(r"640x360, (\d) s .*its task [\d.]+ s .*task peak RSS (\d+) MiB", out)
+    assert [seconds for seconds, _ in rows] == ["4", "8"] and all(int(rss) > 0 for _, rss in rows), out
+    assert re.search(r"8 s against 4 s: [\d.]+x \(1 is linear\)", out), out

@@ -60,7 +60,6 @@ class ShardEncoder:
 
         began = time.time()  # wall clock: the driver compares it with its own (one host, or NTP's)
         shards = [int(shard) for shard in batch["shard"]]
-        missing = []
         for row, shard in enumerate(shards):
             began_shard = time.time()
             frames = torch.from_numpy(np.array(batch["frames"][row]))  # a writable copy
@@ -85,11 +84,9 @@ class ShardEncoder:
             self.store.write_shard(
                 shard, codes, keys, batch["start"][row], split, rejects, batch["motion"][row], seconds
             )
-            missing.append(int((split == MISSING).sum()))
         return {
             "shard": np.array(shards),
             "clips": np.array([len(batch["clip"][row]) for row in range(len(shards))]),
-            "missing": np.array(missing),
             "encoded": np.array([(began, time.time())] * len(shards)),
         }
 
