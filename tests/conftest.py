@@ -328,9 +328,9 @@ def run_stvideo_listening(
             kill_family(process)
         process.wait(timeout=60)
         out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(
-            process.args, process.returncode, out.read(), err.read()
-        ), listening
+        result = subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read())
+        result.pid = process.pid  # the CLI's own process: what tests tell apart from Ray's workers
+        return result, listening
 
 
 def listening_sockets(pid: int) -> set[tuple[str, str, int]]:

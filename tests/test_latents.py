@@ -1,6 +1,7 @@
 """The latent store and its reader, on real Zarr stores (local and S3)."""
 
 import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -222,18 +223,44 @@ def test_a_corrupted_chunk_is_one_line_naming_array_shard_and_clip(tmp_path):
     assert "\n" not in message and "array 'codes', shard 1 (clips 4..7)" in message and "clip 4" in message
 
 
+def test_generations_resume_their_recorded_clips_and_start_over_for_other_settings(tmp_path):
+    """A batch's record marks its clips done; a second prepare with the same clips and settings
+    keeps them (a resumed generate redoes only the rest), with other settings starts over."""
+    from pipeline.generations import GenerationStore
+
+    uri, shape = str(tmp_path / "codes.zarr"), (2, 3, *GRID)
+    first = GenerationStore.prepare(uri, shape, [4, 9, 11], ["a", "b", "c"], {"seed": 0})
+    first.write_clip(1, np.full(shape, 7, np.uint16))
+    first.write_preview(1, {"generated": np.ones((3, 1, 4, 4), np.uint8)})
+    first.write_clip(2, np.full(shape, 8, np.uint16))  # written, but its batch was never recorded
+    first.record_batch([{"position": 1, "error": ""}, {"position": 0, "error": "ValueError: bad"}])
+    again = GenerationStore.prepare(uri, shape, [4, 9, 11], ["a", "b", "c"], {"seed": 0})
+    assert again.done_positions() == {0, 1}
+    [record] = again.records()
+    assert record["writer"]["pid"] == os.getpid() and [c["position"] for c in record["clips"]] == [1, 0]
+    assert (again.group["codes"][1] == 7).all() and again.preview(1)["generated"].sum() == 3 * 16
+    assert not zarr.open_group(uri, mode="r").attrs["complete"]
+    other = GenerationStore.prepare(uri, shape, [4, 9, 11], ["a", "b", "c"], {"seed": 1})
+    assert other.done_positions() == set() and not other.group["codes"][:].any()
+    other.finish(np.array([1, 0, 1]))
+    assert zarr.open_group(uri, mode="r").attrs["complete"] and list(other.group["ok"][:]) == [1, 0, 1]
+
+
 def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
     """tensorstore's zarr3 driver (what JAX-side trainers use) reads every array of the latent
     store and of generations' codes.zarr, with the values zarr-python wrote."""
     import tensorstore
 
-    from pipeline.generations import read_names, write_codes
+    from pipeline.generations import GenerationStore, read_names
 
     latents = str(tmp_path / "latents.zarr")
     store = make_store(latents, num_clips=10, per_shard=4)
     codes = str(tmp_path / "codes.zarr")
     names = ["000001", "clip-ü-2", "a much longer clip name"]
-    write_codes(codes, [np.full((2, 3, *GRID), i, np.uint16) for i in range(3)], [1, 2, 3], names, {"s": 1})
+    generations = GenerationStore.prepare(codes, (2, 3, *GRID), [1, 2, 3], names, {"s": 1})
+    for position in range(3):  # as generate's actors write them, a clip each
+        generations.write_clip(position, np.full((2, 3, *GRID), position, np.uint16))
+    generations.finish(np.array([1, 0, 1]))
     opened = 0
     for folder in (latents, codes):
         for name, array in zarr.open_group(folder, mode="r").arrays():
@@ -241,7 +268,7 @@ def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
             other = tensorstore.open(spec, read=True).result()
             assert np.array_equal(other.read().result(), array[:]), (folder, name)
             opened += 1
-    assert opened == 5 + 3  # codes, source, start_frame, split, motion; codes, clip, name
+    assert opened == 5 + 4  # codes, source, start_frame, split, motion; codes, clip, name, ok
     assert list(store.sources()) == [f"video-{i}" for i in range(10)]
     assert read_names(codes) == names
 

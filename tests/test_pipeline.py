@@ -11,6 +11,7 @@ from tests.conftest import (
     DEFAULT_TRACKING_URI,
     REPO,
     is_loopback,
+    kill_when,
     run_stvideo,
     run_stvideo_listening,
     runs_of,
@@ -169,22 +170,30 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert "WANDB_API_KEY: <redacted>" in open(logged).read()
     assert not [path for path in root.rglob("*") if path.is_file() and b"hunter2" in path.read_bytes()]
 
-    # the same seed gives the same continuations whatever the batching and the number of actors
+    # generate's actors wrote the codes and recorded each batch; the driver (the CLI) wrote none
+    records = [json.loads(p.read_text()) for p in (out / "codes.zarr" / "_progress").glob("batch-*.json")]
+    assert sum(len(record["clips"]) for record in records) == metrics["clips"]
+    assert all(record["writer"]["pid"] not in (result.pid, 0) for record in records)
+
+    # the same seed gives the same continuations and scores whatever the batching and the number
+    # of actors, and a generate killed mid-run resumes with the clips no batch record names
     config = untracked_tiny(root)
-    again = run_stvideo(
-        "generate",
-        *config,
-        "--set",
-        "generate.name=two-actors",
-        "--set",
-        "generate.num_actors=2",
-        "--set",
-        "generate.batch_size=3",
-    )
+    two_actors = ["generate", *config, "--set", "generate.name=two-actors"]
+    two_actors += ["--set", "generate.num_actors=2", "--set", "generate.batch_size=3"]
+    staging = root / ".staging" / "generations" / "two-actors" / "codes.zarr" / "_progress"
+    recorded = kill_when(two_actors, staging, "batch-*.json", 1)
+    assert 1 <= recorded < metrics["clips"] / 3, "the kill must land mid-run"
+    again = run_stvideo(*two_actors)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "generate: resuming the unfinished run" in again.stdout
+    assert "clips were already generated and kept" in again.stdout
+    resumed = root / "generations" / "two-actors"
     first = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][:]
-    second = zarr.open_group(str(root / "generations" / "two-actors" / "codes.zarr"), mode="r")["codes"][:]
+    second = zarr.open_group(str(resumed / "codes.zarr"), mode="r")["codes"][:]
     assert np.array_equal(first, second)
+    scores = json.loads((resumed / "metrics.json").read_text())
+    assert {**scores, "seconds": 0} == {**metrics, "seconds": 0}
+    assert len(list((resumed / "videos").glob("*.mp4"))) == metrics["clips"]
 
     # a rerun skips every complete stage; a changed generate setting redoes generate alone
     rerun = run_stvideo("run", *config, "--set", "generate.seed=1")

@@ -1,11 +1,13 @@
 """`stvideo generate`: continuations for every clip of a split, scored in the same run.
 
-A Ray Data job. An actor pool loads the dynamics model and the tokenizer once per
-actor; each actor continues its clips (`dynamics.generate`), scores them against
-their true frames (`pipeline.truth`) beside the references (`dynamics.evaluate`)
-and writes each clip's mp4. Rows come back as numpy columns; the driver writes
-`codes.zarr`, `metrics.json` and a preview grid (`preview.gif` / `preview.mp4`),
-and logs the scores to MLflow.
+A Ray Data job. An actor pool loads the dynamics model and the tokenizer once per actor; each
+actor continues its clips (`dynamics.generate`), scores them against their true frames
+(`pipeline.truth`) beside the references (`dynamics.evaluate`) and writes what it made itself:
+each clip's codes into `codes.zarr` (pre-sized by the driver, a chunk per clip) and its mp4, a
+preview clip's frames, then the batch's record (`pipeline.generations`). The driver receives a
+count per batch; it aggregates the records into `metrics.json`, draws the preview grid
+(`preview.gif` / `preview.mp4`) and logs the scores to MLflow. A killed run resumes with the
+clips no record names.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import itertools
 import json
 import tempfile
 import time
-from collections import defaultdict
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.generations import write_codes, write_preview
+from pipeline.generations import GenerationStore, write_preview
 from pipeline.latents import LatentStoreError, open_latents
 from pipeline.moving_mnist import load_glyphs
 from pipeline.preview import to_rgb
@@ -51,65 +52,64 @@ def protocol_name(prompt_frames: int, steps: int) -> str:
     return f"{prompt_frames}->{steps}"
 
 
-def scores_column(prompt_frames: int, steps: int) -> str:
-    """The batch column of a further protocol's score tables."""
-    return f"scores_{prompt_frames}_{steps}"
+@dataclass(frozen=True)
+class GeneratorInputs:
+    """What every `ClipGenerator` actor is built from."""
+
+    layout: Layout
+    settings: GenerationSettings
+    protocols: list[tuple[int, int]]
+    raw_videos: dict[str, RawVideo]
+    train_mean: np.ndarray | None  # the train split's mean frame, a reference
+    preview_positions: set[int]  # the clips whose frames the preview grid shows
+    fps: float
+    scratch: Path
+    identity: DigitIdentity | None  # the digit classifier for generated Moving MNIST, else None
+    registry: str | None = None  # the MLflow the checkpoints come from, None for folders
 
 
 class ClipGenerator:
     """Ray Data actor: continues, scores and writes a batch of clips. A row is a clip of the
-    latent store (`codes`, its source video's `key` and `start`) or a brought video (`path`)."""
+    latent store (its `clip` index, source video `key` and `start`) or a brought video (`path`),
+    at `position` in `codes.zarr`. Returns the batch's clip count: nothing it made."""
 
-    def __init__(
-        self,
-        layout,
-        settings,
-        protocols,
-        raw_videos,
-        train_mean,
-        preview_clips,
-        fps,
-        scratch,
-        identity,
-        registry=None,
-    ):
+    def __init__(self, inputs: GeneratorInputs):
         from tokenizer.tokenizer import Tokenizer
 
         torch.set_num_threads(1)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        layout, registry = inputs.layout, inputs.registry
         # an actor may run on any node: the checkpoints come from their URIs (the root's folders or
         # pinned MLflow versions), through its scratch cache
-        dynamics = models.checkpoint_folder(layout.dynamics, scratch, registry)
+        dynamics = models.checkpoint_folder(layout.dynamics, inputs.scratch, registry)
         self.model, _ = load_dynamics(dynamics, map_location=device)
-        tokenizer = models.checkpoint_folder(layout.tokenizer, scratch, registry)
+        tokenizer = models.checkpoint_folder(layout.tokenizer, inputs.scratch, registry)
         self.tokenizer = Tokenizer.from_pretrained(tokenizer, map_location=device)
-        self.settings, self.protocols, self.preview_clips, self.fps = settings, protocols, preview_clips, fps
+        self.inputs, self.settings = inputs, inputs.settings
         self.size, self.channels = self.tokenizer.config.frame_size, self.tokenizer.config.in_channels
-        self.truth = StoreTruth(raw_videos, self.size, self.channels)
-        self.train_mean = None if train_mean is None else torch.tensor(train_mean)  # Ray's is read-only
-        self.identity = identity  # a DigitIdentity for generated Moving MNIST, else None
+        self.truth = StoreTruth(inputs.raw_videos, self.size, self.channels)
+        mean = inputs.train_mean
+        self.train_mean = None if mean is None else torch.tensor(mean)  # Ray's array is read-only
+        self.latents = None  # opened on the first clip of the store
+        self.out = GenerationStore.open(storage.join(layout.generations, "codes.zarr"))
         self.videos = storage.join(layout.generations, "videos")
-        s, none = settings, np.zeros((0, self.channels, self.size, self.size), np.uint8)
-        self.rejected = {  # the row of an input that failed: zero codes, NaN scores, no preview
-            "codes": np.zeros((s.samples, s.prompt_frames + s.generate_frames, *self.model.grid), np.uint16),
-            "scores": evaluate.score_table({}, s.generate_frames),
-            "prompt_identity": np.full(2, np.nan),  # reconstructed, original
-            **{scores_column(p, k): evaluate.score_table({}, k) for p, k in protocols},
-            **{f"preview_{kind}": none for kind in PREVIEW},
-        }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        columns = defaultdict(list)
-        for index, clip in enumerate(batch["clip"].tolist()):
-            name, error = str(batch["name"][index]), ""
+        began, clips = time.time(), []
+        for index, position in enumerate(batch["position"].tolist()):
+            clip = {
+                "position": position,
+                "clip": int(batch["clip"][index]),
+                "name": str(batch["name"][index]),
+            }
             try:
-                row = self._continue(clip, name, *self._clip(batch, index))
+                clip.update(self._continue(clip, *self._clip(batch, index)), error="")
             except Exception as err:  # one bad input is reported, the rest of the batch goes on
-                error = f"{type(err).__name__}: {logs.first_line(err)}"
-                row = self.rejected
-            for key, value in {"clip": clip, "name": name, "error": error, **row}.items():
-                columns[key].append(value)
-        return {key: _column(values) for key, values in columns.items()}
+                clip["error"] = f"{type(err).__name__}: {logs.first_line(err)}"
+            clips.append(clip)
+        self.out.record_batch(clips, {"seconds": time.time() - began})
+        rejected = sum(bool(clip["error"]) for clip in clips)
+        return {"clips": np.array([len(clips)]), "rejected": np.array([rejected])}
 
     def _clip(self, batch: dict[str, np.ndarray], index: int) -> tuple[torch.Tensor, torch.Tensor, list]:
         """A row's codes [T, h, w], its true frames uint8 [T, C, H, W] and its digits' tracks."""
@@ -118,57 +118,57 @@ class ClipGenerator:
             frames = s.prompt_frames + s.generate_frames
             truth = video_start(str(batch["path"][index]), s.prompt_frames, frames, self.size, self.channels)
             return self.tokenizer.encode(torch.from_numpy(truth)).cpu(), torch.from_numpy(truth), []
-        codes = torch.from_numpy(batch["codes"][index].astype(np.int64))
+        if self.latents is None:
+            self.latents = open_latents(self.inputs.layout.latents)
+        codes = torch.from_numpy(self.latents.codes[int(batch["clip"][index])].astype(np.int64))
         key, start = str(batch["key"][index]), int(batch["start"][index])
         truth = self.truth.clip(key, start, len(codes))
         return codes, torch.from_numpy(truth), self.truth.digit_tracks(key, start, len(codes))
 
     def _identify(self, tracks: list) -> evaluate.Identify | None:
-        if self.identity is None or not tracks:
+        if self.inputs.identity is None or not tracks:
             return None
 
         def identify(frames: torch.Tensor, first: int) -> torch.Tensor:
             span = [DigitTrack(t.label, t.corners[first : first + len(frames)]) for t in tracks]
-            return self.identity.score(frames, span)
+            return self.inputs.identity.score(frames, span)
 
         return identify
 
-    def _continue(self, clip: int, name: str, codes: torch.Tensor, truth: torch.Tensor, tracks: list) -> dict:
-        """S continuations of one clip: their codes, score table and mp4 (sample 0), the preview
-        frames of a preview clip; then the score table of each further protocol."""
-        s, identify = self.settings, self._identify(tracks)
-        run = continue_clip(self.model, self.tokenizer, codes, clip, s, truth=truth)
-        scores = evaluate.score_continuation(run, truth, self.train_mean, identify)
-        row = {
-            "codes": run.codes.numpy().astype(np.uint16),
-            "scores": evaluate.score_table(scores, run.steps),
-        }
+    def _continue(self, clip: dict, codes: torch.Tensor, truth: torch.Tensor, tracks: list) -> dict:
+        """S continuations of one clip: its codes, mp4 (sample 0) and, for a preview clip, its
+        frames are written; its scores (per reference, metric and step) and those of each further
+        protocol are returned."""
+        s, identify, position = self.settings, self._identify(tracks), clip["position"]
+        run = continue_clip(self.model, self.tokenizer, codes, clip["clip"], s, truth=truth)
+        scored = {"scores": _scores(run, truth, self.train_mean, identify), "prompt_identity": None}
         if identify is not None:
             prompt = evaluate.prompt_identity(run, truth, identify)
-            row["prompt_identity"] = np.array([prompt["reconstructed"], prompt["original"]])
-        for prompt_frames, steps in self.protocols:
-            scores = {}
-            if prompt_frames < len(codes):
-                other = continue_clip(self.model, self.tokenizer, codes, clip, s, prompt_frames, steps, truth)
-                scores = evaluate.score_continuation(other, truth, self.train_mean, identify)
-            row[scores_column(prompt_frames, steps)] = evaluate.score_table(scores, steps)
-        video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.fps, codec="libx264", crf=12)
-        storage.write_bytes_atomic(storage.join(self.videos, f"{name}.mp4"), video)
-        if clip in self.preview_clips:
+            scored["prompt_identity"] = [prompt["reconstructed"], prompt["original"]]
+        scored["protocols"] = {}
+        for prompt_frames, steps in self.inputs.protocols:
+            if prompt_frames < len(codes):  # a clip no longer than the prompt has no scores
+                other = continue_clip(
+                    self.model, self.tokenizer, codes, clip["clip"], s, prompt_frames, steps, truth
+                )
+                scores = _scores(other, truth, self.train_mean, identify)
+                scored["protocols"][protocol_name(prompt_frames, steps)] = scores
+        self.out.write_clip(position, run.codes.numpy())
+        video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.inputs.fps, codec="libx264", crf=12)
+        storage.write_bytes_atomic(storage.join(self.videos, f"{clip['name']}.mp4"), video)
+        if position in self.inputs.preview_positions:
             shown = (run.frames[0], run.median, truth)
-            row.update(
-                {f"preview_{kind}": frames.numpy() for kind, frames in zip(PREVIEW, shown, strict=True)}
+            self.out.write_preview(
+                position, {kind: frames.numpy() for kind, frames in zip(PREVIEW, shown, strict=True)}
             )
-        return {**self.rejected, **row}  # what this clip lacks (mostly: preview frames) stays empty
+        return scored
 
 
-def _column(values: list) -> np.ndarray:
-    """One column of a batch; frames of different lengths (previews) as an array of arrays."""
-    if len({np.shape(value) for value in values}) == 1:
-        return np.array(values)
-    column = np.empty(len(values), dtype=object)
-    column[:] = values
-    return column
+def _scores(run, truth: torch.Tensor, train_mean, identify) -> dict[str, dict[str, list[float]]]:
+    """A continuation's scores (reference -> metric -> per step) as every clip's are kept: the
+    fixed set of references and metrics a score table holds."""
+    scores = evaluate.score_continuation(run, truth, train_mean, identify)
+    return evaluate.table_scores(evaluate.score_table(scores, run.steps))
 
 
 def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
@@ -187,53 +187,60 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     if not gen.videos and not raw_videos:
         raise StageInputError(f"{layout.raw_manifest}: unreadable; store clips are scored on the raw videos")
-    out = layout.generations
-    settings, protocols = GenerationSettings.of(gen), [tuple(protocol) for protocol in gen.protocols]
+    out, settings = layout.generations, GenerationSettings.of(gen)
+    protocols = [tuple(protocol) for protocol in gen.protocols]
     preview_clips = spread_over_videos(items, gen.preview_clips)
     fps = float(store.attrs["fps"] or cfg.data.fps)
-
-    started = time.perf_counter()
-    train = set(store.sources()[store.group["split"][:] == TRAIN].tolist())
-    size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
-    train_mean = mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos)
-    identity = _digit_identity(cfg.data) if not gen.videos else None
-    actor = (
-        layout,
-        settings,
-        protocols,
-        raw_videos,
-        train_mean,
-        set(preview_clips),
-        fps,
-        scratch,
-        identity,
-        registry,
-    )
-    results = _continue_all(cfg, items, actor)
-    seconds = time.perf_counter() - started
-
-    rejected = [{"clip": str(r["name"]), "reason": str(r["error"])} for r in results.values() if r["error"]]
-    done = [result for result in results.values() if not result["error"]]
-    if not done:
-        raise StageInputError(
-            f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
-        )
-    identity = file_identity(dynamics_local / "model.safetensors")
-    write_codes(
+    generations = GenerationStore.prepare(
         storage.join(out, "codes.zarr"),
-        [result["codes"] for result in done],
-        [result["clip"] for result in done],
-        [str(result["name"]) for result in done],
+        (gen.samples, gen.prompt_frames + gen.generate_frames, *store.attrs["grid"]),
+        [item["clip"] for item in items],
+        [item["name"] for item in items],
         {
             **asdict(settings),
             "fps": fps,
             "preview_clips": preview_clips,
             "protocols": [list(protocol) for protocol in protocols],
-            "dynamics_identity": identity,
+            "dynamics_identity": file_identity(dynamics_local / "model.safetensors"),
             "tokenizer_identity": dynamics_config["tokenizer_identity"],
             "latents": layout.latents,
         },
     )
+    kept = generations.done_positions()  # a resumed run's recorded clips
+
+    started = time.perf_counter()
+    pending = [item for item in items if item["position"] not in kept]
+    if pending:
+        train = set(store.sources()[store.group["split"][:] == TRAIN].tolist())
+        size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
+        position_of = {item["clip"]: item["position"] for item in items}
+        inputs = GeneratorInputs(
+            layout=layout,
+            settings=settings,
+            protocols=protocols,
+            raw_videos=raw_videos,
+            train_mean=mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos),
+            preview_positions={position_of[clip] for clip in preview_clips},
+            fps=fps,
+            scratch=scratch,
+            identity=_digit_identity(cfg.data) if not gen.videos else None,
+            registry=registry,
+        )
+        _continue_all(cfg, pending, inputs)
+    seconds = time.perf_counter() - started
+
+    clips = sorted((clip for record in generations.records() for clip in record["clips"]), key=_position)
+    if [clip["position"] for clip in clips] != list(range(len(items))):
+        raise RuntimeError(
+            f"generate: {generations.uri} records {len(clips)} clips, not the {len(items)} planned"
+        )
+    rejected = [{"clip": clip["name"], "reason": clip["error"]} for clip in clips if clip["error"]]
+    done = [clip for clip in clips if not clip["error"]]
+    if not done:
+        raise StageInputError(
+            f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
+        )
+    generations.finish(np.array([not clip["error"] for clip in clips]))
     trained = _trained({"tokenizer": tokenizer_local, "dynamics": dynamics_local})
     metrics = {
         **_aggregate(done, protocols),
@@ -248,8 +255,10 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     }
     metrics_json = json.dumps(metrics, indent=2).encode()
     storage.write_bytes_atomic(storage.join(out, "metrics.json"), metrics_json)
-    shown = [results[i] for i in preview_clips if len(results.get(i, {}).get("preview_generated", ()))]
-    frames = {kind: [result[f"preview_{kind}"] for result in shown] for kind in PREVIEW}
+    generated = {clip["position"] for clip in done}
+    position_of = {item["clip"]: item["position"] for item in items}
+    shown = [generations.preview(position_of[c]) for c in preview_clips if position_of[c] in generated]
+    frames = {kind: [clip[kind] for clip in shown] for kind in PREVIEW}
     median = frames["median"] if gen.samples > 1 else None
     preview_gif = write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
 
@@ -268,6 +277,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     )
     if rejected:
         summary += f"; {len(rejected)} rejected (see metrics.json)"
+    if kept:
+        summary += f"; {len(kept)} clips were already generated and kept"
     summary += _cut_short_note(trained)
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
@@ -282,6 +293,10 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
+
+
+def _position(clip: dict) -> int:
+    return clip["position"]
 
 
 def _log_preview_steps(preview_gif: bytes, prompt_frames: int) -> None:
@@ -348,9 +363,10 @@ def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: s
     return folder
 
 
-def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[int, dict]:
-    """Every item through a pool of `ClipGenerator` actors: clip -> its row, in clip order."""
-    gen, results = cfg.generate, {}
+def _continue_all(cfg: PipelineConfig, pending: list[dict], inputs: GeneratorInputs) -> None:
+    """The pending clips through a pool of `ClipGenerator` actors, which write what they make;
+    the driver sees one small row per batch."""
+    gen = cfg.generate
     with ray_session(cfg.ray):
         import ray
         import ray.data
@@ -358,21 +374,18 @@ def _continue_all(cfg: PipelineConfig, items: list[dict], actor: tuple) -> dict[
         logs.configure()  # importing ray.data set its loggers' levels: ours again
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        dataset = ray.data.from_items(items).map_batches(
+        dataset = ray.data.from_items(pending).map_batches(
             ClipGenerator,
-            fn_constructor_args=actor,
+            fn_constructor_args=(inputs,),
             batch_size=gen.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=gen.num_actors),
             num_gpus=gen.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0,
             resources=gen.actor_resources or None,
         )
-        with progress_bar(total=len(items), desc="generate", unit="clip") as bar:
+        with progress_bar(total=len(pending), desc="generate", unit="clip") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for index, clip in enumerate(batch["clip"].tolist()):
-                    results[clip] = {key: column[index] for key, column in batch.items()}
-                    bar.update(1)
-    return dict(sorted(results.items()))
+                bar.update(int(batch["clips"].sum()))
 
 
 def _digit_identity(data) -> DigitIdentity | None:
@@ -384,20 +397,20 @@ def _digit_identity(data) -> DigitIdentity | None:
 
 
 def _aggregate(done: list[dict], protocols: list[tuple[int, int]]) -> dict:
-    """The clips' score tables aggregated: the run's protocol, then each further one; and the
-    digit identity of the prompts as reconstructed and as they are, where it was scored."""
-    metrics = evaluate.aggregate([evaluate.table_scores(result["scores"]) for result in done])
-    prompts = np.array([result["prompt_identity"] for result in done])
-    if len(prompts) and not np.isnan(prompts).any():
-        reconstructed, original = prompts.mean(0).tolist()
+    """The clips' scores aggregated: the run's protocol, then each further one; and the digit
+    identity of the prompts as reconstructed and as they are, where it was scored."""
+    metrics = evaluate.aggregate([clip["scores"] for clip in done])
+    prompts = [clip["prompt_identity"] for clip in done]
+    if prompts and None not in prompts:
+        reconstructed, original = np.array(prompts).mean(0).tolist()
         metrics["prompt_identity"] = {"reconstructed": reconstructed, "original": original}
     if protocols:
         metrics["protocols"] = {}
     for prompt_frames, steps in protocols:
-        per_clip = [evaluate.table_scores(result[scores_column(prompt_frames, steps)]) for result in done]
-        if any(per_clip):  # clips no longer than the prompt have no scores
-            scored = evaluate.aggregate([scores for scores in per_clip if scores])
-            metrics["protocols"][protocol_name(prompt_frames, steps)] = scored
+        name = protocol_name(prompt_frames, steps)
+        per_clip = [clip["protocols"][name] for clip in done if clip["protocols"].get(name)]
+        if per_clip:  # clips no longer than the prompt have no scores
+            metrics["protocols"][name] = evaluate.aggregate(per_clip)
     return metrics
 
 
@@ -459,7 +472,7 @@ def spread_over_videos(items: list[dict], count: int) -> list[int]:
 
 
 def _store_clips(gen, store) -> list[dict]:
-    """The clips of one split of the latent store (at most `max_clips`), with their codes."""
+    """The clips of one split of the latent store (at most `max_clips`); the actors read their codes."""
     clip_frames = int(store.attrs["clip_frames"])
     if gen.prompt_frames >= clip_frames:
         raise StageInputError(
@@ -470,13 +483,12 @@ def _store_clips(gen, store) -> list[dict]:
     chosen = np.flatnonzero(store.group["split"][:] == split_code)[: gen.max_clips or None]
     if len(chosen) == 0:
         raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
-    codes = store.codes.get_orthogonal_selection((chosen,))
     sources, starts = store.sources(), store.group["start_frame"][:]
     return [
         {
+            "position": n,
             "clip": int(i),
             "name": f"{int(i):06d}",
-            "codes": codes[n],
             "key": str(sources[i]),
             "start": int(starts[i]),
         }
@@ -492,4 +504,4 @@ def _brought_videos(path: str, extensions: list[str]) -> list[dict]:
         raise StageInputError(f"generate.videos: given {path!r}; cannot be read ({err})") from None
     if not listed:
         raise StageInputError(f"generate.videos: given {path!r}; expected video files, found none")
-    return [{"clip": i, "name": item.key, "path": item.ref} for i, item in enumerate(listed)]
+    return [{"position": i, "clip": i, "name": item.key, "path": item.ref} for i, item in enumerate(listed)]
