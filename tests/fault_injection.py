@@ -102,6 +102,14 @@ def fingerprint(stage: str, root: Path):
     return json.dumps(metrics, sort_keys=True), hashlib.sha256(codes.tobytes()).hexdigest()
 
 
+def recorded(stage: str, root: Path) -> int | None:
+    """How many progress records (shards, batches) a killed encode or generate left to resume."""
+    progress = {"encode": "latents.zarr", "generate": "generations/default/codes.zarr"}.get(stage)
+    if progress is None:
+        return None
+    return len(list((root / ".staging" / progress / "_progress").glob("*.json")))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="kills per stage")
@@ -130,6 +138,7 @@ def main() -> int:
                 shutil.copytree(clean / OUTPUTS[earlier], root / OUTPUTS[earlier])
             at = rng.uniform(0.4, 0.9) * durations[stage]  # past start-up (imports, Ray), before the end
             killed = kill_after(stvideo(root, stage), at)
+            kept = recorded(stage, root)
             finish(stvideo(root, stage))
             same = fingerprint(stage, root) == fingerprint(stage, clean)
             left = (
@@ -143,6 +152,7 @@ def main() -> int:
             print(
                 f"{stage} #{attempt + 1}: {state} at {at:.1f}s; resumed output "
                 f"{'equals' if same else 'DIFFERS FROM'} the clean run's"
+                + (f" ({kept} progress records were kept for it)" if kept is not None else "")
                 + (f"; left in .staging: {left}" if left else "")
             )
             shutil.rmtree(root)
