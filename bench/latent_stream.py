@@ -71,8 +71,8 @@ def ensure_root(root: Path) -> Path:
 
 def latent_path(uri: str, clips: int, workers: int) -> tuple[float, int]:
     """Steady-state rate: epochs repeat, and the first batches (worker start-up) are not timed."""
-    dataset = LatentClips(uri, TRAIN, shuffle_buffer=64, repeat=True)
-    batches = iter(DataLoader(dataset, batch_size=16, num_workers=workers))
+    dataset = LatentClips(uri, TRAIN, shuffle_buffer=64, repeat=True, batch_size=16)  # as training reads
+    batches = iter(DataLoader(dataset, batch_size=None, num_workers=workers))
     for _ in range(8):
         next(batches)
     started, seen = time.perf_counter(), 0

@@ -172,9 +172,9 @@ def read_latents(root: str) -> dict:
         fs.cat_file(name)
     limit = store.num_clips / (time.perf_counter() - began)
 
-    clips = LatentClips(uri, split=0, shuffle_buffer=256, seed=0)
+    clips = LatentClips(uri, split=0, shuffle_buffer=256, seed=0, batch_size=16)  # as dynamics/train.py
     began, first, count = time.perf_counter(), None, 0
-    for batch in DataLoader(clips, batch_size=16, num_workers=0):
+    for batch in DataLoader(clips, batch_size=None, num_workers=0):
         first = first if first is not None else time.perf_counter() - began
         count += len(batch)
     seconds = time.perf_counter() - began

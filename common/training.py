@@ -270,11 +270,11 @@ def resume_progress(
 
 
 def batches(
-    dataset: IterableDataset, batch_size: int, num_workers: int, seed: int, collate_fn=None
+    dataset: IterableDataset, batch_size: int | None, num_workers: int, seed: int, collate_fn=None
 ) -> Iterator:
-    """Batches of this rank's reader. The loader has its own generator: starting it draws a
-    seed, and from the global RNG that draw would shift a resumed run's random numbers
-    away from the uninterrupted run's."""
+    """Batches of this rank's reader (`batch_size` None: the dataset yields them batched). The
+    loader has its own generator: starting it draws a seed, and from the global RNG that draw
+    would shift a resumed run's random numbers away from the uninterrupted run's."""
     generator = torch.Generator().manual_seed(seed)
     return iter(
         DataLoader(

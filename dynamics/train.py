@@ -143,8 +143,9 @@ def clip_batches(
         skip_per_worker=training.skip_per_worker(
             steps_done * settings.grad_accum, settings.num_workers, settings.batch_size
         ),
+        batch_size=settings.batch_size,  # stacked by the reader: the DataLoader's batches, faster
     )
-    return training.batches(dataset, settings.batch_size, settings.num_workers, settings.seed)
+    return training.batches(dataset, None, settings.num_workers, settings.seed)
 
 
 def step_batch(
@@ -210,8 +211,8 @@ def validate(model: STTransformer, latents_uri: str, settings: DynamicsSettings)
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    clips = LatentClips(latents_uri, VAL, shuffle_buffer=1, seed=0)
-    for index, codes in enumerate(DataLoader(clips, batch_size=settings.batch_size)):
+    clips = LatentClips(latents_uri, VAL, shuffle_buffer=1, seed=0, batch_size=settings.batch_size)
+    for index, codes in enumerate(DataLoader(clips, batch_size=None)):
         if index >= settings.eval_batches:
             break
         for key, value in model(codes.to(device), deterministic=True).metrics().items():

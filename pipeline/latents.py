@@ -100,6 +100,8 @@ class LatentStore:
         does not decode names the array, the shard and the first clip that fails."""
         start, stop = self.shard_range(shard)
         try:
+            if self._shard_chunk is not None:
+                return self._shard_chunk(shard)[: stop - start]
             with zarr.config.set({"codec_pipeline.batch_size": stop - start}):
                 return self.codes[start:stop]
         except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
@@ -109,6 +111,41 @@ class LatentStore:
                 f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode, "
                 f"first at clip {bad} ({reason}); encode again (--force) to rewrite it"
             ) from None
+
+    @cached_property
+    def _shard_chunk(self):
+        """For a store of schema 3 (one chunk per shard, little-endian bytes then zstd, what
+        encode writes), a reader of one shard's chunk: its file's bytes, zstd-decoded. zarr-python
+        spends about 1 ms a chunk hopping between its event loop and worker threads, 20 times
+        the file read and the decode (bench/scale.py), which is what streaming clips does.
+        Other layouts (schema 2's sharded files) return None and are read through zarr-python."""
+        from numcodecs import Zstd
+        from zarr.codecs import BytesCodec
+
+        meta = self.codes.metadata
+        codecs = getattr(meta, "codecs", ())
+        one_chunk_per_shard = tuple(self.codes.chunks) == (self.clips_per_shard, *self.codes.shape[1:])
+        if not (
+            one_chunk_per_shard
+            and len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec)
+            and codecs[0].endian is not None
+            and isinstance(codecs[1], ZstdCodec)
+        ):
+            return None
+        dtype = np.dtype(self.codes.dtype).newbyteorder("<" if codecs[0].endian.value == "little" else ">")
+        zstd = Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+        fs, root = storage.filesystem(storage.join(self.uri, "codes"))
+
+        def read(shard: int) -> np.ndarray:
+            path = f"{root}/{meta.encode_chunk_key((shard, *[0] * (self.codes.ndim - 1)))}"
+            try:
+                data = np.frombuffer(zstd.decode(fs.cat_file(path)), dtype=dtype)
+            except FileNotFoundError:  # zarr writes no chunk that is all fill value
+                return np.full(self.codes.chunks, self.codes.fill_value, dtype=np.uint16)
+            return data.astype(np.uint16, copy=False).reshape(self.codes.chunks)
+
+        return read
 
     def _readable(self, clip: int) -> bool:
         try:
@@ -314,13 +351,19 @@ def open_latents(
 
 
 class LatentClips(IterableDataset):
-    """Clips of one split as integer tensors [T, h, w], streamed a whole shard at a time.
+    """Clips of one split as integer tensors [T, h, w], streamed a whole shard at a time; with
+    `batch_size`, batches of them [B, T, h, w] (for a DataLoader with `batch_size=None`).
 
     Each (rank, DataLoader worker) pair is one reader. With at least as many
     shards as readers, each reader owns whole shards; with fewer, every reader
     reads every shard and keeps the clips whose index falls to it. Either way
     every clip goes to exactly one reader per epoch. Clips pass through a
     shuffle buffer; the order is a pure function of (seed, epoch, reader).
+
+    A batch is the reader's next `batch_size` clips, stacked where they are read: exactly what
+    a DataLoader with that `batch_size` would group (each of its workers fills a batch from its
+    own reader, and batches come round-robin from the workers), without its fetch and collate
+    per clip, which cost the reader as much as reading the store.
     """
 
     def __init__(
@@ -336,6 +379,7 @@ class LatentClips(IterableDataset):
         repeat: bool = False,
         skip_per_worker: list[int] | None = None,
         min_motion: float | None = None,
+        batch_size: int | None = None,
     ):
         store = open_latents(uri, tokenizer_identity)  # fail early, in the constructor
         if min_motion is not None:
@@ -353,6 +397,9 @@ class LatentClips(IterableDataset):
         )
         self.skip_per_worker = skip_per_worker or []  # clips each worker already delivered (resume)
         self.min_motion = min_motion  # clips that move less are left out (NaN: missing, never read)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size: given {batch_size}, expected at least 1 (or None: single clips)")
+        self.batch_size = batch_size
 
     def _reader(self) -> tuple[int, int, int]:
         info = get_worker_info()
@@ -374,25 +421,27 @@ class LatentClips(IterableDataset):
         counts = [int(wanted[slice(*store.shard_range(s))].sum()) for s in range(self.num_shards)]
         return all(sum(counts[r::readers]) > 0 for r in range(readers))
 
-    def _shard_clips(
+    def _kept(
         self, store: LatentStore, wanted: np.ndarray, shard: int, reader: int, readers: int, whole: bool
-    ) -> list:
+    ):
+        """Which clips of a shard this reader takes (a bool per clip), or None for none."""
         start, stop = store.shard_range(shard)
         keep = wanted[start:stop].copy()
-        if not keep.any():
-            return []
-        codes = store.read_shard(shard)
         if not whole:
             keep &= (np.arange(start, stop) % readers) == reader
-        return list(torch.from_numpy(codes[keep].astype(np.int64)))  # one conversion per shard
+        return keep if keep.any() else None
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         reader, readers, worker = self._reader()
         skip = self.skip_per_worker[worker] if worker < len(self.skip_per_worker) else 0
         # a resumed run drops what it already consumed; the order and the crops stay the same
-        return itertools.islice(self._stream(reader, readers), skip, None)
+        clips = itertools.islice(self._stream(reader, readers), skip, None)
+        if self.batch_size is None:
+            return (torch.from_numpy(clip.astype(np.int64)) for clip in clips)
+        return _stacked(clips, self.batch_size)
 
-    def _stream(self, reader: int, readers: int) -> Iterator[torch.Tensor]:
+    def _stream(self, reader: int, readers: int) -> Iterator[np.ndarray]:
+        """This reader's clips (uint16 [T, h, w]) in their shuffled, cropped order."""
         store = open_latents(self.uri)
         wanted = self.wanted(store)
         whole = self._whole_shards_feed_everyone(store, wanted, readers)
@@ -400,29 +449,42 @@ class LatentClips(IterableDataset):
         if not wanted.any():
             moving = f" with motion >= {self.min_motion}" if self.min_motion is not None else ""
             raise LatentStoreError(f"{self.uri}: no clips of split {self.split}{moving}")
+        kept = {shard: self._kept(store, wanted, shard, reader, readers, whole) for shard in shards}
+        crop = self.crop_frames if self.crop_frames and self.crop_frames < self.clip_frames else None
         epoch = 0
         while True:
             rng = np.random.default_rng([self.seed, epoch, reader])
-            buffer: list[torch.Tensor] = []
+            buffer: list[np.ndarray] = []
             for shard in rng.permutation(shards):
-                buffer.extend(self._shard_clips(store, wanted, int(shard), reader, readers, whole))
-                while len(buffer) > self.shuffle_buffer:
-                    yield self._emit(_take_random(buffer, rng), rng)
-            while buffer:
-                yield self._emit(_take_random(buffer, rng), rng)
+                if kept[shard] is not None:
+                    buffer.extend(store.read_shard(int(shard))[kept[shard]])
+                yield from _take_random(buffer, len(buffer) - self.shuffle_buffer, rng, crop)
+            yield from _take_random(buffer, len(buffer), rng, crop)
             if not self.repeat:
                 return
             epoch += 1
 
-    def _emit(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        if self.crop_frames and self.crop_frames < len(clip):
-            begin = int(rng.random() * (len(clip) - self.crop_frames + 1))
-            clip = clip[begin : begin + self.crop_frames]
-        return clip
+
+def _take_random(buffer: list, count: int, rng: np.random.Generator, crop: int | None) -> Iterator:
+    """`count` clips out of the shuffle buffer at random, each in O(1) (swapped to the end
+    first), and cropped to `crop` frames from a random start. The random numbers are drawn at
+    once (a take's, then its crop's, for each clip): the very numbers one draw at a time gives,
+    without its microsecond each."""
+    if count <= 0:
+        return
+    per_clip = 2 if crop else 1
+    draws = rng.random(count * per_clip).tolist()
+    for first in range(0, len(draws), per_clip):
+        index = int(draws[first] * len(buffer))
+        buffer[index], buffer[-1] = buffer[-1], buffer[index]
+        clip = buffer.pop()
+        if crop:
+            begin = int(draws[first + 1] * (len(clip) - crop + 1))
+            clip = clip[begin : begin + crop]
+        yield clip
 
 
-def _take_random(buffer: list, rng: np.random.Generator):
-    """Remove and return a random element in O(1): swap it to the end first."""
-    index = int(rng.random() * len(buffer))
-    buffer[index], buffer[-1] = buffer[-1], buffer[index]
-    return buffer.pop()
+def _stacked(clips: Iterator[np.ndarray], size: int) -> Iterator[torch.Tensor]:
+    """Consecutive clips stacked `size` at a time as int64; a finite stream's last batch may be short."""
+    while batch := list(itertools.islice(clips, size)):
+        yield torch.from_numpy(np.array(batch, dtype=np.int64))

@@ -161,6 +161,44 @@ def test_two_ranks_times_two_workers_see_every_clip_once(tmp_path, num_clips):
     assert clip_ids(seen) == [i for i in range(num_clips) if splits[i] == TRAIN]
 
 
+def test_batches_stacked_by_the_reader_equal_the_data_loaders(tmp_path):
+    """`batch_size` on the reader gives the very batches a DataLoader groups from its clips
+    (two workers, a shuffle, crops, a resumed reader's skip and a short last batch)."""
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=40)
+    options = {"shuffle_buffer": 5, "seed": 3, "crop_frames": 3, "skip_per_worker": [6, 3]}
+    grouped = DataLoader(LatentClips(uri, **options), batch_size=3, num_workers=2)
+    stacked = DataLoader(LatentClips(uri, batch_size=3, **options), batch_size=None, num_workers=2)
+    expected, got = list(grouped), list(stacked)
+    assert len(got) == len(expected) and any(len(batch) < 3 for batch in got)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_order_is_one_draw_at_a_time_through_a_shuffle_buffer(tmp_path):
+    """The reader's order, spelled out plainly: shards in a seeded permutation, each shard's
+    clips into the buffer, then clips out at random (a draw for the take, one for the crop, one
+    at a time) until the buffer holds `shuffle_buffer`; the rest at the epoch's end. What
+    training saw before the reader drew its numbers in bulk."""
+    uri = str(tmp_path / "latents.zarr")
+    make_store(uri, num_clips=40)
+    rng, buffer, expected = np.random.default_rng([7, 0, 0]), [], []
+
+    def take() -> None:
+        index = int(rng.random() * len(buffer))
+        buffer[index], buffer[-1] = buffer[-1], buffer[index]
+        clip, begin = buffer.pop(), int(rng.random() * (CLIP_FRAMES - 3 + 1))
+        expected.append(clip[begin : begin + 3])
+
+    for shard in rng.permutation(10):
+        buffer += [clip_codes(i) for i in range(4 * shard, 4 * shard + 4)]
+        while len(buffer) > 6:
+            take()
+    while buffer:
+        take()
+    got = list(LatentClips(uri, shuffle_buffer=6, seed=7, crop_frames=3))
+    assert len(got) == 40 and all(np.array_equal(a, b.numpy()) for a, b in zip(expected, got, strict=True))
+
+
 def test_shuffling_and_cropping(tmp_path):
     uri = str(tmp_path / "latents.zarr")
     make_store(uri, num_clips=40)
@@ -271,6 +309,21 @@ def test_every_array_opens_in_a_second_zarr_v3_implementation(tmp_path):
     assert opened == 5 + 4  # codes, source, start_frame, split, motion; codes, clip, name, ok
     assert list(store.sources()) == [f"video-{i}" for i in range(10)]
     assert read_names(codes) == names
+
+
+def test_a_shard_read_from_its_file_equals_zarrs_read(tmp_path):
+    """`read_shard` decodes a schema-3 chunk file itself (zarr-python's thread hops cost 20 times
+    the read): the same codes as zarr's, the short last shard cut, and an all-zero shard, whose
+    file zarr never writes, read as zeros."""
+    uri = str(tmp_path / "latents.zarr")
+    store = make_store(uri, num_clips=10, per_shard=4)
+    store.write_shard(1, np.zeros((4, CLIP_FRAMES, *GRID), np.uint16), ["z"] * 4, np.zeros(4), np.zeros(4))
+    assert not (tmp_path / "latents.zarr" / "codes" / "c" / "1" / "0" / "0" / "0").exists()
+    store = open_latents(uri)
+    assert store._shard_chunk is not None  # the direct read, not zarr's
+    codes = zarr.open_group(uri, mode="r")["codes"][:]
+    assert np.array_equal(np.concatenate([store.read_shard(s) for s in range(3)]), codes)
+    assert store.read_shard(2).shape == (2, CLIP_FRAMES, *GRID) and not store.read_shard(1).any()
 
 
 def test_a_store_of_one_chunk_per_clip_is_still_read(tmp_path):
