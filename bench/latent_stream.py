@@ -17,7 +17,6 @@ without one, the tiny pipeline is run into out/bench first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.clips import decode_clips, plan_clips, video_bytes
+from pipeline.clips import ClipWindows, decode_clips, plan_clips, video_bytes
 from pipeline.latents import LatentClips, open_latents
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import TRAIN
 from tokenizer.tokenizer import Tokenizer
 
@@ -82,15 +81,13 @@ def latent_path(uri: str, clips: int, workers: int) -> tuple[float, int]:
 
 
 def pixel_path(root: Path, tokenizer: Tokenizer, keys: set[str], clips: int) -> tuple[float, int]:
-    manifest = json.loads((root / "raw" / "manifest.json").read_text())
+    manifest = RawManifest.read(str(root / "raw"))
     store = open_latents(str(root / "latents.zarr"))
     attrs = store.attrs
-    plans, _ = plan_clips(
-        manifest, str(root / "raw"), attrs["clip_frames"], attrs["clip_stride"], attrs["fps"]
-    )
+    plans = plan_clips(manifest, ClipWindows(attrs["clip_frames"], attrs["clip_stride"], attrs["fps"]))
     by_key = {plan.key: plan for plan in plans if plan.key in keys}
     started, seen = time.perf_counter(), 0
-    for shard in manifest["shards"]:
+    for shard in manifest.shards:
         for sample in iter_samples(str(root / "raw" / shard["name"])):
             plan = by_key.get(sample["__key__"])
             if plan is None:

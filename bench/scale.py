@@ -8,7 +8,7 @@ Each stage runs through the CLI, as a user runs it, one process per stage. Per s
 - the driver's peak RSS (the CLI process's high-water mark, recorded by the runner) and the
   largest Ray worker's (`VmHWM` of every `ray::` process under the driver, polled);
 - objects written per 1,000 videos (files under the stage's output), and for ingest the raw
-  manifest's bytes per video;
+  manifest's bytes per video (and its part records', which hold the videos);
 - the latent reader (`LatentClips` through a DataLoader, as training reads): time to its first
   batch, clips/s, and that rate over its limit (reading every codes file's bytes, in this run);
 - `stvideo status` wall time (the CLI process, start to exit).
@@ -215,6 +215,10 @@ def measure(
     clips = sum(r["clips"] for r in shards)
     row["encode"]["work_per_video"] = sum(r["decode_seconds"] + r["encode_seconds"] for r in shards) / clips
     row["ingest"]["manifest_bytes_per_video"] = len(storage.read_bytes(f"{root}/raw/manifest.json")) / videos
+    parts = storage.join(root, "raw", "_parts")
+    row["ingest"]["parts_bytes_per_video"] = (
+        sum(len(storage.read_bytes(storage.join(parts, name))) for name in storage.list_names(parts)) / videos
+    )
     row["reader"] = read_latents(root)
     if dynamics is None:  # trained once, at the first N: its cost is not what this measures
         run("train-dynamics", sets, env)
@@ -233,7 +237,8 @@ def report(rows: list[dict], where: str) -> None:
             s = row[stage]
             unit = "clip" if stage == "generate" else "video"
             extra = (
-                f", manifest {s['manifest_bytes_per_video']:.0f} B/video"
+                f", manifest.json {s['manifest_bytes_per_video']:.0f} B/video "
+                f"(part records {s['parts_bytes_per_video']:.0f} B/video)"
                 if "manifest_bytes_per_video" in s
                 else ""
             )
@@ -267,6 +272,9 @@ def ratios(rows: list[dict]) -> None:
             work = large[stage]["work_per_video"] / small[stage]["work_per_video"]
             line += f"; its tasks' own work per {unit} {work:.2f}x"
         line += f"; driver peak RSS {large[stage]['driver_mb'] / small[stage]['driver_mb']:.2f}x"
+        if stage != "generate":  # what the driver holds per video: 0 when it holds nothing per video
+            grown = (large[stage]["driver_mb"] - small[stage]["driver_mb"]) * 2**20
+            line += f", {grown / (large['videos'] - small['videos']):.0f} B more per {unit}"
         print(line)
     reader = large["reader"]["clips_per_s"] / small["reader"]["clips_per_s"]
     print(f"  reader   clips/s {reader:.2f}x")

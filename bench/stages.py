@@ -39,9 +39,9 @@ from dynamics.checkpoint import load_dynamics
 from dynamics.generate import GenerationSettings, continue_clip, sample_groups
 from dynamics.rollout import rollout
 from jobs.config import load_config
-from pipeline.clips import decode_clips, plan_clips, video_bytes
+from pipeline.clips import ClipWindows, decode_clips, plan_clips, video_bytes
 from pipeline.latents import open_latents
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from tokenizer.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,13 +69,11 @@ def decoded_clips(root: Path, limit: int):
     """uint8 clips [n, T, C, H, W] of the root's raw videos, as encode cuts them, up to `limit`."""
     store = open_latents(str(root / "latents.zarr"))
     attrs = store.attrs
-    manifest = json.loads((root / "raw" / "manifest.json").read_text())
-    plans, _ = plan_clips(
-        manifest, str(root / "raw"), attrs["clip_frames"], attrs["clip_stride"], attrs["fps"]
-    )
+    manifest = RawManifest.read(str(root / "raw"))
+    plans = plan_clips(manifest, ClipWindows(attrs["clip_frames"], attrs["clip_stride"], attrs["fps"]))
     by_key = {plan.key: plan for plan in plans}
     seen = 0
-    for shard in manifest["shards"]:
+    for shard in manifest.shards:
         for sample in iter_samples(str(root / "raw" / shard["name"])):
             plan = by_key.get(sample["__key__"])
             if plan is None:

@@ -1,13 +1,14 @@
 """Clip windows: which frames of which video make up each clip, and decoding them.
 
-The plan is computed once on the driver from the raw manifest, in manifest
-order, so a clip's global index (its row in the latent store) never depends on
-which worker decodes it or when.
+Clips are numbered in raw manifest order, so a clip's global index (its row in
+the latent store) never depends on which worker decodes it or when. The driver
+only counts each raw shard's clips (`ClipIndex`); the task that encodes a latent
+shard plans that shard's clips itself from the part records of the raw shards it
+overlaps, so no process holds every video's plan.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import logs
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import stored_segments, stored_shots
 from pipeline.video import read_frames, to_channels
 
@@ -65,32 +66,78 @@ def clip_windows(
     return [starts[i] for i in order], [splits[i] for i in order], step
 
 
-def plan_clips(
-    manifest: dict,
-    raw_uri: str,
-    clip_frames: int,
-    clip_stride: int,
-    target_fps: float | None,
-    fractions: tuple[float, float] = (0.0, 0.0),
-) -> tuple[list[VideoPlan], int]:
-    """Every video's clips, numbered in manifest order; returns (plans, total clips).
-    `fractions` (val, test) split the videos of a raw store written before segments."""
-    plans, total = [], 0
-    for shard in manifest["shards"]:
-        if "videos" not in shard:
-            raise ValueError(
-                "raw/manifest.json predates clip planning (no per-video frame counts): rerun ingest"
+@dataclass(frozen=True)
+class ClipWindows:
+    """How clips are cut from every video: the encode settings that decide the clips."""
+
+    clip_frames: int
+    clip_stride: int
+    target_fps: float | None
+    fractions: tuple[float, float] = (0.0, 0.0)  # val, test: split a raw store written before segments
+
+    def plan_videos(self, videos: list[dict], shard_uri: str, first_clip: int) -> list[VideoPlan]:
+        """One raw shard's videos' clips, numbered from `first_clip` in manifest order."""
+        plans = []
+        for video in videos:
+            starts, splits, step = clip_windows(
+                video, self.clip_frames, self.clip_stride, self.target_fps, self.fractions
             )
-        for video in shard["videos"]:
-            starts, splits, step = clip_windows(video, clip_frames, clip_stride, target_fps, fractions)
             if starts:
                 plans.append(
-                    VideoPlan(
-                        video["key"], f"{raw_uri}/{shard['name']}", total, tuple(starts), step, tuple(splits)
-                    )
+                    VideoPlan(video["key"], shard_uri, first_clip, tuple(starts), step, tuple(splits))
                 )
-                total += len(starts)
-    return plans, total
+                first_clip += len(starts)
+        return plans
+
+
+def plan_clips(manifest: RawManifest, windows: ClipWindows) -> Iterator[VideoPlan]:
+    """Every video's clips, numbered from 0 in manifest order, planned a raw shard at a time."""
+    total = 0
+    for shard, videos in manifest.shard_videos():
+        plans = windows.plan_videos(videos, manifest.shard_uri(shard["name"]), total)
+        total += sum(len(plan.starts) for plan in plans)
+        yield from plans
+
+
+@dataclass(frozen=True)
+class ClipIndex:
+    """Where each raw shard's clips begin in the store, and nothing per video: a latent shard's
+    task plans its own clips (`plans`) from the part records of the raw shards it overlaps."""
+
+    manifest: RawManifest
+    windows: ClipWindows
+    shards: tuple[dict, ...]  # the raw shards' entries that give at least one clip, in manifest order
+    bounds: np.ndarray  # int64 [len(names) + 1]: shard i's clips are bounds[i]..bounds[i+1]-1
+    key_width: int  # the longest key, in bytes (the store's key column is that wide)
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.bounds[-1])
+
+    @classmethod
+    def build(cls, manifest: RawManifest, windows: ClipWindows) -> ClipIndex:
+        """One pass over the raw shards' part records, a few at a time."""
+        shards, counts, key_width = [], [], 1
+        for shard, videos in manifest.shard_videos():
+            plans = windows.plan_videos(videos, "", 0)
+            if plans:
+                shards.append(shard)
+                counts.append(sum(len(plan.starts) for plan in plans))
+                key_width = max(key_width, *(len(plan.key.encode()) for plan in plans))
+        bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        return cls(manifest, windows, tuple(shards), bounds, key_width)
+
+    def plans(self, start: int, stop: int) -> list[VideoPlan]:
+        """The plans of clips start..stop-1, cut to that range (a video whose clips straddle two
+        latent shards gives each its part)."""
+        first = int(np.searchsorted(self.bounds, start, side="right")) - 1
+        last = int(np.searchsorted(self.bounds, stop, side="left"))
+        chosen = range(max(first, 0), min(last, len(self.shards)))
+        plans = []
+        for i, videos in zip(chosen, self.manifest.videos_of([self.shards[i] for i in chosen]), strict=True):
+            uri = self.manifest.shard_uri(self.shards[i]["name"])
+            plans += self.windows.plan_videos(videos, uri, int(self.bounds[i]))
+        return shard_plans(plans, (start, stop))
 
 
 def video_bytes(row: dict) -> bytes:
@@ -215,18 +262,15 @@ def decode_shard_clips(
     }
 
 
-def decode_shard_rows(batch: dict, clip_frames: int, frame_size: int, channels: int) -> dict:
-    """Ray Data batch of encode: each row names a latent shard and its videos' plans (JSON); out
-    come that shard's clips as `decode_shard_clips` gives them, one object per column and row
-    (shards differ in size)."""
+def decode_shard_rows(batch: dict, index: ClipIndex, frame_size: int, channels: int) -> dict:
+    """Ray Data batch of encode: each row names a latent shard and its clip range; out come that
+    shard's clips as `decode_shard_clips` gives them, one object per column and row (shards
+    differ in size). The task plans its clips itself from the raw shards' part records."""
     decoded, seconds = [], []
-    for plans in batch["plans"]:
+    for start, stop in zip(batch["start"], batch["stop"], strict=True):
         began = time.perf_counter()
-        decoded.append(
-            decode_shard_clips(
-                [VideoPlan(**plan) for plan in json.loads(plans)], clip_frames, frame_size, channels
-            )
-        )
+        plans = index.plans(int(start), int(stop))
+        decoded.append(decode_shard_clips(plans, index.windows.clip_frames, frame_size, channels))
         seconds.append(time.perf_counter() - began)
     columns = {"shard": batch["shard"], "decode_seconds": np.array(seconds)}
     for name in decoded[0]:

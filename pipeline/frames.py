@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline import storage
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import key_unit, stored_segments
 from pipeline.video import read_frames, to_channels
 
@@ -42,11 +41,8 @@ CACHED_VIDEO_FRAMES = 64
 
 def raw_shard_uris(raw: str) -> list[str]:
     """The non-empty shards listed in the raw folder's `manifest.json`."""
-    manifest_uri = storage.join(raw, "manifest.json")
-    if not storage.exists(manifest_uri):
-        raise FileNotFoundError(f"{manifest_uri} not found: run `stvideo ingest` for this root first")
-    manifest = storage.read_json(manifest_uri)
-    return [storage.join(raw, shard["name"]) for shard in manifest["shards"] if shard["samples"]]
+    manifest = RawManifest.read(raw)
+    return [manifest.shard_uri(shard["name"]) for shard in manifest.shards if shard["samples"]]
 
 
 def video_payload(sample: dict) -> bytes:

@@ -4,6 +4,11 @@ Each shard is built by one worker from a fixed list of inputs. The shard's tar
 is moved into place whole, then a small part record (`raw/_parts/…json`) is
 written; the part record is the commit: a shard without one is unfinished and
 is rebuilt, a shard with one is never rebuilt for the same inputs.
+
+The part records are also the per-shard manifests: each holds its shard's videos (key, frame
+count, rate, shots, segments), and `manifest.json` only lists the shards and the counts. So no
+reader or writer holds every video at once; `RawManifest` reads the videos a shard at a time
+(and reads the schema-1 manifests written before, which held every video inline).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import resource
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from pipeline import storage
@@ -23,7 +29,8 @@ from pipeline.sources import SourceItem
 from pipeline.splits import video_segments
 from pipeline.video import RejectedVideo, probe_video, read_frames
 
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2  # 1 held every video inline; 2 leaves them in the part records
+PARTS_READ_TOGETHER = 64  # part records fetched in one call: concurrently on an object store
 CONTAINER_FIELD = {"mov": "mp4", "m4v": "mp4", "mpeg": "mpg"}
 PREVIEW_FRAMES = 20
 PARTS_DIR = "_parts"
@@ -35,6 +42,11 @@ def shard_name(index: int) -> str:
 
 def part_uri(raw_uri: str, index: int) -> str:
     return storage.join(raw_uri, PARTS_DIR, f"shard-{index:06d}.json")
+
+
+def part_uri_of(raw_uri: str, name: str) -> str:
+    """The part record of the shard named `name` (`shard-000012.tar`)."""
+    return storage.join(raw_uri, PARTS_DIR, name.removesuffix(".tar") + ".json")
 
 
 @dataclass
@@ -199,22 +211,101 @@ def preview_gif(raw_uri: str, shard: str, count: int = 8, max_side: int = 96) ->
     return gif_bytes(tile_videos(videos), fps, scale=2) if videos else None
 
 
-def write_manifest(raw_uri: str, reports: list[ShardReport], fingerprint: str, description: dict) -> dict:
-    """`manifest.json` (shards, counts) and `rejects.jsonl` (path + reason), from the part records."""
-    reports = sorted(reports, key=lambda report: report.index)
-    rejects = [reject for report in reports for reject in report.rejects]
+@dataclass
+class ShardSummary:
+    """What the manifest lists of one finished shard; its videos stay in its part record."""
+
+    index: int
+    name: str
+    samples: int
+    rejected: int
+    bytes: int
+    peak_rss_mb: float = 0.0
+
+    @classmethod
+    def of(cls, report: ShardReport) -> ShardSummary:
+        return cls(
+            report.index, report.name, report.samples, len(report.rejects), report.bytes, report.peak_rss_mb
+        )
+
+
+def write_manifest(raw_uri: str, summaries: list[ShardSummary], fingerprint: str, description: dict) -> dict:
+    """`manifest.json` (shards, counts) and `rejects.jsonl` (path + reason, gathered from the part
+    records of the shards that rejected any, one at a time)."""
+    summaries = sorted(summaries, key=lambda summary: summary.index)
     manifest = {
         "schema_version": MANIFEST_SCHEMA,
         "fingerprint": fingerprint,
         "source": description,
-        "shards": [
-            {"name": r.name, "samples": r.samples, "bytes": r.bytes, "videos": r.videos} for r in reports
-        ],
-        "num_samples": sum(r.samples for r in reports),
-        "num_rejected": len(rejects),
+        "shards": [{"name": s.name, "samples": s.samples, "bytes": s.bytes} for s in summaries],
+        "num_samples": sum(s.samples for s in summaries),
+        "num_rejected": sum(s.rejected for s in summaries),
         "rejects": "rejects.jsonl",
+        "videos": PARTS_DIR,  # each shard's videos: its part record
     }
-    lines = "".join(json.dumps({"path": r["path"], "reason": r["reason"]}) + "\n" for r in rejects)
-    storage.write_bytes_atomic(storage.join(raw_uri, "rejects.jsonl"), lines.encode())
+    handle, local = tempfile.mkstemp(suffix=".jsonl")
+    try:
+        with os.fdopen(handle, "w") as lines:
+            for summary in summaries:
+                if summary.rejected:
+                    for reject in storage.read_json(part_uri(raw_uri, summary.index))["rejects"]:
+                        lines.write(json.dumps({"path": reject["path"], "reason": reject["reason"]}) + "\n")
+        storage.put_file_atomic(local, storage.join(raw_uri, "rejects.jsonl"))
+    finally:
+        os.unlink(local)
     storage.write_json(storage.join(raw_uri, "manifest.json"), manifest)
     return manifest
+
+
+class RawManifest:
+    """A raw folder's `manifest.json`, with each shard's videos read when they are asked for."""
+
+    def __init__(self, raw_uri: str, manifest: dict):
+        self.raw_uri, self.manifest = raw_uri, manifest
+        self.fingerprint: str = manifest["fingerprint"]
+        self.shards: list[dict] = manifest["shards"]  # name, samples, bytes (and videos, schema 1)
+
+    @classmethod
+    def read(cls, raw_uri: str) -> RawManifest:
+        """Raises FileNotFoundError when ingest has not completed there."""
+        uri = storage.join(raw_uri, "manifest.json")
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"{uri} not found: run `stvideo ingest` for this root first")
+        return cls(raw_uri, storage.read_json(uri))
+
+    def shard_uri(self, name: str) -> str:
+        return storage.join(self.raw_uri, name)
+
+    def shard_videos(self) -> Iterator[tuple[dict, list[dict]]]:
+        """(shard entry, its videos) for every shard, in manifest order, a few part records at a
+        time. Raises ValueError for a manifest written before per-video frame counts."""
+        listed = [shard for shard in self.shards if shard["samples"]]
+        for first in range(0, len(listed), PARTS_READ_TOGETHER):
+            chunk = listed[first : first + PARTS_READ_TOGETHER]
+            yield from zip(chunk, self.videos_of(chunk), strict=True)
+
+    def videos_of(self, shards: list[dict]) -> list[list[dict]]:
+        """The videos of these shard entries: inline in a schema-1 manifest, else each one's part
+        record (fetched together)."""
+        if all("videos" in shard for shard in shards):
+            return [shard["videos"] for shard in shards]
+        if self.manifest.get("schema_version", 1) < 2:
+            raise ValueError(
+                "raw/manifest.json predates clip planning (no per-video frame counts): rerun ingest"
+            )
+        return read_part_records(self.raw_uri, [shard["name"] for shard in shards]) if shards else []
+
+    def videos(self) -> Iterator[tuple[dict, dict]]:
+        """(shard entry, video) for every kept video, in manifest order."""
+        for shard, videos in self.shard_videos():
+            for video in videos:
+                yield shard, video
+
+
+def read_part_records(raw_uri: str, names: list[str]) -> list[list[dict]]:
+    """The videos of the named shards' part records, fetched in one call (concurrently where the
+    filesystem is asynchronous, as s3fs is)."""
+    fs, _ = storage.filesystem(raw_uri)
+    paths = [storage.filesystem(part_uri_of(raw_uri, name))[1] for name in names]
+    contents = fs.cat(paths, on_error="raise") if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
+    return [json.loads(contents.get(path) or fs.cat_file(path))["videos"] for path in paths]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import fsspec
@@ -17,7 +16,7 @@ import numpy as np
 
 from common.digit_identity import DigitTrack
 from pipeline.clips import VideoPlan, frame_step, iter_clips, video_bytes
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import TRAIN
 from pipeline.video import probe_video, read_frames, to_channels
 
@@ -28,14 +27,17 @@ class RawVideo:
     step: int  # source frames between consecutive clip frames (see `pipeline.clips.frame_step`)
 
 
-def raw_videos(manifest: dict, shard_uri: Callable[[str], str], fps: float | None) -> dict[str, RawVideo]:
-    """Every video of the raw manifest (in manifest order): its shard's URI (`shard_uri` of the
-    shard's name) and the frame step its clips were cut with at the store's `fps`."""
-    return {
-        video["key"]: RawVideo(shard_uri(shard["name"]), frame_step(video["fps"], fps))
-        for shard in manifest["shards"]
-        for video in shard["videos"]
-    }
+def raw_videos(manifest: RawManifest, keys: set[str], fps: float | None) -> dict[str, RawVideo]:
+    """The videos of `keys` (in manifest order): each one's raw shard and the frame step its clips
+    were cut with at the store's `fps`. The manifest is read a few shards at a time and only these
+    are kept, however many videos it holds."""
+    found: dict[str, RawVideo] = {}
+    for shard, video in manifest.videos():
+        if video["key"] in keys:
+            found[video["key"]] = RawVideo(manifest.shard_uri(shard["name"]), frame_step(video["fps"], fps))
+            if len(found) == len(keys):
+                break
+    return found
 
 
 class StoreTruth:

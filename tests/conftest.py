@@ -361,7 +361,7 @@ def is_loopback(ip: str) -> bool:
 
 def build_raw(root: Path, num_videos: int = 36, per_shard: int = 12, seed: int = 0) -> list[str]:
     """Raw shards of generated Moving MNIST under root/raw, built without Ray (fast fixtures)."""
-    from pipeline.shards import ShardTask, build_shard, plan_shards, write_manifest
+    from pipeline.shards import ShardSummary, ShardTask, build_shard, plan_shards, write_manifest
     from pipeline.sources import MovingMnistSource
 
     source = MovingMnistSource(num_videos=num_videos, fps=10, seed=seed)
@@ -370,7 +370,7 @@ def build_raw(root: Path, num_videos: int = 36, per_shard: int = 12, seed: int =
         build_shard(ShardTask(index, chunk, raw, "fixture", min_frames=20), source)
         for index, chunk in enumerate(plan_shards(source.items(), per_shard))
     ]
-    write_manifest(raw, reports, "fixture", {"kind": "moving-mnist"})
+    write_manifest(raw, [ShardSummary.of(r) for r in reports], "fixture", {"kind": "moving-mnist"})
     return [f"{raw}/{report.name}" for report in reports]
 
 

@@ -37,6 +37,7 @@ import zarr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: `tests.conftest` is importable
 
+from pipeline.shards import RawManifest  # noqa: E402
 from tests.conftest import kill_family, start_stvideo  # noqa: E402
 
 STAGES = ["ingest", "train-tokenizer", "encode", "train-dynamics", "generate"]
@@ -85,10 +86,9 @@ def fingerprint(stage: str, root: Path):
     """What must be equal between a clean and a killed-then-resumed run of `stage`."""
     out = root / OUTPUTS[stage]
     if stage == "ingest":
-        manifest = json.loads((out / "manifest.json").read_text())
         return [
-            (shard["name"], shard["samples"], [(v["key"], v["num_frames"]) for v in shard["videos"]])
-            for shard in manifest["shards"]
+            (shard["name"], shard["samples"], [(v["key"], v["num_frames"]) for v in videos])
+            for shard, videos in RawManifest.read(str(out)).shard_videos()
         ]
     if stage in ("train-tokenizer", "train-dynamics"):
         return sha(out / "model.safetensors")

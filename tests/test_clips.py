@@ -1,12 +1,15 @@
 """The clip decoder encode's Ray tasks run: rows per planned clip, a reason for a damaged video,
 and no torch in the processes that decode."""
 
+import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 
-from pipeline.clips import ClipDecoder, VideoPlan
+from pipeline.clips import ClipDecoder, ClipIndex, ClipWindows, VideoPlan, clip_windows, plan_clips
+from pipeline.shards import RawManifest
 from pipeline.video import encode_mp4
 from tests.conftest import REPO
 
@@ -41,3 +44,59 @@ def test_a_video_that_fails_still_fills_its_rows_with_a_reason(monkeypatch):
 def test_decoding_clips_imports_no_torch():
     script = "import sys, pipeline.clips; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", script], cwd=REPO).returncode == 0
+
+
+def test_each_latent_shard_plans_its_own_clips_from_the_raw_part_records(raw_shards, tmp_path):
+    """Encode's driver keeps a clip count per raw shard; each task plans its latent shard's clips
+    from the part records. They must be the clips, numbers and splits of one plan of everything,
+    for a raw store written today (no video in its manifest) and one written before (every video
+    inline, schema 1)."""
+    raw = raw_shards[0].rsplit("/", 1)[0]
+    today = RawManifest.read(raw)
+    assert all(set(shard) == {"name", "samples", "bytes"} for shard in today.shards)
+    old = tmp_path / "raw"
+    shutil.copytree(raw, old)
+    inline = dict(today.manifest, schema_version=1)
+    inline.pop("videos")
+    inline["shards"] = [
+        dict(
+            shard,
+            videos=json.loads((old / "_parts" / shard["name"].replace(".tar", ".json")).read_text())[
+                "videos"
+            ],
+        )
+        for shard in today.shards
+    ]
+    (old / "_parts").rename(tmp_path / "parts-gone")  # a schema-1 reader must not need them
+    (old / "manifest.json").write_text(json.dumps(inline))
+
+    windows = ClipWindows(clip_frames=8, clip_stride=5, target_fps=None, fractions=(0.2, 0.2))
+    expected, number = [], 0  # every clip, numbered by hand in manifest order
+    for shard in inline["shards"]:
+        for video in shard["videos"]:
+            starts, splits, _ = clip_windows(video, 8, 5, None, (0.2, 0.2))
+            expected += [
+                (number + i, video["key"], start, split)
+                for i, (start, split) in enumerate(zip(starts, splits, strict=True))
+            ]
+            number += len(starts)
+    assert len({clip[3] for clip in expected}) == 3 and number > 64  # every split, several raw shards
+
+    def flat(plans: list[VideoPlan]) -> list[tuple]:
+        return [
+            (plan.first_clip + i, plan.key, start, split)
+            for plan in plans
+            for i, (start, split) in enumerate(zip(plan.starts, plan.splits, strict=True))
+        ]
+
+    for manifest in (today, RawManifest.read(str(old))):
+        assert flat(list(plan_clips(manifest, windows))) == expected
+        index = ClipIndex.build(manifest, windows)
+        assert index.num_clips == number and len(index.shards) == len(raw_shards)
+        for per_shard in (7, 36, 64):  # shards inside a video, on raw shard bounds, across them
+            planned = []
+            for start in range(0, number, per_shard):
+                plans = index.plans(start, min(start + per_shard, number))
+                assert all(plan.shard.endswith(".tar") for plan in plans)
+                planned += flat(plans)
+            assert planned == expected, per_shard

@@ -11,7 +11,7 @@ import webdataset as wds
 import zarr
 
 from pipeline.latents import MISSING, key_strings, open_latents
-from pipeline.shards import iter_samples
+from pipeline.shards import RawManifest, iter_samples
 from pipeline.video import encode_mp4, read_frames
 from tests.conftest import FEW_VIDEOS, build_raw, kill_when, run_stvideo, start_stvideo, untracked_tiny
 from tokenizer.settings import VQGANConfig
@@ -74,8 +74,7 @@ def test_encode_writes_a_store_that_round_trips_through_the_tokenizer(tmp_path):
     assert codes.shape == (40, 20, 16, 16) and codes.dtype == np.uint16 and codes.chunks == (8, 20, 16, 16)
     assert group.attrs["tokenizer_identity"] == tokenizer.identity and group.attrs["complete"]
     assert MISSING not in group["split"][:]
-    manifest = json.loads((root / "raw" / "manifest.json").read_text())
-    assert list(sources) == [v["key"] for shard in manifest["shards"] for v in shard["videos"]]
+    assert list(sources) == [video["key"] for _, video in RawManifest.read(str(root / "raw")).videos()]
 
     # encode then decode gives the tokenizer's own reconstruction of those frames
     samples = {s["__key__"]: s for s in iter_samples(str(root / "raw" / "shard-000001.tar"))}
@@ -148,10 +147,8 @@ def test_a_killed_encode_resumes_without_duplicates_or_holes(tmp_path):
     assert not staging.exists()
     store = open_latents(str(root / "latents.zarr"), tokenizer_identity=tokenizer.identity)
     sources = list(store.sources())
-    manifest = json.loads((root / "raw" / "manifest.json").read_text())
-    assert sources == [
-        v["key"] for shard in manifest["shards"] for v in shard["videos"]
-    ]  # no hole, no duplicate
+    manifest = RawManifest.read(str(root / "raw"))
+    assert sources == [video["key"] for _, video in manifest.videos()]  # no hole, no duplicate
     assert MISSING not in store.group["split"][:]
     samples = {
         s["__key__"]: s
@@ -209,4 +206,4 @@ def test_a_shard_that_mixes_containers_encodes_every_video(tmp_path, video_folde
     assert {"mp4", "webm", "avi", "mkv"} <= containers
     store = open_latents(str(root / "latents.zarr"))
     assert MISSING not in store.group["split"][:] and not store.attrs["rejected"]
-    assert set(store.sources()) == {video["key"] for video in manifest["shards"][0]["videos"]}
+    assert set(store.sources()) == {video["key"] for _, video in RawManifest.read(str(root / "raw")).videos()}

@@ -27,14 +27,21 @@ class StageResult:
     summary: str = ""
 
 
-def check_splits(cfg: PipelineConfig, videos: list[dict], mode: str) -> str:
-    """Clips per split, as a phrase; a split a later stage needs that would be empty is an input
-    error now, not after the hours of training before the stage that needs it."""
+def split_clip_counts(cfg: PipelineConfig, videos: list[dict]) -> Counter:
+    """How many clips of each split the raw manifest's `videos` will give encode."""
     fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
     stride = cfg.encode.clip_stride or cfg.data.clip_frames
     counts: Counter = Counter()
     for video in videos:
         counts.update(clip_windows(video, cfg.data.clip_frames, stride, cfg.encode.fps, fractions)[1])
+    return counts
+
+
+def check_splits(cfg: PipelineConfig, counts: Counter, num_videos: int, mode: str) -> str:
+    """Clips per split (`counts`, of `num_videos` kept videos), as a phrase; a split a later stage
+    needs that would be empty is an input error now, not after the hours of training before the
+    stage that needs it."""
+    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
     needed = {TRAIN, VAL}  # the training stages train on one and evaluate on the other
     if not cfg.generate.videos:  # generate continues a split of the store unless given videos
         needed.add(SPLIT_CODES[cfg.generate.split])
@@ -46,7 +53,7 @@ def check_splits(cfg: PipelineConfig, videos: list[dict], mode: str) -> str:
     if empty:
         raise StageInputError(
             f"data.val_fraction/test_fraction: given {fractions[0]}/{fractions[1]}; split {by}, the "
-            f"{len(videos)} videos kept give the {' and '.join(empty)} split no clip (clips: {found}) and "
+            f"{num_videos} videos kept give the {' and '.join(empty)} split no clip (clips: {found}) and "
             "a later stage needs it: change the fractions or data.split_by, or bring more videos"
         )
     return f"clips {found}, split {by}"

@@ -3,16 +3,17 @@
 The unit of work is one zarr shard of the store (`encode.clips_per_shard` clips). Ray Data does
 the heavy lifting: CPU tasks decode a shard's clip windows with decord from the raw webdataset
 shards, and a pool of tokenizer actors (the model loaded once per actor) encodes them and writes
-the zarr shard itself, owning it whole. The driver plans the shards, pre-sizes the store and
-counts the shards as they are recorded: no frame or code passes through it. Each written shard is
-recorded under `_progress/`, so a killed run resumes where it stopped.
+the zarr shard itself, owning it whole. The driver counts each raw shard's clips (one pass over
+the raw part records, keeping a number per raw shard), pre-sizes the store and counts the shards
+as they are recorded: no video's plan, frame or code passes through it; each task plans its own
+shard's clips. Each written shard is recorded under `_progress/`, so a killed run resumes where
+it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.clips import VideoPlan, decode_shard_rows, plan_clips, shard_plans
+from pipeline.clips import ClipIndex, ClipWindows, decode_shard_rows
 from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
+from pipeline.shards import RawManifest
 from pipeline.splits import SPLIT_CODES
 from tokenizer.tokenizer import CheckpointError, Tokenizer
 
@@ -148,27 +150,33 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
     checkpoint, registry = _pinned_tokenizer(cfg, layout)
     tokenizer, manifest = _load_inputs(layout, checkpoint, registry, storage.scratch_root(cfg.scratch))
     clip_frames = cfg.data.clip_frames
+    windows = ClipWindows(
+        clip_frames,
+        cfg.encode.clip_stride or clip_frames,
+        cfg.encode.fps,
+        (cfg.data.val_fraction, cfg.data.test_fraction),
+    )
     try:
-        plans, num_clips = plan_clips(
-            manifest,
-            layout.raw,
-            clip_frames,
-            cfg.encode.clip_stride or clip_frames,
-            cfg.encode.fps,
-            (cfg.data.val_fraction, cfg.data.test_fraction),
-        )
+        index = ClipIndex.build(manifest, windows)  # a few numbers per raw shard, nothing per video
     except ValueError as err:
         raise StageInputError(str(err)) from None
+    num_clips = index.num_clips
     if num_clips == 0:
         raise StageInputError(f"data.clip_frames: given {clip_frames}; no video in {layout.raw} is that long")
 
-    identity = _identity(cfg, tokenizer, manifest["fingerprint"])
-    key_width = max((len(plan.key.encode()) for plan in plans), default=1)
-    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, key_width)
+    identity = _identity(cfg, tokenizer, manifest.fingerprint)
+    store = _prepare_store(layout.latents, identity, num_clips, cfg, tokenizer.grid, index.key_width)
     done = store.done_shards()
-    pending = _pending_shards(store, plans, done)  # only the videos of unwritten shards are read again
+    pending = [  # only the videos of unwritten shards are read again
+        {"shard": shard, "start": start, "stop": stop}
+        for shard in range(store.num_shards)
+        if shard not in done
+        for start, stop in [store.shard_range(shard)]
+    ]
     span = EncodingSpan()
-    written = _encode_shards(store, pending, cfg, (checkpoint, registry), tokenizer, span) if pending else 0
+    written = (
+        _encode_shards(store, pending, cfg, (checkpoint, registry), index, tokenizer, span) if pending else 0
+    )
     store.finish({"rejected": store.rejects()})  # refuses a store with a shard not recorded
 
     seconds = time.perf_counter() - started
@@ -237,7 +245,7 @@ def _pinned_tokenizer(cfg: PipelineConfig, layout: Layout) -> tuple[str, str | N
 
 def _load_inputs(
     layout: Layout, checkpoint: str, registry: str | None, scratch: Path
-) -> tuple[Tokenizer, dict]:
+) -> tuple[Tokenizer, RawManifest]:
     """The tokenizer to encode with and the raw manifest, or a clear error naming what is missing."""
     if not storage.exists(layout.raw_manifest):
         raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first")
@@ -251,25 +259,7 @@ def _load_inputs(
         ) from None
     except CheckpointError as err:
         raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
-    return tokenizer, storage.read_json(layout.raw_manifest)
-
-
-def _pending_shards(store: LatentStore, plans: list[VideoPlan], done: set[int]) -> list[dict]:
-    """One Ray Data row per unwritten shard: its index and its videos' plans (JSON), cut to its
-    clips. Plans are in clip order, so one pass hands each shard the videos it needs."""
-    pending, index = [], 0
-    for shard in range(store.num_shards):
-        start, stop = store.shard_range(shard)
-        while index < len(plans) and plans[index].first_clip + len(plans[index].starts) <= start:
-            index += 1
-        if shard in done:
-            continue
-        end = index
-        while end < len(plans) and plans[end].first_clip < stop:
-            end += 1
-        parts = shard_plans(plans[index:end], (start, stop))
-        pending.append({"shard": shard, "plans": json.dumps([asdict(part) for part in parts])})
-    return pending
+    return tokenizer, RawManifest.read(layout.raw)
 
 
 def _encode_shards(
@@ -277,6 +267,7 @@ def _encode_shards(
     pending: list[dict],
     cfg: PipelineConfig,
     checkpoint: tuple[str, str | None],
+    index: ClipIndex,
     tokenizer: Tokenizer,
     span: EncodingSpan,
 ) -> int:
@@ -297,7 +288,7 @@ def _encode_shards(
                 batch_size=1,
                 batch_format="numpy",
                 fn_kwargs={
-                    "clip_frames": cfg.data.clip_frames,
+                    "index": index,
                     "frame_size": tokenizer.config.frame_size,
                     "channels": tokenizer.config.in_channels,
                 },
@@ -319,7 +310,7 @@ def _encode_shards(
                 resources=cfg.encode.actor_resources or None,
             )
         )
-        total = sum(stop - start for start, stop in (store.shard_range(row["shard"]) for row in pending))
+        total = sum(row["stop"] - row["start"] for row in pending)
         written = 0
         with progress_bar(total=total, desc="encode", unit="clip") as bar:
             # the driver sees one small row per written shard: its index, clip counts and times

@@ -37,9 +37,10 @@ from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.generations import GenerationStore, write_preview
-from pipeline.latents import LatentStoreError, open_latents
+from pipeline.latents import LatentStoreError, key_strings, open_latents
 from pipeline.moving_mnist import load_glyphs
 from pipeline.preview import to_rgb
+from pipeline.shards import RawManifest
 from pipeline.sources import FolderSource
 from pipeline.splits import SPLIT_CODES, TRAIN
 from pipeline.truth import RawVideo, StoreTruth, mean_frame, raw_videos, video_start
@@ -183,8 +184,9 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
     tokenizer_local = _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
-    raw_videos = _raw_videos(layout, store.attrs["fps"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
+    train = _first_train_videos(store, gen.mean_frame_videos)  # what the mean-frame reference averages
+    raw_videos = _raw_videos(layout, {item["key"] for item in items if "key" in item} | set(train), store)
     if not gen.videos and not raw_videos:
         raise StageInputError(f"{layout.raw_manifest}: unreadable; store clips are scored on the raw videos")
     out, settings = layout.generations, GenerationSettings.of(gen)
@@ -211,7 +213,6 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     started = time.perf_counter()
     pending = [item for item in items if item["position"] not in kept]
     if pending:
-        train = set(store.sources()[store.group["split"][:] == TRAIN].tolist())
         size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
         position_of = {item["clip"]: item["position"] for item in items}
         inputs = GeneratorInputs(
@@ -219,7 +220,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
             settings=settings,
             protocols=protocols,
             raw_videos=raw_videos,
-            train_mean=mean_frame(raw_videos, train, size, channels, gen.mean_frame_videos),
+            train_mean=mean_frame(raw_videos, set(train), size, channels, gen.mean_frame_videos),
             preview_positions={position_of[clip] for clip in preview_clips},
             fps=fps,
             scratch=scratch,
@@ -453,12 +454,25 @@ def _by_video(done: list[dict], items: list[dict], protocols: list[tuple[int, in
     }
 
 
-def _raw_videos(layout: Layout, fps: float | None) -> dict[str, RawVideo]:
-    """Where each video's true frames are; none when the raw shards are gone."""
+def _raw_videos(layout: Layout, keys: set[str], store) -> dict[str, RawVideo]:
+    """Where the named videos' true frames are; none when the raw shards are gone."""
     try:
-        return raw_videos(storage.read_json(layout.raw_manifest), layout.raw_shard, fps)
+        return raw_videos(RawManifest.read(layout.raw), keys, store.attrs["fps"])
     except (OSError, ValueError):
         return {}
+
+
+def _first_train_videos(store, count: int, block: int = 65_536) -> list[str]:
+    """The first `count` videos with a train clip, in store order (the raw manifest's), read a
+    block of clips at a time."""
+    splits, keys = store.group["split"], {}
+    for start in range(0, store.num_clips, block):
+        sources = store.sources(start, start + block)
+        for key in sources[splits[start : start + block] == TRAIN]:
+            keys.setdefault(str(key))
+            if len(keys) == count:
+                return list(keys)
+    return list(keys)
 
 
 def spread_over_videos(items: list[dict], count: int) -> list[int]:
@@ -483,14 +497,15 @@ def _store_clips(gen, store) -> list[dict]:
     chosen = np.flatnonzero(store.group["split"][:] == split_code)[: gen.max_clips or None]
     if len(chosen) == 0:
         raise StageInputError(f"generate.split: given {gen.split!r}; the store has no clips of that split")
-    sources, starts = store.sources(), store.group["start_frame"][:]
+    sources = key_strings(store.group["source"].oindex[chosen])
+    starts = store.group["start_frame"].oindex[chosen]
     return [
         {
             "position": n,
             "clip": int(i),
             "name": f"{int(i):06d}",
-            "key": str(sources[i]),
-            "start": int(starts[i]),
+            "key": str(sources[n]),
+            "start": int(starts[n]),
         }
         for n, i in enumerate(chosen)
     ]

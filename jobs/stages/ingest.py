@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from itertools import islice
 
 from common.identity import value_identity
 from common.progress import progress_bar
@@ -10,12 +12,12 @@ from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
-from jobs.stages.base import StageInputError, StageResult, check_splits
+from jobs.stages.base import StageInputError, StageResult, check_splits, split_clip_counts
 from pipeline import storage
 from pipeline.footage import Preparation
 from pipeline.shards import (
     PARTS_DIR,
-    ShardReport,
+    ShardSummary,
     ShardTask,
     build_shard,
     plan_shards,
@@ -115,37 +117,38 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         ShardTask(index, chunk, raw_uri, current, data.clip_frames, preparation(cfg), splitting)
         for index, chunk in enumerate(plan_shards(items, cfg.ingest.videos_per_shard))
     ]
-    reports: dict[int, ShardReport] = {}
+    # the driver keeps a few numbers per shard; the videos stay in the part records
+    summaries: dict[int, ShardSummary] = {}
+    clips: Counter = Counter()  # clips per split, tallied from each shard's videos as it passes
     for task in tasks:  # shards an unfinished run of this very config already built
         done = read_part(raw_uri, task.index)
         if done is not None and done.fingerprint == current:
-            reports[task.index] = done
-    pending = [task for task in tasks if task.index not in reports]
-    skipped = len(reports)
+            summaries[task.index] = ShardSummary.of(done)
+            clips.update(split_clip_counts(cfg, done.videos))
+    pending = [task for task in tasks if task.index not in summaries]
+    skipped = len(summaries)
 
-    if pending:
-        reports.update(_build_shards(cfg, source, pending, reports))
+    built = _build_shards(cfg, source, pending, summaries, clips) if pending else []
+    summaries.update((summary.index, summary) for summary in built)
 
     manifest = write_manifest(
         raw_uri,
-        list(reports.values()),
+        list(summaries.values()),
         current,
         {"kind": cfg.data.source, "path": cfg.data.path, "num_inputs": len(items), "split_by": mode},
     )
-    kept = [video for shard in manifest["shards"] for video in shard["videos"]]
-    if not kept:
+    if not manifest["num_samples"]:
         raise StageInputError(
             f"data.path: kept none of the {len(items)} videos; why each was rejected: {layout.raw_rejects}"
         )
-    splits = check_splits(cfg, kept, mode)
+    splits = check_splits(cfg, clips, manifest["num_samples"], mode)
     seconds = time.perf_counter() - started
     first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
     preview = preview_gif(raw_uri, first_full) if first_full else None
     if preview:
         storage.write_bytes_atomic(layout.raw_preview, preview)
         tracking.log_bytes(preview, "preview/raw.gif")
-    built = [reports[task.index] for task in pending]
-    processed = sum(r.samples + len(r.rejects) for r in built)
+    processed = sum(summary.samples + summary.rejected for summary in built)
     metrics = {
         "videos_kept": manifest["num_samples"],
         "videos_rejected": manifest["num_rejected"],
@@ -156,7 +159,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     }
     if processed:
         metrics["videos_per_s"] = processed / seconds
-        metrics["task_peak_rss_mb"] = max(r.peak_rss_mb for r in built)
+        metrics["task_peak_rss_mb"] = max(summary.peak_rss_mb for summary in built)
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
         f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; {splits}"
@@ -176,23 +179,38 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
 
 
 def _build_shards(
-    cfg: PipelineConfig, source, pending: list[ShardTask], done: dict[int, ShardReport]
-) -> dict[int, ShardReport]:
-    """One Ray task per pending shard; returns their reports as they finish."""
-    reports: dict[int, ShardReport] = {}
+    cfg: PipelineConfig,
+    source,
+    pending: list[ShardTask],
+    done: dict[int, ShardSummary],
+    clips: Counter,
+) -> list[ShardSummary]:
+    """One Ray task per pending shard; returns their summaries as they finish (each report's
+    videos are tallied into `clips`, then dropped: its part record keeps them).
+
+    At most a few tasks per CPU are submitted at a time: the driver then holds and waits on a
+    bounded set of tasks (each carries its videos' list), not one per shard of the dataset."""
+    built: list[ShardSummary] = []
     with ray_session(cfg.ray):
         import ray
 
         remote_build = ray.remote(num_cpus=1, max_retries=2)(build_shard)
         source_ref = ray.put(source)
-        waiting = [remote_build.remote(task, source_ref) for task in pending]
-        rejected = sum(len(report.rejects) for report in done.values())
+        in_flight = max(8, 4 * int(ray.cluster_resources().get("CPU", 1)))
+        queued, waiting = iter(pending), []
+        rejected = sum(summary.rejected for summary in done.values())
         with progress_bar(total=sum(len(t.items) for t in pending), desc="ingest", unit="video") as bar:
-            while waiting:
+            while True:
+                waiting += [
+                    remote_build.remote(task, source_ref) for task in islice(queued, in_flight - len(waiting))
+                ]
+                if not waiting:
+                    break
                 finished, waiting = ray.wait(waiting, num_returns=1)
                 report = ray.get(finished[0])
-                reports[report.index] = report
+                clips.update(split_clip_counts(cfg, report.videos))
+                built.append(ShardSummary.of(report))
                 rejected += len(report.rejects)
                 bar.update(report.samples + len(report.rejects))
                 bar.set_postfix(rejected=rejected, refresh=False)
-    return reports
+    return built
