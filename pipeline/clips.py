@@ -107,7 +107,7 @@ class ClipIndex:
     manifest: RawManifest
     windows: ClipWindows
     shards: tuple[dict, ...]  # the raw shards' entries that give at least one clip, in manifest order
-    bounds: np.ndarray  # int64 [len(names) + 1]: shard i's clips are bounds[i]..bounds[i+1]-1
+    bounds: np.ndarray  # int64 [len(shards) + 1]: shard i's clips are bounds[i]..bounds[i+1]-1
     key_width: int  # the longest key, in bytes (the store's key column is that wide)
 
     @property
