@@ -65,9 +65,6 @@ class Layout:
     def raw_preview(self) -> str:
         return storage.join(self.raw, "preview.gif")
 
-    def raw_shard(self, name: str) -> str:
-        return storage.join(self.raw, name)
-
     def staging(self, output: str) -> str:
         """Where a stage writes `output` until it is complete: the same path under
         `<root>/.staging/`. No name a config can give starts with a dot, so it never collides."""

@@ -40,11 +40,7 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def part_uri(raw_uri: str, index: int) -> str:
-    return storage.join(raw_uri, PARTS_DIR, f"shard-{index:06d}.json")
-
-
-def part_uri_of(raw_uri: str, name: str) -> str:
+def part_uri(raw_uri: str, name: str) -> str:
     """The part record of the shard named `name` (`shard-000012.tar`)."""
     return storage.join(raw_uri, PARTS_DIR, name.removesuffix(".tar") + ".json")
 
@@ -121,7 +117,7 @@ def build_shard(task: ShardTask, source) -> ShardReport:
         os.unlink(local_tar)
     report.seconds = time.perf_counter() - started
     report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    storage.write_json(part_uri(task.raw_uri, task.index), asdict(report))
+    storage.write_json(part_uri(task.raw_uri, report.name), asdict(report))
     return report
 
 
@@ -158,7 +154,7 @@ def _stored_form(video, item: SourceItem, task: ShardTask) -> tuple[bytes, str, 
 
 def read_part(raw_uri: str, index: int) -> ShardReport | None:
     """The finished shard's record, or None when the shard is unfinished (or its tar is gone)."""
-    uri = part_uri(raw_uri, index)
+    uri = part_uri(raw_uri, shard_name(index))
     if not storage.exists(uri):
         return None
     report = ShardReport(**storage.read_json(uri))
@@ -248,7 +244,7 @@ def write_manifest(raw_uri: str, summaries: list[ShardSummary], fingerprint: str
         with os.fdopen(handle, "w") as lines:
             for summary in summaries:
                 if summary.rejected:
-                    for reject in storage.read_json(part_uri(raw_uri, summary.index))["rejects"]:
+                    for reject in storage.read_json(part_uri(raw_uri, summary.name))["rejects"]:
                         lines.write(json.dumps({"path": reject["path"], "reason": reject["reason"]}) + "\n")
         storage.put_file_atomic(local, storage.join(raw_uri, "rejects.jsonl"))
     finally:
@@ -306,6 +302,6 @@ def read_part_records(raw_uri: str, names: list[str]) -> list[list[dict]]:
     """The videos of the named shards' part records, fetched in one call (concurrently where the
     filesystem is asynchronous, as s3fs is)."""
     fs, _ = storage.filesystem(raw_uri)
-    paths = [storage.filesystem(part_uri_of(raw_uri, name))[1] for name in names]
+    paths = [storage.filesystem(part_uri(raw_uri, name))[1] for name in names]
     contents = fs.cat(paths, on_error="raise") if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
     return [json.loads(contents.get(path) or fs.cat_file(path))["videos"] for path in paths]

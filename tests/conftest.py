@@ -267,10 +267,21 @@ def kill_family(process: subprocess.Popen) -> None:
 
 def kill_when(args: list[str], folder: Path, pattern: str, count: int, timeout: float = 300) -> int:
     """Start `stvideo ARGS`, SIGKILL it and every process it started once `count` files match
-    `pattern` in `folder`; return how many matched at the kill."""
-    victim = start_stvideo(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    `pattern` in `folder`; return how many matched at the kill. Fails, saying why, when the
+    command ends on its own or the files do not appear in time: a kill that never happened."""
+    errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the command
+    victim = start_stvideo(*args, stdout=subprocess.DEVNULL, stderr=errors)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and len(list(folder.glob(pattern))) < count:
+    while len(list(folder.glob(pattern))) < count:
+        if victim.poll() is not None:
+            errors.seek(0)
+            raise AssertionError(
+                f"stvideo {' '.join(args[:1])} exited ({victim.returncode}) before {count} {pattern} "
+                f"in {folder}: {errors.read()[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            kill_family(victim)
+            raise AssertionError(f"no {count} {pattern} in {folder} within {timeout:.0f} s")
         time.sleep(0.02)
     kill_family(victim)
     victim.wait(timeout=30)

@@ -247,8 +247,10 @@ def _load_inputs(
     layout: Layout, checkpoint: str, registry: str | None, scratch: Path
 ) -> tuple[Tokenizer, RawManifest]:
     """The tokenizer to encode with and the raw manifest, or a clear error naming what is missing."""
-    if not storage.exists(layout.raw_manifest):
-        raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first")
+    try:
+        manifest = RawManifest.read(layout.raw)
+    except FileNotFoundError:
+        raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first") from None
     try:
         tokenizer = Tokenizer.from_pretrained(models.checkpoint_folder(checkpoint, scratch, registry))
     except models.ModelURIError as err:
@@ -259,7 +261,7 @@ def _load_inputs(
         ) from None
     except CheckpointError as err:
         raise StageInputError(f"encode.tokenizer: {err}; run `stvideo train-tokenizer` first") from None
-    return tokenizer, RawManifest.read(layout.raw)
+    return tokenizer, manifest
 
 
 def _encode_shards(

@@ -186,7 +186,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     tokenizer_local = _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     train = _first_train_videos(store, gen.mean_frame_videos)  # what the mean-frame reference averages
-    raw_videos = _raw_videos(layout, {item["key"] for item in items if "key" in item} | set(train), store)
+    wanted = {item["key"] for item in items if "key" in item} | set(train)
+    raw_videos = _raw_videos(layout, wanted, store.attrs["fps"])
     if not gen.videos and not raw_videos:
         raise StageInputError(f"{layout.raw_manifest}: unreadable; store clips are scored on the raw videos")
     out, settings = layout.generations, GenerationSettings.of(gen)
@@ -212,9 +213,9 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
 
     started = time.perf_counter()
     pending = [item for item in items if item["position"] not in kept]
+    position_of = {item["clip"]: item["position"] for item in items}
     if pending:
         size, channels = int(store.attrs["frame_size"]), int(store.attrs["channels"])
-        position_of = {item["clip"]: item["position"] for item in items}
         inputs = GeneratorInputs(
             layout=layout,
             settings=settings,
@@ -230,18 +231,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         _continue_all(cfg, pending, inputs)
     seconds = time.perf_counter() - started
 
-    clips = sorted((clip for record in generations.records() for clip in record["clips"]), key=_position)
-    if [clip["position"] for clip in clips] != list(range(len(items))):
-        raise RuntimeError(
-            f"generate: {generations.uri} records {len(clips)} clips, not the {len(items)} planned"
-        )
-    rejected = [{"clip": clip["name"], "reason": clip["error"]} for clip in clips if clip["error"]]
-    done = [clip for clip in clips if not clip["error"]]
-    if not done:
-        raise StageInputError(
-            f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
-        )
-    generations.finish(np.array([not clip["error"] for clip in clips]))
+    done, rejected = _gather(generations, len(items))
     trained = _trained({"tokenizer": tokenizer_local, "dynamics": dynamics_local})
     metrics = {
         **_aggregate(done, protocols),
@@ -257,11 +247,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     metrics_json = json.dumps(metrics, indent=2).encode()
     storage.write_bytes_atomic(storage.join(out, "metrics.json"), metrics_json)
     generated = {clip["position"] for clip in done}
-    position_of = {item["clip"]: item["position"] for item in items}
-    shown = [generations.preview(position_of[c]) for c in preview_clips if position_of[c] in generated]
-    frames = {kind: [clip[kind] for clip in shown] for kind in PREVIEW}
-    median = frames["median"] if gen.samples > 1 else None
-    preview_gif = write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
+    shown = [position_of[clip] for clip in preview_clips if position_of[clip] in generated]
+    preview_gif = _write_preview(generations, shown, out, gen, fps)
 
     tracking.log_bytes(preview_gif, "preview/preview.gif")
     _log_preview_steps(preview_gif, gen.prompt_frames)
@@ -294,6 +281,32 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
+
+
+def _gather(generations: GenerationStore, planned: int) -> tuple[list[dict], list[dict]]:
+    """Every clip the actors recorded, in position order, as (generated, rejected); the store is
+    then marked complete. Raises when a planned clip is missing or every input was rejected."""
+    clips = sorted((clip for record in generations.records() for clip in record["clips"]), key=_position)
+    if [clip["position"] for clip in clips] != list(range(planned)):
+        raise RuntimeError(
+            f"generate: {generations.uri} records {len(clips)} clips, not the {planned} planned"
+        )
+    rejected = [{"clip": clip["name"], "reason": clip["error"]} for clip in clips if clip["error"]]
+    done = [clip for clip in clips if not clip["error"]]
+    if not done:
+        raise StageInputError(
+            f"generate: every input was rejected, e.g. {rejected[0]['clip']}: {rejected[0]['reason']}"
+        )
+    generations.finish(np.array([not clip["error"] for clip in clips]))
+    return done, rejected
+
+
+def _write_preview(generations: GenerationStore, positions: list[int], out: str, gen, fps: float) -> bytes:
+    """The preview GIF of the clips at `positions`, from the frames their actors recorded."""
+    shown = [generations.preview(position) for position in positions]
+    frames = {kind: [clip[kind] for clip in shown] for kind in PREVIEW}
+    median = frames["median"] if gen.samples > 1 else None
+    return write_preview(out, frames["generated"], frames["truth"], median, gen.prompt_frames, fps)
 
 
 def _position(clip: dict) -> int:
@@ -454,10 +467,10 @@ def _by_video(done: list[dict], items: list[dict], protocols: list[tuple[int, in
     }
 
 
-def _raw_videos(layout: Layout, keys: set[str], store) -> dict[str, RawVideo]:
+def _raw_videos(layout: Layout, keys: set[str], fps: float | None) -> dict[str, RawVideo]:
     """Where the named videos' true frames are; none when the raw shards are gone."""
     try:
-        return raw_videos(RawManifest.read(layout.raw), keys, store.attrs["fps"])
+        return raw_videos(RawManifest.read(layout.raw), keys, fps)
     except (OSError, ValueError):
         return {}
 
