@@ -2,6 +2,7 @@
 lineage, skipping what is complete, and generation on videos a user brings."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,8 +23,11 @@ from tests.test_ingest_stage import read_manifest
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
-    root = tmp_path / "tiny"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> SimpleNamespace:
+    """The tiny config run from scratch, tracked, noting every socket it listens on. Both tests
+    use its root: the second only adds a generation of its own to it."""
+    root = tmp_path_factory.mktemp("pipeline") / "tiny"
     secret = ["--set", "submit.env.WANDB_API_KEY=hunter2"]  # must reach no log, artifact or manifest
     result, listening = run_stvideo_listening(
         "run",
@@ -34,6 +38,11 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
         *secret,
         env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},  # a tiny stage lasts seconds
     )
+    return SimpleNamespace(root=root, result=result, listening=listening)
+
+
+def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path):
+    root, result, listening = tiny_run.root, tiny_run.result, tiny_run.listening
     assert result.returncode == 0, result.stderr[-3000:]
     # the embedded Ray (GCS, raylet, workers, agents) and all else listen on loopback only
     names = {name for name, _, _ in listening}
@@ -207,12 +216,11 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tmp_path):
     assert redone["config"]["generate.seed"] == 1 and redone["finished_at"] >= metrics_finished
 
 
-def test_generate_continues_videos_a_user_brings(tmp_path, video_folder):
+def test_generate_continues_videos_a_user_brings(tiny_run, video_folder):
     """Brought videos are encoded on the way in; one shorter than the prompt is rejected, the rest go on."""
-    root = tmp_path / "tiny"
+    assert tiny_run.result.returncode == 0, tiny_run.result.stderr[-3000:]
+    root = tiny_run.root  # its trained models; this test's generation goes under a name of its own
     config = untracked_tiny(root)
-    built = run_stvideo("run", *config, "--stages", "ingest,train-tokenizer,encode,train-dynamics")
-    assert built.returncode == 0, built.stderr[-3000:]
     folder = video_folder["path"]
     result = run_stvideo(
         "generate", *config, "--set", f"generate.videos={folder}/*.mp4", "--set", "generate.name=mine"

@@ -23,12 +23,15 @@ def test_without_a_terminal_a_bar_writes_a_few_whole_lines(monkeypatch):
 def test_quiet_keeps_only_warnings_and_verbose_adds_the_libraries_lines(tmp_path):
     """`stvideo -q`: the stage's result on stdout, nothing on stderr but warnings; `-v`: Ray
     Data's own INFO lines too, which the default level keeps out of the way."""
-    from tests.conftest import REPO, run_stvideo
+    from tests.conftest import FEW_VIDEOS, REPO, run_stvideo
 
     config = ["--config", str(REPO / "configs" / "tiny.yaml"), "--set", "tracking.enabled=false"]
+    # what is logged, not what is learnt: few videos, a few tokenizer steps
+    small = {"data.moving_mnist.num_videos": 12, "tokenizer.max_steps": 4, "tokenizer.eval_videos": 2}
+    config += [*FEW_VIDEOS, *(arg for key, value in small.items() for arg in ("--set", f"{key}={value}"))]
     quiet = run_stvideo("-q", "ingest", *config, "--set", f"root={tmp_path / 'quiet'}")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
-    assert "ingest: kept 48 of 48 videos" in quiet.stdout
+    assert "ingest: kept 12 of 12 videos" in quiet.stdout
     assert "%|" not in quiet.stderr and "ray: started an embedded Ray" not in quiet.stderr, quiet.stderr
     normal = run_stvideo("ingest", *config, "--set", f"root={tmp_path / 'normal'}")
     assert "%|" in normal.stderr and "ray: started an embedded Ray" in normal.stderr, normal.stderr
