@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from jobs.config import ConfigError, PipelineConfig, load_config
+from jobs.root_lock import RootLocked
 from jobs.stages import STAGES, StageInputError
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ ForceOption = Annotated[
 
 EXIT_BAD_INPUT = 2
 EXIT_STAGE_FAILED = 1
+EXIT_ROOT_BUSY = 3  # another live run holds the root
 
 
 def _fail(lines: list[str], code: int, header: str) -> None:
@@ -70,6 +72,9 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
         outcomes = runner.run(names)
     except StageInputError as err:
         _fail([str(err)], EXIT_BAD_INPUT, f"stvideo {err.stage}: bad input.")
+    except RootLocked as err:
+        typer.secho(f"stvideo: {err}", err=True, fg="red")
+        raise typer.Exit(EXIT_ROOT_BUSY) from None
     if len(names) > 1:
         typer.secho(f"== done in {time.perf_counter() - began:.0f}s ==", bold=True)
         for outcome in outcomes:
@@ -210,6 +215,9 @@ def submit_command(
         parent = Submission(cfg, url, names, force=force, echo=typer.echo).run()
     except ConfigError as err:
         _fail(err.problems, EXIT_BAD_INPUT, "config error (nothing was submitted):")
+    except RootLocked as err:
+        typer.secho(f"stvideo submit: {err}", err=True, fg="red")
+        raise typer.Exit(EXIT_ROOT_BUSY) from None
     except SubmitError as err:
         typer.secho(f"stvideo submit: {err}", err=True, fg="red")
         if err.log_tail:
@@ -242,6 +250,16 @@ def status_command(
     typer.echo("  ".join(col.ljust(widths[col]) for col in columns).rstrip())
     for row in rows:
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
+    from jobs.root_lock import current_holder
+
+    holder = current_holder(cfg.root)
+    dead = holder.dead_because() if holder else None
+    if holder is None:
+        typer.echo("lock: free")
+    elif dead:
+        typer.echo(f"lock: left by {holder.describe()}; {dead}: the next run takes it over")
+    else:
+        typer.echo(f"lock: held by {holder.describe()}")
 
 
 models_app = typer.Typer(

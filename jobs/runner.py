@@ -8,6 +8,7 @@ and the manifest records exactly those.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from jobs import lineage
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
+from jobs.root_lock import RootLock, command_line
 from jobs.stages import STAGES, StageInputError, StageResult, StageSpec
 from jobs.tracking import SUBMISSION_ENV, Tracker
 from pipeline import storage
@@ -44,15 +46,22 @@ class Runner:
         self.layout = Layout.of(cfg)
         self.tracker = Tracker(cfg)  # a config that cannot be tracked fails here, before any work
         self.parent_id: str | None = None
+        self.lock: RootLock | None = None
 
     def run(self, names: list[str]) -> list[Outcome]:
-        if self.cfg.expected and rank() == 0:
-            self._say_expected_time(names)
-        with self.tracker.pipeline_run(names) as self.parent_id:
-            return [self.run_stage(STAGES[name]) for name in names]
+        # one writer per root: a second run is refused before it touches anything (rank 0 holds
+        # the lock for the others of a torchrun)
+        self.lock = RootLock(self.layout.root, command_line(), self.echo) if rank() == 0 else None
+        with self.lock or contextlib.nullcontext():
+            if self.cfg.expected and rank() == 0:
+                self._say_expected_time(names)
+            with self.tracker.pipeline_run(names) as self.parent_id:
+                return [self.run_stage(STAGES[name]) for name in names]
 
     def run_stage(self, spec: StageSpec) -> Outcome:
         self.echo(f"== {spec.name} ==")
+        if self.lock:
+            self.lock.working_on(spec.name)
         started, final = time.perf_counter(), spec.output(self.layout)
         staged = self.layout.staged(spec.output_field)  # the stage writes here until it is complete
         staging = spec.output(staged)
@@ -84,6 +93,8 @@ class Runner:
             result.metrics["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             tags: dict[str, str] = {}
             if rank() == 0:
+                if self.lock:
+                    self.lock.check()  # a run that took the root over from us keeps what it made
                 provenance = {
                     "mlflow_run_id": run_id,
                     "mlflow_parent_run_id": self.parent_id,

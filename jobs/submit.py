@@ -25,6 +25,7 @@ from common import logs
 from jobs import lineage
 from jobs.config import REDACTED, PipelineConfig
 from jobs.layout import Layout
+from jobs.root_lock import HOLDER_ENV, RootLock, command_line, current_holder
 from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
 
@@ -127,7 +128,11 @@ def _from_environment(values: dict[str, str]) -> dict[str, str]:
 
 
 def _runtime_env(
-    cfg: PipelineConfig, parent_run_id: str | None, submission_id: str, config_yaml: str
+    cfg: PipelineConfig,
+    parent_run_id: str | None,
+    submission_id: str,
+    config_yaml: str,
+    lock_id: str | None = None,
 ) -> dict[str, Any]:
     """`submit.runtime_env` as given, with the job's own variables added to its env_vars: the
     config, the submission id, the parent run; `submit.env` and `submit.working_dir` as before."""
@@ -141,6 +146,8 @@ def _runtime_env(
     }
     if parent_run_id:
         env[PARENT_RUN_ENV] = parent_run_id
+    if lock_id:  # the stage job shares the root's lock its submission holds
+        env[HOLDER_ENV] = lock_id
     if os.environ.get(logs.LEVEL_ENV):  # `stvideo --quiet submit`: the jobs are quiet too
         env[logs.LEVEL_ENV] = os.environ[logs.LEVEL_ENV]
     runtime_env["env_vars"] = env
@@ -231,10 +238,11 @@ class Submission:
             )
         stamp = _stamp()
         tags = {"stvideo.submit.address": self.address}
-        with tracker.pipeline_run(self.stages, tags) as parent_id:
-            config_yaml = _job_config(self.cfg, tracker.uri)
-            for stage in self.stages:
-                self._stage(client, tracker, stage, config_yaml, stamp, parent_id)
+        with RootLock(self.cfg.root, command_line(), self.echo) as self.lock:
+            with tracker.pipeline_run(self.stages, tags) as parent_id:
+                config_yaml = _job_config(self.cfg, tracker.uri)
+                for stage in self.stages:
+                    self._stage(client, tracker, stage, config_yaml, stamp, parent_id)
         return parent_id
 
     def _stage(self, client, tracker: Tracker, stage: str, config_yaml: str, stamp: str, parent_id) -> None:
@@ -254,7 +262,9 @@ class Submission:
                     self.cfg,
                     [stage, "--config", f"env:{CONFIG_ENV}", *(["--force"] if self.force else [])],
                 ),
-                runtime_env=_runtime_env(self.cfg, parent_id, submission_id, config_yaml),
+                runtime_env=_runtime_env(
+                    self.cfg, parent_id, submission_id, config_yaml, lock_id=self.lock.holder.id
+                ),
                 metadata=_metadata(self.cfg, stage, parent_id),
                 entrypoint_num_cpus=resources.num_cpus,
                 entrypoint_num_gpus=resources.num_gpus,
@@ -322,6 +332,8 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
                 jobs[stage] = job
     rows = []
     layout = Layout.of(cfg)
+    holder = current_holder(cfg.root)
+    running_now = holder.stage if holder and holder.dead_because() is None else ""
     for stage in names:
         status = lineage.check(cfg, STAGES[stage], layout)
         manifest = status.manifest or {}
@@ -329,6 +341,8 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
         job_status = str(job.status.value) if job is not None else None
         if job_status in ("RUNNING", "PENDING"):
             state = job_status.lower()
+        elif stage == running_now:  # in a `stvideo run` or a stage command, not a Ray job
+            state = "running"
         elif status.done:
             state = "done"
         elif job_status in ("FAILED", "STOPPED") and (job.start_time or 0) / 1000 > _finished_epoch(manifest):
