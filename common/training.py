@@ -225,7 +225,12 @@ def save_state(accelerator: Accelerator, out_dir: Path, progress: Progress) -> N
     if accelerator.is_main_process:
         shutil.rmtree(fresh, ignore_errors=True)  # left by a save that was killed
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(fresh))
+    try:
+        accelerator.save_state(str(fresh))
+    except BaseException:
+        if accelerator.is_main_process:  # a full disk: give back what the half-written state took
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()  # every rank's RNG state is in before the swap
     if accelerator.is_main_process:
         (fresh / PROGRESS_FILE).write_text(json.dumps(progress.state_dict()))

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from jobs.config import ConfigError, PipelineConfig, load_config
-from jobs.root_lock import RootLocked
+from jobs.root_lock import RootLocked, RootUnusable
 from jobs.stages import STAGES, StageInputError
 
 app = typer.Typer(
@@ -75,6 +75,10 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
     except RootLocked as err:
         typer.secho(f"stvideo: {err}", err=True, fg="red")
         raise typer.Exit(EXIT_ROOT_BUSY) from None
+    except RootUnusable as err:
+        _fail([str(err)], EXIT_BAD_INPUT, "stvideo: the root cannot be used (nothing was written):")
+    except Exception as err:
+        _stage_failed(err, runner.current or names[0], cfg)
     if len(names) > 1:
         typer.secho(f"== done in {time.perf_counter() - began:.0f}s ==", bold=True)
         for outcome in outcomes:
@@ -86,6 +90,23 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
     if runner.parent_id and runner.tracker.owns_parent:
         typer.echo(f"MLflow: run {runner.parent_id} in {runner.tracker.uri}")
         typer.echo(f"  look: {runner.tracker.ui_link(runner.parent_id)}")
+
+
+def _stage_failed(err: Exception, stage: str, cfg: PipelineConfig) -> None:
+    """One line for a failed stage, naming the file and what to do; the traceback goes to a
+    file (and, with -v, here)."""
+    import logging
+
+    from common import logs
+    from jobs.failures import explain, save_traceback
+    from pipeline.storage import scratch_root
+
+    if logs.level() <= logging.DEBUG:
+        raise err
+    saved = save_traceback(err, stage)
+    line = explain(err, [cfg.root, str(scratch_root(cfg.scratch))])
+    typer.secho(f"stvideo {stage}: {line}" + (f" (traceback: {saved})" if saved else ""), err=True, fg="red")
+    raise typer.Exit(EXIT_STAGE_FAILED) from None
 
 
 def _stage_command(name: str):
@@ -218,6 +239,8 @@ def submit_command(
     except RootLocked as err:
         typer.secho(f"stvideo submit: {err}", err=True, fg="red")
         raise typer.Exit(EXIT_ROOT_BUSY) from None
+    except RootUnusable as err:
+        _fail([str(err)], EXIT_BAD_INPUT, "stvideo submit: the root cannot be used (nothing was submitted):")
     except SubmitError as err:
         typer.secho(f"stvideo submit: {err}", err=True, fg="red")
         if err.log_tail:
@@ -245,6 +268,12 @@ def status_command(
         rows = stage_states(cfg, list(STAGES), address or cfg.submit.address)
     except SubmitError as err:
         _fail([str(err)], EXIT_STAGE_FAILED, "stvideo status: the cluster did not answer.")
+    except OSError as err:  # a root that is a file, a store that refuses
+        _fail(
+            [f"{err.filename or cfg.root}: {err.strerror or err}"],
+            EXIT_BAD_INPUT,
+            "stvideo status: cannot read the root.",
+        )
     columns = ["stage", "state", "outputs", "ray_job", "mlflow_run"]
     widths = {col: max(len(col), *(len(row[col]) for row in rows)) for col in columns}
     typer.echo("  ".join(col.ljust(widths[col]) for col in columns).rstrip())
@@ -252,7 +281,11 @@ def status_command(
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
     from jobs.root_lock import current_holder
 
-    holder = current_holder(cfg.root)
+    try:
+        holder = current_holder(cfg.root)
+    except (RootLocked, RootUnusable) as err:
+        typer.echo(f"lock: {err}")
+        return
     dead = holder.dead_because() if holder else None
     if holder is None:
         typer.echo("lock: free")

@@ -46,6 +46,10 @@ class RootLocked(RuntimeError):
     """Another live run holds the root; the message is one line that says who and what to do."""
 
 
+class RootUnusable(RuntimeError):
+    """The root cannot hold a run at all (a file, not writable); the message is one line."""
+
+
 class Conflict(Exception):
     """The record changed between our read and our write."""
 
@@ -63,6 +67,15 @@ class Holder:
     lease_seconds: float
     stage: str = ""  # the stage it is running now
     released: bool = False
+
+    @classmethod
+    def of(cls, value: dict, where: str) -> Holder:
+        """The record read back; one that is not a lock record is refused in a line naming it."""
+        try:
+            known = {field: value[field] for field in cls.__dataclass_fields__ if field in value}
+            return cls(**known)
+        except TypeError as err:
+            raise _not_a_record(where, str(err)) from None
 
     def describe(self, now: float | None = None) -> str:
         ago = max(0.0, (now or time.time()) - self.heartbeat)
@@ -127,12 +140,23 @@ class LocalRecord:
         self.path = Path(storage.filesystem(uri)[1])
         self.mutex = self.path.with_name(self.path.name + ".mutex")
 
+    def check_writable(self) -> None:
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise RootUnusable(f"root: {folder} is a file, not a folder; point root at a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RootUnusable(
+                f"root: {folder} is not writable by this user; use another root or grant access"
+            )
+
     def read(self) -> tuple[dict | None, str | None]:
         try:
             data = self.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no record; a root that is a file has none
             return None, None
-        return json.loads(data), _digest(data)
+        return _parsed(data, str(self.path)), _digest(data)
 
     def swap(self, value: dict, expected: str | None) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +167,12 @@ class LocalRecord:
                 if self.read()[1] != expected:
                     raise Conflict
                 temporary = self.path.with_name(f"{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-                temporary.write_bytes(data)
-                os.replace(temporary, self.path)
+                try:
+                    temporary.write_bytes(data)
+                    os.replace(temporary, self.path)
+                except OSError:  # a full disk: leave no half record behind
+                    temporary.unlink(missing_ok=True)
+                    raise
             finally:
                 fcntl.flock(mutex, fcntl.LOCK_UN)
         return _digest(data)
@@ -157,13 +185,14 @@ class ObjectRecord:
         self.fs, self.path = storage.filesystem(uri)
 
     def read(self) -> tuple[dict | None, str | None]:
+        self.fs.invalidate_cache(self.path)  # another process may have replaced it since we looked
         try:
             # an open S3 file reads with If-Match on the ETag it found: the bytes are that version's
             with self.fs.open(self.path, "rb") as handle:
                 data, etag = handle.read(), handle.details.get("ETag")
         except FileNotFoundError:
             return None, None
-        return json.loads(data), etag
+        return _parsed(data, self.path), etag
 
     def swap(self, value: dict, expected: str | None) -> str:
         data = json.dumps(value, indent=2).encode()
@@ -187,8 +216,26 @@ def _refused_by_condition(err: BaseException) -> bool:
     return any(word in text for word in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"))
 
 
+def _not_a_record(where: str, why: str) -> RootLocked:
+    return RootLocked(f"{where} is not a lock record ({why}); remove it if no run is using the root")
+
+
+def _parsed(data: bytes, where: str) -> dict:
+    try:
+        value = json.loads(data)
+    except ValueError as err:
+        raise _not_a_record(where, str(err)) from None
+    if not isinstance(value, dict):
+        raise _not_a_record(where, "not a JSON object")
+    return value
+
+
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _where(record: LocalRecord | ObjectRecord) -> str:
+    return str(record.path)
 
 
 def record_at(root: str) -> LocalRecord | ObjectRecord:
@@ -201,10 +248,11 @@ def record_at(root: str) -> LocalRecord | ObjectRecord:
 
 def current_holder(root: str) -> Holder | None:
     """Who holds `root` now (None: nobody, or it was released)."""
-    value, _ = record_at(root).read()
+    record = record_at(root)
+    value, _ = record.read()
     if value is None:
         return None
-    holder = Holder(**value)
+    holder = Holder.of(value, _where(record))
     return None if holder.released else holder
 
 
@@ -233,9 +281,11 @@ class RootLock:
 
     def acquire(self) -> None:
         lease, shared = lease_seconds(), os.environ.get(HOLDER_ENV)
+        if isinstance(self.record, LocalRecord):
+            self.record.check_writable()
         for _ in range(20):  # each turn reads afresh: another process changed the record
             value, version = self.record.read()
-            current = Holder(**value) if value else None
+            current = Holder.of(value, _where(self.record)) if value else None
             now = time.time()
             if current and shared and current.id == shared and not current.released:
                 self.holder, self.version, self.borrowed = current, version, True
@@ -284,8 +334,10 @@ class RootLock:
     def _renew(self) -> None:
         for _ in range(5):
             value, version = self.record.read()
-            if not value or value["id"] != self.holder.id or value.get("released"):
-                taker = Holder(**value).describe() if value and not value.get("released") else "nobody"
+            if not value or value.get("id") != self.holder.id or value.get("released"):
+                taker = "nobody"
+                if value and not value.get("released"):
+                    taker = Holder.of(value, _where(self.record)).describe()
                 self.lost = f"its record now names {taker}"
                 return
             renewed = {**value, "heartbeat": time.time(), "stage": self.stage or value.get("stage", "")}
@@ -313,14 +365,16 @@ class RootLock:
         if self.borrowed or self.holder is None or self.lost:
             return
         for _ in range(5):
-            value, version = self.record.read()
-            if not value or value["id"] != self.holder.id:
-                return
             try:
+                value, version = self.record.read()
+                if not value or value.get("id") != self.holder.id:
+                    return
                 self.record.swap({**value, "released": True, "heartbeat": time.time()}, version)
                 return
             except Conflict:
                 continue
+            except Exception:  # a full disk, a store gone: the next run takes over, and says so
+                return
 
 
 def command_line() -> str:

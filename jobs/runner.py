@@ -47,6 +47,7 @@ class Runner:
         self.tracker = Tracker(cfg)  # a config that cannot be tracked fails here, before any work
         self.parent_id: str | None = None
         self.lock: RootLock | None = None
+        self.current: str | None = None  # the stage running now, for whoever reports its failure
 
     def run(self, names: list[str]) -> list[Outcome]:
         # one writer per root: a second run is refused before it touches anything (rank 0 holds
@@ -60,6 +61,7 @@ class Runner:
 
     def run_stage(self, spec: StageSpec) -> Outcome:
         self.echo(f"== {spec.name} ==")
+        self.current = spec.name
         if self.lock:
             self.lock.working_on(spec.name)
         started, final = time.perf_counter(), spec.output(self.layout)

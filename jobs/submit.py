@@ -332,7 +332,10 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
                 jobs[stage] = job
     rows = []
     layout = Layout.of(cfg)
-    holder = current_holder(cfg.root)
+    try:
+        holder = current_holder(cfg.root)
+    except RuntimeError:  # not a lock record, or no root: `status` says so on its lock line
+        holder = None
     running_now = holder.stage if holder and holder.dead_because() is None else ""
     for stage in names:
         status = lineage.check(cfg, STAGES[stage], layout)

@@ -154,3 +154,10 @@ def test_a_second_run_on_a_busy_root_is_refused_and_a_killed_ones_lock_is_taken_
     assert f"its process (pid {killed.pid} on" in after.stdout
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
     assert manifest["num_samples"] == 48
+
+
+def test_a_lock_file_that_is_not_a_record_is_named_and_nothing_is_run(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / LOCK_NAME).write_text("left by an editor")
+    with pytest.raises(RootLocked, match=f"{tmp_path}/root/{LOCK_NAME} is not a lock record .* remove it"):
+        RootLock(str(tmp_path / "root"), "next").acquire()
