@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -20,6 +21,8 @@ from pipeline import storage
 # a write that fails with less than this left is taken for a full disk, whatever it raised
 # (torch's checkpoint writer says only "iostream error … unexpected pos")
 NEARLY_FULL_BYTES = 64 * 2**20
+OUR_PACKAGES = ("common", "pipeline", "tokenizer", "dynamics", "jobs")
+OUR_ERROR_LINE = re.compile(rf"^(?:{'|'.join(OUR_PACKAGES)})\.[\w.]*(?:Error|Video): (.+)$", re.MULTILINE)
 NO_SPACE_WORDS = ("No space left on device", "os error 28")
 _AND_AGAIN = "; free some space there and run again: the stage resumes from what it finished"
 
@@ -64,7 +67,17 @@ def explain(err: BaseException, places: list[str]) -> str:
             )
     if full:  # torch's checkpoint writer says only "iostream error … unexpected pos"
         return f"no space left on device, it seems: {full} ({first_line(err)}){_AND_AGAIN}"
-    return f"{type(err).__name__}: {first_line(err)}"
+    # our own errors are written to be read (the file, the key, what to do); a wrapper such as a
+    # Ray task's error starts with where it ran
+    ours = [cause for cause in chain if type(cause).__module__.split(".")[0] in OUR_PACKAGES]
+    if ours:
+        return first_line(ours[0], 400)
+    # a worker's exception can reach here only as the text of its traceback
+    for cause in chain:
+        found = OUR_ERROR_LINE.search(str(cause))
+        if found:
+            return found.group(1)[:400]
+    return f"{type(chain[-1]).__name__}: {first_line(chain[-1])}"
 
 
 def _free_in(path: str) -> str:

@@ -66,6 +66,16 @@ def clip_windows(
     return [starts[i] for i in order], [splits[i] for i in order], step
 
 
+def longest_stretch(video: dict, fractions: tuple[float, float]) -> int:
+    """The most stored frames of `video` that lie inside one shot and one split's segment: a clip
+    must fit in such a stretch."""
+    longest = 0
+    for _, seg_start, seg_end in stored_segments(video["key"], video, *fractions):
+        for shot_start, shot_end in stored_shots(video):
+            longest = max(longest, min(seg_end, shot_end) - max(seg_start, shot_start))
+    return longest
+
+
 @dataclass(frozen=True)
 class ClipWindows:
     """How clips are cut from every video: the encode settings that decide the clips."""

@@ -172,7 +172,7 @@ def prepare(stream: IO[bytes] | bytes, key: str, path: str, how: Preparation) ->
     original, shots = _Original(), ShotDetector(how.shot_threshold)
     with container, Mp4Writer(how.fps, **how.encoding) as writer:
         if not container.streams.video:
-            raise RejectedVideo("not a readable video: no video stream")
+            raise RejectedVideo("not a readable video: no video stream (an audio-only file?)")
         video = container.streams.video[0]
         rate = video.average_rate or video.guessed_rate
         fps = float(rate) if rate else 0.0

@@ -112,6 +112,18 @@ class LatentStore:
                 f"first at clip {bad} ({reason}); encode again (--force) to rewrite it"
             ) from None
 
+    def read_clip(self, clip: int) -> np.ndarray:
+        """One clip's codes [T, h, w]; a chunk that does not decode names the array, shard and clip."""
+        try:
+            return self.codes[clip]
+        except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
+            shard = self.shard_of(clip)
+            start, stop = self.shard_range(shard)
+            raise LatentStoreError(
+                f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode at "
+                f"clip {clip} ({logs.first_line(err, 160)}); encode again (--force) to rewrite it"
+            ) from None
+
     @cached_property
     def _shard_chunk(self):
         """For a store of schema 3 (one chunk per shard, little-endian bytes then zstd, what

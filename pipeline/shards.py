@@ -167,6 +167,10 @@ def plan_shards(items: list[SourceItem], per_shard: int) -> list[list[SourceItem
     return [items[start : start + per_shard] for start in range(0, len(items), per_shard)]
 
 
+class RawShardError(Exception):
+    """A raw shard that cannot be read to its end; the message names it and the last good sample."""
+
+
 def iter_samples(shard_uri: str, keys: set[str] | None = None):
     """Samples of one shard as {"__key__": key, ext: bytes, ...}, streamed from any fsspec URI;
     only those of `keys` when given (the others' bytes are passed over, never kept).
@@ -176,18 +180,27 @@ def iter_samples(shard_uri: str, keys: set[str] | None = None):
     """
     fs, path = storage.filesystem(shard_uri)
     sample: dict = {}
-    with fs.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            key, _, extension = member.name.partition(".")
-            if keys is not None and key not in keys:
-                continue
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample["__key__"] = key
-            sample[extension] = archive.extractfile(member).read()
+    last = None  # the last member read whole: where a truncated or damaged shard broke off
+    try:
+        with fs.open(path, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.partition(".")
+                if keys is not None and key not in keys:
+                    last = member.name
+                    continue
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample["__key__"] = key
+                sample[extension] = archive.extractfile(member).read()
+                last = member.name
+    except (tarfile.TarError, EOFError) as err:
+        after = f"after {last}" if last else "at its start"
+        raise RawShardError(
+            f"{shard_uri}: raw shard unreadable {after} ({err}); ingest again with --force to rewrite it"
+        ) from None
     if sample:
         yield sample
 

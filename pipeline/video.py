@@ -31,6 +31,8 @@ _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+\.cc:\d+: ")
 
 def _reason(err: Exception) -> str:
     """A decoder's message without decord's timestamp and C++ source location."""
+    if "cannot find video stream" in str(err):  # decord: "Check failed: st_nb >= 0 ..."
+        return "no video stream (an audio-only file?)"
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     line = lines[0] if lines else type(err).__name__
     while _DECORD_PREFIX.match(line):

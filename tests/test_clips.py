@@ -100,3 +100,34 @@ def test_each_latent_shard_plans_its_own_clips_from_the_raw_part_records(raw_sha
                 assert all(plan.shard.endswith(".tar") for plan in plans)
                 planned += flat(plans)
             assert planned == expected, per_shard
+
+
+def test_kept_videos_too_short_for_a_clip_once_split_by_time_are_counted_and_named():
+    """Five held-out videos split by time into 8-frame clips: the short ones give no clip in any
+    split, and ingest's tally says which and why, rather than only 'kept 5 of 5'."""
+    from jobs.config import load_config
+    from jobs.stages.base import ClipTally
+    from pipeline.splits import video_segments
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        ["data.clip_frames=8", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.split_by=time"],
+    )
+    videos = [
+        {
+            "key": f"v{frames}",
+            "fps": 10.0,
+            "num_frames": frames,
+            "segments": video_segments(f"v{frames}", frames, "time", 0.2, 0.2, gap=8),
+            "shots": [(0, frames)],
+        }
+        for frames in (16, 26, 60, 80, 100)
+    ]
+    tally = ClipTally(cfg)
+    tally.add(videos)
+    assert tally.clipless == 2 and sum(tally.counts.values()) > 0
+    note = tally.clipless_note()
+    assert note.startswith(
+        "; 2 kept videos give no clip: v16 (16 frames; its longest stretch inside one shot"
+    )
+    assert "v26 (26 frames;" in note and "a clip needs 8" in note and "v60" not in note

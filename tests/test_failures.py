@@ -84,3 +84,29 @@ def test_a_full_disk_at_ingest_is_one_line_and_the_rerun_keeps_what_was_written(
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{kept} shards were already complete and kept" in again.stdout
     assert json.loads((root / "raw" / "manifest.json").read_text())["num_samples"] == 48
+
+
+def test_an_audio_only_file_is_rejected_as_having_no_video_stream():
+    import io
+
+    import av
+    import numpy as np
+
+    from pipeline.footage import Preparation, prepare
+    from pipeline.video import RejectedVideo, open_video
+
+    sound = io.BytesIO()
+    with av.open(sound, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(10):
+            wave = (0.1 * np.sin(np.arange(1024) * 0.05))[None].astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    how = Preparation(fps=10, size=64, fit="centre", shot_threshold=30, seed=0, encoding={})
+    for read in (lambda: open_video(sound.getvalue()), lambda: prepare(sound.getvalue(), "a", "a.mp4", how)):
+        with pytest.raises(
+            RejectedVideo, match=r"^not a readable video: no video stream \(an audio-only file\?\)$"
+        ):
+            read()

@@ -235,3 +235,38 @@ def test_generate_continues_videos_a_user_brings(tiny_run, video_folder):
     # brought videos have no digit tracks: no identity score, rather than a wrong one
     assert set(metrics["per_step"]["truth"]) == {"detail"} and "prompt_identity" not in metrics
     assert "identity" not in metrics["per_step"]["model"]
+
+
+def test_a_corrupt_chunk_and_a_truncated_shard_are_named_in_one_line(tiny_run, tmp_path):
+    """A copy of the tiny run's root: random bytes in one `codes` chunk reject that shard's test
+    clips at generate, naming the shard and clip, and the rest go on; a raw shard cut in half
+    fails encode in one line naming the shard and the last sample read whole."""
+    import shutil
+
+    assert tiny_run.result.returncode == 0, tiny_run.result.stderr[-3000:]
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.root, root, ignore=shutil.ignore_patterns("generations", ".staging"))
+    split = zarr.open_group(str(root / "latents.zarr"), mode="r")["split"][:]
+    shard = int(np.flatnonzero(split == 2)[0]) // 8  # a shard with a test clip (8 clips a shard)
+    chunk = root / "latents.zarr" / "codes" / "c" / str(shard) / "0" / "0" / "0"
+    damaged = bytearray(chunk.read_bytes())
+    noise = np.random.default_rng(0).integers(0, 256, len(damaged[20::7]), dtype=np.uint8)
+    damaged[20::7] = noise.tobytes()
+    chunk.write_bytes(bytes(damaged))
+    quick = {"generate.name": "corrupt", "generate.samples": 2, "generate.protocols": "[]"}
+    quick = [arg for key, value in quick.items() for arg in ("--set", f"{key}={value}")]
+    generated = run_stvideo("generate", *untracked_tiny(root), *quick)
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    assert f"array 'codes', shard {shard} (clips {shard * 8}..{shard * 8 + 7}) does not decode at clip" in (
+        generated.stdout
+    )
+    metrics = json.loads((root / "generations" / "corrupt" / "metrics.json").read_text())
+    assert metrics["clips"] == int((split == 2).sum()) - len(metrics["rejected"]) > 0
+
+    tar = root / "raw" / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    encoded = run_stvideo("encode", *untracked_tiny(root), "--force")
+    assert encoded.returncode == 1, encoded.stderr[-3000:]
+    [line] = [line for line in encoded.stderr.splitlines() if line.startswith("stvideo encode:")]
+    assert f"{tar}: raw shard unreadable after mmnist-" in line and "ingest again with --force" in line, line
+    assert "Traceback" not in encoded.stderr

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from jobs.config import PipelineConfig
-from pipeline.clips import clip_windows
+from pipeline.clips import clip_windows, longest_stretch
 from pipeline.splits import SPLIT_CODES, SPLIT_NAMES, TRAIN, VAL
 
 
@@ -27,14 +27,38 @@ class StageResult:
     summary: str = ""
 
 
-def split_clip_counts(cfg: PipelineConfig, videos: list[dict]) -> Counter:
-    """How many clips of each split the raw manifest's `videos` will give encode."""
-    fractions = (cfg.data.val_fraction, cfg.data.test_fraction)
-    stride = cfg.encode.clip_stride or cfg.data.clip_frames
-    counts: Counter = Counter()
-    for video in videos:
-        counts.update(clip_windows(video, cfg.data.clip_frames, stride, cfg.encode.fps, fractions)[1])
-    return counts
+@dataclass
+class ClipTally:
+    """Each split's clips that the raw manifest's videos will give encode, tallied as the shards'
+    videos pass; and the kept videos that give none (too short for a clip once split and cut)."""
+
+    cfg: PipelineConfig
+    counts: Counter = field(default_factory=Counter)
+    clipless: int = 0
+    named: list[str] = field(default_factory=list)  # the first few clipless videos, with why
+
+    def add(self, videos: list[dict]) -> None:
+        data = self.cfg.data
+        fractions = (data.val_fraction, data.test_fraction)
+        stride = self.cfg.encode.clip_stride or data.clip_frames
+        for video in videos:
+            _, splits, step = clip_windows(video, data.clip_frames, stride, self.cfg.encode.fps, fractions)
+            self.counts.update(splits)
+            if not splits:
+                self.clipless += 1
+                if len(self.named) < 5:
+                    needed = (data.clip_frames - 1) * step + 1
+                    longest = longest_stretch(video, fractions)
+                    self.named.append(
+                        f"{video['key']} ({video['num_frames']} frames; its longest stretch inside one shot "
+                        f"and one split is {longest}, a clip needs {needed})"
+                    )
+
+    def clipless_note(self) -> str:
+        if not self.clipless:
+            return ""
+        more = ", …" if self.clipless > len(self.named) else ""
+        return f"; {self.clipless} kept videos give no clip: {', '.join(self.named)}{more}"
 
 
 def check_splits(cfg: PipelineConfig, counts: Counter, num_videos: int, mode: str) -> str:

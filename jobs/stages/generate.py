@@ -121,7 +121,7 @@ class ClipGenerator:
             return self.tokenizer.encode(torch.from_numpy(truth)).cpu(), torch.from_numpy(truth), []
         if self.latents is None:
             self.latents = open_latents(self.inputs.layout.latents)
-        codes = torch.from_numpy(self.latents.codes[int(batch["clip"][index])].astype(np.int64))
+        codes = torch.from_numpy(self.latents.read_clip(int(batch["clip"][index])).astype(np.int64))
         key, start = str(batch["key"][index]), int(batch["start"][index])
         truth = self.truth.clip(key, start, len(codes))
         return codes, torch.from_numpy(truth), self.truth.digit_tracks(key, start, len(codes))
@@ -264,7 +264,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         f"generate: {len(done)} clips, {gen.prompt_frames} prompt -> {gen.generate_frames} frames, in {out}"
     )
     if rejected:
-        summary += f"; {len(rejected)} rejected (see metrics.json)"
+        first = rejected[0]
+        summary += f"; {len(rejected)} rejected, first {first['clip']}: {first['reason']} (all: metrics.json)"
     if kept:
         summary += f"; {len(kept)} clips were already generated and kept"
     summary += _cut_short_note(trained)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from itertools import islice
 
 from common.identity import value_identity
@@ -12,7 +11,7 @@ from jobs import tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
-from jobs.stages.base import StageInputError, StageResult, check_splits, split_clip_counts
+from jobs.stages.base import ClipTally, StageInputError, StageResult, check_splits
 from pipeline import storage
 from pipeline.footage import Preparation
 from pipeline.shards import (
@@ -119,12 +118,12 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     ]
     # the driver keeps a few numbers per shard; the videos stay in the part records
     summaries: dict[int, ShardSummary] = {}
-    clips: Counter = Counter()  # clips per split, tallied from each shard's videos as it passes
+    clips = ClipTally(cfg)  # clips per split, tallied from each shard's videos as it passes
     for task in tasks:  # shards an unfinished run of this very config already built
         done = read_part(raw_uri, task.index)
         if done is not None and done.fingerprint == current:
             summaries[task.index] = ShardSummary.of(done)
-            clips.update(split_clip_counts(cfg, done.videos))
+            clips.add(done.videos)
     pending = [task for task in tasks if task.index not in summaries]
     skipped = len(summaries)
 
@@ -141,7 +140,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         raise StageInputError(
             f"data.path: kept none of the {len(items)} videos; why each was rejected: {layout.raw_rejects}"
         )
-    splits = check_splits(cfg, clips, manifest["num_samples"], mode)
+    splits = check_splits(cfg, clips.counts, manifest["num_samples"], mode)
     seconds = time.perf_counter() - started
     first_full = next((shard["name"] for shard in manifest["shards"] if shard["samples"]), None)
     preview = preview_gif(raw_uri, first_full) if first_full else None
@@ -155,6 +154,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "shards": len(manifest["shards"]),
         "shards_skipped": skipped,
         "raw_bytes": sum(shard["bytes"] for shard in manifest["shards"]),
+        "videos_without_clips": clips.clipless,
         "seconds": seconds,
     }
     if processed:
@@ -163,6 +163,7 @@ def run_ingest(cfg: PipelineConfig, layout: Layout) -> StageResult:
     summary = (
         f"ingest: kept {manifest['num_samples']} of {len(items)} videos, rejected {manifest['num_rejected']} "
         f"(see {layout.raw_rejects}); {len(manifest['shards'])} shards in {raw_uri}; {splits}"
+        f"{clips.clipless_note()}"
     )
     if skipped:
         summary += f"; {skipped} shards were already complete and kept"
@@ -183,7 +184,7 @@ def _build_shards(
     source,
     pending: list[ShardTask],
     done: dict[int, ShardSummary],
-    clips: Counter,
+    clips: ClipTally,
 ) -> list[ShardSummary]:
     """One Ray task per pending shard; returns their summaries as they finish (each report's
     videos are tallied into `clips`, then dropped: its part record keeps them).
@@ -208,7 +209,7 @@ def _build_shards(
                     break
                 finished, waiting = ray.wait(waiting, num_returns=1)
                 report = ray.get(finished[0])
-                clips.update(split_clip_counts(cfg, report.videos))
+                clips.add(report.videos)
                 built.append(ShardSummary.of(report))
                 rejected += len(report.rejects)
                 bar.update(report.samples + len(report.rejects))
