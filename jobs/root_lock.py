@@ -67,6 +67,7 @@ class Holder:
     lease_seconds: float
     stage: str = ""  # the stage it is running now
     released: bool = False
+    renewed_by: str = ""  # machine#pid of the last heartbeat: a submission's stage job renews it too
 
     @classmethod
     def of(cls, value: dict, where: str) -> Holder:
@@ -89,7 +90,10 @@ class Holder:
         """Why this holder is gone, or None while it may be alive."""
         if self.released:
             return "it released the lock"
-        if self.machine == machine_identity() and not _process_alive(self.pid, self.pid_started):
+        own_beat = self.renewed_by in ("", f"{self.machine}#{self.pid}")
+        # a stage job that shares the lock outlives a submission killed on its machine: then only
+        # the heartbeat it keeps renewing says whether the lock is in use
+        if own_beat and self.machine == machine_identity() and not _process_alive(self.pid, self.pid_started):
             return f"its process (pid {self.pid} on {self.host}) is gone"
         silent = (now or time.time()) - self.heartbeat
         if silent > self.lease_seconds:
@@ -340,7 +344,12 @@ class RootLock:
                     taker = Holder.of(value, _where(self.record)).describe()
                 self.lost = f"its record now names {taker}"
                 return
-            renewed = {**value, "heartbeat": time.time(), "stage": self.stage or value.get("stage", "")}
+            renewed = {
+                **value,
+                "heartbeat": time.time(),
+                "stage": self.stage or value.get("stage", ""),
+                "renewed_by": f"{machine_identity()}#{os.getpid()}",
+            }
             try:
                 self.version = self.record.swap(renewed, version)
                 return

@@ -4,6 +4,7 @@ two real `stvideo` processes on one root."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -154,6 +155,19 @@ def test_a_second_run_on_a_busy_root_is_refused_and_a_killed_ones_lock_is_taken_
     assert f"its process (pid {killed.pid} on" in after.stdout
     manifest = json.loads((root / "raw" / "manifest.json").read_text())
     assert manifest["num_samples"] == 48
+
+
+def test_a_submission_killed_while_its_stage_job_runs_keeps_the_lock_while_the_job_renews_it():
+    alive_elsewhere = f"{machine_identity()}#{os.getpid()}"  # the stage job: this process
+    gone = dict(id="s", host="here", machine=machine_identity(), pid=2**22 + 7, pid_started=0.0)
+    record = Holder(
+        **gone, command="stvideo submit", since="earlier", heartbeat=time.time(), lease_seconds=60
+    )
+    assert record.dead_because() is not None  # the submission alone: gone at once
+    record.renewed_by = alive_elsewhere
+    assert record.dead_because() is None  # its job renews the heartbeat: in use
+    record.heartbeat -= 61
+    assert record.dead_because().startswith("no heartbeat for 61 s")
 
 
 def test_a_lock_file_that_is_not_a_record_is_named_and_nothing_is_run(tmp_path):
