@@ -19,7 +19,7 @@ from jobs import lineage
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.root_lock import RootLock, command_line
-from jobs.stages import STAGES, StageInputError, StageResult, StageSpec
+from jobs.stages import ARTIFACTS, STAGES, StageInputError, StageResult, StageSpec
 from jobs.tracking import SUBMISSION_ENV, Tracker
 from pipeline import storage
 from pipeline.decoders import use_decoder
@@ -79,6 +79,7 @@ class Runner:
             )
             self.tracker.note_skipped(spec.name, status.manifest)
             return Outcome(spec, None, 0.0, final)
+        self._check_inputs_current(spec)
         self._say_what_changed(status, final)
         self._prepare_staging(status, staging)
         try:  # read by every decode of the stage, in this process and those it starts
@@ -116,6 +117,24 @@ class Runner:
         seconds = time.perf_counter() - started
         self.echo(f"{result.summary}  [{seconds:.1f}s]")
         return Outcome(spec, result, seconds, final)
+
+    def _check_inputs_current(self, spec: StageSpec) -> None:
+        """A stage reads what earlier stages left under the root. When one of them was made with
+        settings or inputs other than this config's (a stage run on its own after the config
+        changed), refuse, rather than build on it and record this config as if it had been used."""
+        for name in spec.reads:
+            producer = next((stage for stage in STAGES.values() if stage.writes == name), None)
+            location = ARTIFACTS[name].location(self.layout)
+            if producer is None or location != producer.output(self.layout):  # one the config names
+                continue
+            made = lineage.check(self.cfg, producer, self.layout)
+            if made.state == "outdated":
+                raise StageInputError(
+                    f"{location} was made by {producer.name} with other settings or inputs than this "
+                    f"config's ({', '.join(made.changed[:4])}): run `stvideo {producer.name}` first "
+                    "(or `stvideo run`), or set them back",
+                    stage=spec.name,
+                )
 
     def _say_expected_time(self, names: list[str]) -> None:
         """Measure this machine's matmul rates (a second or two) and say how long the stages that

@@ -237,10 +237,11 @@ def test_generate_continues_videos_a_user_brings(tiny_run, video_folder):
     assert "identity" not in metrics["per_step"]["model"]
 
 
-def test_a_corrupt_chunk_and_a_truncated_shard_are_named_in_one_line(tiny_run, tmp_path):
+def test_a_corrupt_chunk_a_truncated_shard_and_stale_inputs_are_named_in_one_line(tiny_run, tmp_path):
     """A copy of the tiny run's root: random bytes in one `codes` chunk reject that shard's test
     clips at generate, naming the shard and clip, and the rest go on; a raw shard cut in half
-    fails encode in one line naming the shard and the last sample read whole."""
+    fails encode in one line naming the shard and the last sample read whole; encode run alone
+    under another data config is refused."""
     import shutil
 
     assert tiny_run.result.returncode == 0, tiny_run.result.stderr[-3000:]
@@ -270,3 +271,11 @@ def test_a_corrupt_chunk_and_a_truncated_shard_are_named_in_one_line(tiny_run, t
     [line] = [line for line in encoded.stderr.splitlines() if line.startswith("stvideo encode:")]
     assert f"{tar}: raw shard unreadable after mmnist-" in line and "ingest again with --force" in line, line
     assert "Traceback" not in encoded.stderr
+
+    # a stage run alone with a data config other than the one its raw shards were made with is
+    # refused, naming what changed, before it builds on them
+    other = ["--set", "data.source=folder", "--set", f"data.path={tmp_path}"]
+    refused = run_stvideo("encode", *untracked_tiny(root), *other)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"{root}/raw was made by ingest with other settings or inputs than this config's" in refused.stderr
+    assert "data.path, data.source" in refused.stderr and "run `stvideo ingest` first" in refused.stderr
