@@ -258,7 +258,17 @@ def submit_command(
 
 @app.command("status")
 def status_command(
-    config: ConfigOption = None, overrides: SetOption = None, address: AddressOption = None
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    address: AddressOption = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also read back every raw shard, latent shard, checkpoint and generated clip, and "
+            "name those that do not read (exit 1 if any).",
+        ),
+    ] = False,
 ) -> None:
     """Each stage's state (done, running, failed, outdated, not started), outputs, Ray job and MLflow run."""
     from jobs.submit import SubmitError, stage_states
@@ -293,6 +303,24 @@ def status_command(
         typer.echo(f"lock: left by {holder.describe()}; {dead}: the next run takes it over")
     else:
         typer.echo(f"lock: held by {holder.describe()}")
+    if verify:
+        _verify(cfg)
+
+
+def _verify(cfg: PipelineConfig) -> None:
+    from jobs.layout import Layout
+    from jobs.verify import verify
+
+    checked = verify(Layout.of(cfg), progress=lambda line: typer.echo(line, err=True))
+    bad = [line for result in checked for line in result.bad]
+    summary = ", ".join(f"{result.count} {result.what}" for result in checked) or "nothing stored yet"
+    if not bad:
+        typer.echo(f"verify: every byte read back: {summary}")
+        return
+    for line in bad:
+        typer.secho(f"verify: bad: {line}", fg="red")
+    typer.echo(f"verify: {len(bad)} bad of {summary}")
+    raise typer.Exit(EXIT_STAGE_FAILED)
 
 
 models_app = typer.Typer(

@@ -279,3 +279,12 @@ def test_a_corrupt_chunk_a_truncated_shard_and_stale_inputs_are_named_in_one_lin
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert f"{root}/raw was made by ingest with other settings or inputs than this config's" in refused.stderr
     assert "data.path, data.source" in refused.stderr and "run `stvideo ingest` first" in refused.stderr
+
+    # `status --verify` reads every stored byte back and names both
+    verified = run_stvideo("status", *untracked_tiny(root), "--verify")
+    assert verified.returncode == 1, verified.stdout[-3000:] + verified.stderr[-3000:]
+    bad = [line for line in verified.stdout.splitlines() if line.startswith("verify: bad: ")]
+    assert len(bad) == 2, verified.stdout
+    assert bad[0].startswith(f"verify: bad: {tar}: raw shard unreadable after mmnist-")
+    assert bad[1].startswith(f"verify: bad: {root}/latents.zarr shard {shard}: array 'codes', shard {shard}")
+    assert "verify: 2 bad of 3 raw shards, 6 latents.zarr shards, 2 checkpoints" in verified.stdout
