@@ -128,11 +128,17 @@ class Runner:
             if producer is None or location != producer.output(self.layout):  # one the config names
                 continue
             made = lineage.check(self.cfg, producer, self.layout)
-            if made.state == "outdated":
+            # settings only: a changed input of its own (another tokenizer) the stage checks itself
+            changed = [
+                key
+                for key in made.changed
+                if not key.startswith("input ") and key not in producer.location_keys
+            ]
+            if made.state == "outdated" and changed:
                 raise StageInputError(
-                    f"{location} was made by {producer.name} with other settings or inputs than this "
-                    f"config's ({', '.join(made.changed[:4])}): run `stvideo {producer.name}` first "
-                    "(or `stvideo run`), or set them back",
+                    f"{location} was made by {producer.name} with settings other than this config's "
+                    f"({', '.join(changed[:4])}): run `stvideo {producer.name}` first (or `stvideo run`), "
+                    "or set them back",
                     stage=spec.name,
                 )
 

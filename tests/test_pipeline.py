@@ -277,7 +277,7 @@ def test_a_corrupt_chunk_a_truncated_shard_and_stale_inputs_are_named_in_one_lin
     other = ["--set", "data.source=folder", "--set", f"data.path={tmp_path}"]
     refused = run_stvideo("encode", *untracked_tiny(root), *other)
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert f"{root}/raw was made by ingest with other settings or inputs than this config's" in refused.stderr
+    assert f"{root}/raw was made by ingest with settings other than this config's" in refused.stderr
     assert "data.path, data.source" in refused.stderr and "run `stvideo ingest` first" in refused.stderr
 
     # `status --verify` reads every stored byte back and names both

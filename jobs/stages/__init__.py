@@ -67,6 +67,9 @@ class StageSpec:
     # keys of its sections that change how it runs (scale, logging cadence), not what it writes:
     # changing them must not make a finished stage outdated
     run_only_keys: tuple[str, ...] = ()
+    # keys that only say where an input is read from (its identity is checked instead): a later
+    # stage does not take a change of them for other settings
+    location_keys: tuple[str, ...] = ()
     # folders of the user's own videos it reads, identified by their listing
     user_inputs: Callable[[PipelineConfig], dict[str, str]] = _no_user_inputs
     # None: a derived output, redone whenever it is outdated. Raw shards are the user's data, so
@@ -131,6 +134,7 @@ STAGES: dict[str, StageSpec] = {
             writes="latents",
             output_field="latents",
             run_only_keys=(*_actor_scale("encode"), "encode.threads", "data.decoder"),
+            location_keys=("encode.tokenizer",),
         ),
         StageSpec(
             "train-dynamics",
@@ -151,6 +155,7 @@ STAGES: dict[str, StageSpec] = {
             writes="generations",
             output_field="generations",
             run_only_keys=_actor_scale("generate"),
+            location_keys=("generate.dynamics", "generate.videos"),
             user_inputs=lambda cfg: {"videos": cfg.generate.videos} if cfg.generate.videos else {},
         ),
     ]
