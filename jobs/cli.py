@@ -72,11 +72,8 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
         outcomes = runner.run(names)
     except StageInputError as err:
         _fail([str(err)], EXIT_BAD_INPUT, f"stvideo {err.stage}: bad input.")
-    except RootLocked as err:
-        typer.secho(f"stvideo: {err}", err=True, fg="red")
-        raise typer.Exit(EXIT_ROOT_BUSY) from None
-    except RootUnusable as err:
-        _fail([str(err)], EXIT_BAD_INPUT, "stvideo: the root cannot be used (nothing was written):")
+    except (RootLocked, RootUnusable) as err:
+        _refuse_root(err, "stvideo")
     except Exception as err:
         _stage_failed(err, runner.current or names[0], cfg)
     if len(names) > 1:
@@ -90,6 +87,12 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
     if runner.parent_id and runner.tracker.owns_parent:
         typer.echo(f"MLflow: run {runner.parent_id} in {runner.tracker.uri}")
         typer.echo(f"  look: {runner.tracker.ui_link(runner.parent_id)}")
+
+
+def _refuse_root(err: RootLocked | RootUnusable, command: str) -> None:
+    """Held by another live run (exit 3), or not a place a run can write (exit 2): one line."""
+    typer.secho(f"{command}: {err}", err=True, fg="red")
+    raise typer.Exit(EXIT_ROOT_BUSY if isinstance(err, RootLocked) else EXIT_BAD_INPUT) from None
 
 
 def _stage_failed(err: Exception, stage: str, cfg: PipelineConfig) -> None:
@@ -236,11 +239,8 @@ def submit_command(
         parent = Submission(cfg, url, names, force=force, echo=typer.echo).run()
     except ConfigError as err:
         _fail(err.problems, EXIT_BAD_INPUT, "config error (nothing was submitted):")
-    except RootLocked as err:
-        typer.secho(f"stvideo submit: {err}", err=True, fg="red")
-        raise typer.Exit(EXIT_ROOT_BUSY) from None
-    except RootUnusable as err:
-        _fail([str(err)], EXIT_BAD_INPUT, "stvideo submit: the root cannot be used (nothing was submitted):")
+    except (RootLocked, RootUnusable) as err:
+        _refuse_root(err, "stvideo submit")
     except SubmitError as err:
         typer.secho(f"stvideo submit: {err}", err=True, fg="red")
         if err.log_tail:
