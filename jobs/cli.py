@@ -87,6 +87,11 @@ def run_stages(cfg: PipelineConfig, names: list[str], force: bool = False) -> No
     if runner.parent_id and runner.tracker.owns_parent:
         typer.echo(f"MLflow: run {runner.parent_id} in {runner.tracker.uri}")
         typer.echo(f"  look: {runner.tracker.ui_link(runner.parent_id)}")
+        if runner.tracker.kept():  # the run exists; what the outage held back is not in it yet
+            typer.echo(
+                f"  not there yet: {runner.tracker.kept()} records MLflow could not take; the next "
+                "tracked stvideo command sends them"
+            )
 
 
 def _refuse_root(err: RootLocked | RootUnusable, command: str) -> None:

@@ -108,6 +108,10 @@ class Journal:
                 return
             except Exception as err:  # MlflowException, connection and timeout errors alike
                 self.lose(err)
+        self.keep(record)
+
+    def keep(self, record: dict) -> None:
+        """Add a record for the next time the server answers."""
         if record.get("kind") in ("artifact", "image"):  # the file may move (staging) or go: keep a copy
             copy = self.folder / "files" / f"{len(self._lines())}-{Path(record['local_path']).name}"
             copy.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +163,11 @@ def _replay(client, record: dict) -> None:
         client.log_image(run_id, _picture(record["local_path"]), key=record["key"], step=record["step"])
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
+    elif kind == "register":
+        from jobs import models
+
+        uri = models.register(client, run_id, record["name"], record["tags"])
+        _log_tags(client, run_id, {f"output.{record['model']}.model": uri})
 
 
 _journal: Journal | None = None  # set by the Tracker of this process
@@ -368,8 +377,9 @@ class Tracker:
 
     def _open(self, start) -> str | None:
         """Start a run (or find the one a submitter opened) and return its id; None, saying so
-        once, when MLflow does not answer: the work goes on untracked."""
-        if _journal.lost:
+        once, when MLflow does not answer: the work goes on untracked. After an outage each new
+        run asks again, briefly: a server that is back gets what was kept, and the run."""
+        if _journal.lost and not self._answers_again():
             return None
         try:
             experiment = self.experiment_id = self._experiment_id()  # also points mlflow at the URI
@@ -380,6 +390,28 @@ class Tracker:
         except Exception as err:
             _journal.lose(err)
             return None
+
+    def _answers_again(self) -> bool:
+        """One quick request (no retries, 5 s): whether the server that stopped answering is back."""
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+        saved = {name: os.environ.get(name) for name in quick}
+        os.environ.update(quick)
+        try:
+            self._experiment_id()
+        except Exception:
+            return False
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        _journal.lost = ""
+        return True
+
+    def kept(self) -> int:
+        """How many records wait in the journal for the server (0 when all went)."""
+        return len(_journal._lines()) if _journal is not None else 0
 
     def _close(self, run_id: str, failure: BaseException | None) -> None:
         status = (
@@ -527,9 +559,6 @@ class Tracker:
             uri = storage.join(folder, file)
             if storage.exists(uri):
                 log_bytes(storage.read_bytes(uri), f"{models.ARTIFACT_PATH}/{file}")
-        if _journal is not None and _journal.lost:
-            log.warning(f"{kind}: not registered as a version of {name}: MLflow does not answer")
-            return None
         tags = {
             models.KIND_TAG: kind,
             models.IDENTITY_TAG: lineage_tags.get(f"output.{kind}.identity", ""),
@@ -537,6 +566,11 @@ class Tracker:
             "stvideo.fingerprint": lineage_tags.get("stvideo.fingerprint", ""),
             **{key: value for key, value in lineage_tags.items() if key.startswith("input.")},
         }
+        if _journal is not None and _journal.lost:  # registered when the checkpoint's files are sent
+            record = {"kind": "register", "run_id": _run_id(), "name": name, "model": kind, "tags": tags}
+            _journal.keep(record)
+            log.warning(f"{kind}: to be registered as a version of {name} once MLflow answers again")
+            return None
         try:
             uri = models.register(_client(), _run_id(), name, tags)
         except Exception as err:

@@ -68,3 +68,54 @@ def test_a_stage_outlives_its_tracking_server_and_catches_up_when_it_returns(tmp
         assert tokenizer.info.status == "FINISHED" and "output.tokenizer.identity" in tokenizer.data.tags
     finally:
         server("stop", state, port)
+
+
+def test_a_run_whose_server_returns_between_stages_tracks_the_next_stage_and_registers_the_model(
+    tmp_path,
+):
+    """In one pipeline run: the server goes away in a training stage (its curve and checkpoint
+    are kept) and is back when the next stage opens its run: that stage is tracked, the kept
+    records are sent, and the checkpoint is registered then."""
+    import torch
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import save_file
+
+    from jobs import tracking
+    from jobs.config import load_config
+
+    state, port = tmp_path / "mlflow", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"root={tmp_path / 'run'}", f"tracking.uri={uri}", "tracking.system_metrics=false"],
+    )
+    checkpoint = tmp_path / "run" / "tokenizer"
+    checkpoint.mkdir(parents=True)
+    save_file({"weight": torch.zeros(2)}, checkpoint / "model.safetensors")
+    (checkpoint / "config.json").write_text("{}")
+    server("start", state, port)
+    try:
+        tracker = tracking.Tracker(cfg)
+        with tracker.pipeline_run(["train-tokenizer", "encode"]) as parent:
+            with tracker.stage_run("train-tokenizer", {}) as first:
+                tracking.log_metrics({"loss": 1.0}, step=10)
+                server("stop", state, port)
+                tracking.log_metrics({"loss": 0.5}, step=20)  # kept: the server is gone
+                lineage = {"output.tokenizer.identity": "abc"}
+                assert tracker.publish_checkpoint("tokenizer", str(checkpoint), lineage) is None
+            assert tracker.kept() > 0
+            server("start", state, port)
+            with tracker.stage_run("encode", {}) as second:
+                assert second is not None
+                tracking.log_metrics({"clips": 48})
+        assert tracker.kept() == 0
+        client = MlflowClient(tracking_uri=uri)
+        assert [m.step for m in client.get_metric_history(first, "loss")] == [10, 20]
+        assert client.get_run(first).info.status == "FINISHED"
+        encode = client.get_run(second)
+        assert encode.data.tags["mlflow.parentRunId"] == parent and encode.data.metrics["clips"] == 48
+        [version] = client.search_model_versions(f"run_id='{first}'")
+        assert version.tags["stvideo.identity"] == "abc"
+        assert client.get_run(first).data.tags["output.tokenizer.model"].endswith(f"/{version.version}")
+    finally:
+        server("stop", state, port)
