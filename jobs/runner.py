@@ -120,8 +120,8 @@ class Runner:
 
     def _check_inputs_current(self, spec: StageSpec) -> None:
         """A stage reads what earlier stages left under the root. When one of them was made with
-        settings or inputs other than this config's (a stage run on its own after the config
-        changed), refuse, rather than build on it and record this config as if it had been used."""
+        settings other than this config's (a stage run on its own after the config changed),
+        refuse, rather than build on it and record this config as if it had been used."""
         for name in spec.reads:
             producer = next((stage for stage in STAGES.values() if stage.writes == name), None)
             location = ARTIFACTS[name].location(self.layout)
