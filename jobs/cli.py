@@ -279,8 +279,9 @@ def status_command(
     from jobs.submit import SubmitError, stage_states
 
     cfg = _load(config, overrides)
+    lock_line, running = _lock_state(cfg)
     try:
-        rows = stage_states(cfg, list(STAGES), address or cfg.submit.address)
+        rows = stage_states(cfg, list(STAGES), address or cfg.submit.address, running)
     except SubmitError as err:
         _fail([str(err)], EXIT_STAGE_FAILED, "stvideo status: the cluster did not answer.")
     except OSError as err:  # a root that is a file, a store that refuses
@@ -294,22 +295,25 @@ def status_command(
     typer.echo("  ".join(col.ljust(widths[col]) for col in columns).rstrip())
     for row in rows:
         typer.echo("  ".join(row[col].ljust(widths[col]) for col in columns).rstrip())
+    typer.echo(lock_line)
+    if verify:
+        _verify(cfg)
+
+
+def _lock_state(cfg: PipelineConfig) -> tuple[str, str]:
+    """The root's lock as a line, and the stage its live holder runs ("" when none), read once."""
     from jobs.root_lock import current_holder
 
     try:
         holder = current_holder(cfg.root)
-    except (RootLocked, RootUnusable) as err:
-        typer.echo(f"lock: {err}")
-        return
-    dead = holder.dead_because() if holder else None
+    except (RootLocked, RootUnusable) as err:  # a file there that is not a lock record
+        return f"lock: {err}", ""
     if holder is None:
-        typer.echo("lock: free")
-    elif dead:
-        typer.echo(f"lock: left by {holder.describe()}; {dead}: the next run takes it over")
-    else:
-        typer.echo(f"lock: held by {holder.describe()}")
-    if verify:
-        _verify(cfg)
+        return "lock: free", ""
+    dead = holder.dead_because()
+    if dead:
+        return f"lock: left by {holder.describe()}; {dead}: the next run takes it over", ""
+    return f"lock: held by {holder.describe()}", holder.stage
 
 
 def _verify(cfg: PipelineConfig) -> None:

@@ -162,7 +162,7 @@ class LocalRecord:
             return None, None
         return _parsed(data, str(self.path)), _digest(data)
 
-    def swap(self, value: dict, expected: str | None) -> str:
+    def swap(self, value: dict, expected: str | None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps(value, indent=2).encode()
         with open(self.mutex, "a") as mutex:
@@ -179,7 +179,6 @@ class LocalRecord:
                     raise
             finally:
                 fcntl.flock(mutex, fcntl.LOCK_UN)
-        return _digest(data)
 
 
 class ObjectRecord:
@@ -198,17 +197,16 @@ class ObjectRecord:
             return None, None
         return _parsed(data, self.path), etag
 
-    def swap(self, value: dict, expected: str | None) -> str:
+    def swap(self, value: dict, expected: str | None) -> None:
         data = json.dumps(value, indent=2).encode()
         condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
         try:
-            answer = self.fs.pipe_file(self.path, data, **condition)
+            self.fs.pipe_file(self.path, data, **condition)
         except (FileExistsError, OSError) as err:
             if _refused_by_condition(err):
                 raise Conflict from None
             raise
         self.fs.invalidate_cache(self.path)
-        return (answer or {}).get("ETag") or self.read()[1]
 
 
 def _refused_by_condition(err: BaseException) -> bool:
@@ -269,7 +267,6 @@ class RootLock:
         self.root, self.command, self.echo = root, command, echo
         self.record = record_at(root)
         self.holder: Holder | None = None
-        self.version: str | None = None
         self.borrowed = False
         self.lost: str | None = None
         self.stage = ""
@@ -292,7 +289,7 @@ class RootLock:
             current = Holder.of(value, _where(self.record)) if value else None
             now = time.time()
             if current and shared and current.id == shared and not current.released:
-                self.holder, self.version, self.borrowed = current, version, True
+                self.holder, self.borrowed = current, True
                 break
             dead = current.dead_because(now) if current else None
             if current and dead is None:
@@ -313,7 +310,7 @@ class RootLock:
                 lease_seconds=lease,
             )
             try:
-                self.version = self.record.swap(asdict(mine), version)
+                self.record.swap(asdict(mine), version)
             except Conflict:
                 continue
             self.holder = mine
@@ -351,7 +348,7 @@ class RootLock:
                 "renewed_by": f"{machine_identity()}#{os.getpid()}",
             }
             try:
-                self.version = self.record.swap(renewed, version)
+                self.record.swap(renewed, version)
                 return
             except Conflict:  # the submission and its stage job renew the same lock
                 continue

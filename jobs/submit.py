@@ -25,7 +25,7 @@ from common import logs
 from jobs import lineage
 from jobs.config import REDACTED, PipelineConfig
 from jobs.layout import Layout
-from jobs.root_lock import HOLDER_ENV, RootLock, command_line, current_holder
+from jobs.root_lock import HOLDER_ENV, RootLock, command_line
 from jobs.stages import STAGES
 from jobs.tracking import PARENT_RUN_ENV, SUBMISSION_ENV, Tracker
 
@@ -318,8 +318,11 @@ def submit_detached(cfg: PipelineConfig, address: str, submit_args: list[str]) -
     return submission_id
 
 
-def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> list[dict[str, str]]:
-    """Each stage's state: done, outdated, running, pending, failed, stopped or not started."""
+def stage_states(
+    cfg: PipelineConfig, names: list[str], address: str | None, running: str = ""
+) -> list[dict[str, str]]:
+    """Each stage's state: done, outdated, running, pending, failed, stopped or not started.
+    `running`: the stage the root's live lock holder says it runs (a `stvideo run`, not a job)."""
     jobs: dict[str, Any] = {}
     if address:
         client = connect(address, cfg.submit.retries)
@@ -332,11 +335,6 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
                 jobs[stage] = job
     rows = []
     layout = Layout.of(cfg)
-    try:
-        holder = current_holder(cfg.root)
-    except RuntimeError:  # not a lock record, or no root: `status` says so on its lock line
-        holder = None
-    running_now = holder.stage if holder and holder.dead_because() is None else ""
     for stage in names:
         status = lineage.check(cfg, STAGES[stage], layout)
         manifest = status.manifest or {}
@@ -344,7 +342,7 @@ def stage_states(cfg: PipelineConfig, names: list[str], address: str | None) -> 
         job_status = str(job.status.value) if job is not None else None
         if job_status in ("RUNNING", "PENDING"):
             state = job_status.lower()
-        elif stage == running_now:  # in a `stvideo run` or a stage command, not a Ray job
+        elif stage == running:  # in a `stvideo run` or a stage command, not a Ray job
             state = "running"
         elif status.done:
             state = "done"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common import logs
+from common.environment import environment
 from common.identity import value_identity
 from jobs.config import REDACTED, ConfigError, PipelineConfig, is_secret
 from jobs.layout import Layout
@@ -394,18 +395,11 @@ class Tracker:
     def _answers_again(self) -> bool:
         """One quick request (no retries, 5 s): whether the server that stopped answering is back."""
         quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-        saved = {name: os.environ.get(name) for name in quick}
-        os.environ.update(quick)
         try:
-            self._experiment_id()
+            with environment(quick):
+                self._experiment_id()
         except Exception:
             return False
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         _journal.lost = ""
         return True
 

@@ -106,23 +106,23 @@ class LatentStore:
                 return self.codes[start:stop]
         except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
             bad = next((clip for clip in range(start, stop) if not self._readable(clip)), start)
-            reason = logs.first_line(err, 160)
-            raise LatentStoreError(
-                f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode, "
-                f"first at clip {bad} ({reason}); encode again (--force) to rewrite it"
-            ) from None
+            raise self._undecodable(bad, err, "does not decode, first at") from None
 
     def read_clip(self, clip: int) -> np.ndarray:
         """One clip's codes [T, h, w]; a chunk that does not decode names the array, shard and clip."""
         try:
             return self.codes[clip]
         except Exception as err:  # zstd, blosc or shard-index errors, whichever codec noticed
-            shard = self.shard_of(clip)
-            start, stop = self.shard_range(shard)
-            raise LatentStoreError(
-                f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) does not decode at "
-                f"clip {clip} ({logs.first_line(err, 160)}); encode again (--force) to rewrite it"
-            ) from None
+            raise self._undecodable(clip, err, "does not decode at") from None
+
+    def _undecodable(self, clip: int, err: Exception, how: str) -> LatentStoreError:
+        """The array, shard and clip that did not decode, and what to do."""
+        shard = self.shard_of(clip)
+        start, stop = self.shard_range(shard)
+        return LatentStoreError(
+            f"{self.uri}: array 'codes', shard {shard} (clips {start}..{stop - 1}) {how} clip {clip} "
+            f"({logs.first_line(err, 160)}); encode again (--force) to rewrite it"
+        )
 
     @cached_property
     def _shard_chunk(self):

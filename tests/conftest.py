@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 
+from common.environment import environment
 from pipeline.video import encode_mp4
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -426,21 +427,6 @@ def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """This process's environment with `values` set, restored after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

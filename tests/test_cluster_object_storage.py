@@ -101,10 +101,15 @@ def settings(cluster, scratch: Path) -> list[str]:
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 
 
-def submit(cluster, folder: Path, *extra: str, scratch: Path | None = None):
+def submit_args(cluster, scratch: Path | None = None) -> list[str]:
     args = ["submit", "--config", "tiny.yaml", "--address", cluster.dashboard]
-    args += settings(cluster, scratch or cluster.tmp / "scratch")
-    return run_stvideo(*args, *extra, cwd=folder, env=cluster.client_env, timeout=900)
+    return args + settings(cluster, scratch or cluster.tmp / "scratch")
+
+
+def submit(cluster, folder: Path, *extra: str, scratch: Path | None = None):
+    return run_stvideo(
+        *submit_args(cluster, scratch), *extra, cwd=folder, env=cluster.client_env, timeout=900
+    )
 
 
 def s3(cluster):
@@ -176,11 +181,9 @@ def pipeline(cluster):
     folder = client_folder(cluster, "laptop")
     before = sorted(path.name for path in folder.iterdir())
     started = time.time()
-    args = ["submit", "--config", "tiny.yaml", "--address", cluster.dashboard]
-    args += settings(cluster, cluster.tmp / "scratch")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         submitting = subprocess.Popen(
-            [*STVIDEO, *args],
+            [*STVIDEO, *submit_args(cluster)],
             cwd=folder,
             env={**os.environ, "RAY_AUTH_MODE": "disabled", **cluster.client_env},
             stdout=out,
