@@ -11,10 +11,11 @@ FLOPs counted by PyTorch's FlopCounterMode:
   steps run) on random frames [batch_videos x frames_per_video, C, H, W].
 
 It prints tokens/s (frames/s), the achieved FLOP/s and its ratio to the matmul rate of its
-precision: an MFU for CPUs (on a GPU, against the card's listed peak as well). Then two steps
+precision: an MFU for CPUs (on a GPU, against the card's listed peak as well). Then the steps
 as the stages take them now against the way they took them before, timed in alternating rounds:
-the tokenizer channels-last against contiguous, and the dynamics step with the config's random
-lengths and rollouts, its clips cut to their longest length, against clips fed whole.
+the tokenizer channels-last against contiguous; the dynamics step with the config's random
+lengths and rollouts, its clips cut to their longest length, against clips fed whole; and, where
+the config's Gaussian layers are separable, that step against the same model with full ones.
 
     .venv/bin/python bench/training.py [--config configs/demo.yaml] [--steps 10]
 """
@@ -121,7 +122,12 @@ def main() -> None:
         codebook, levels = FiniteScalarQuantizer(arch).grid, list(arch.fsq_levels)
     else:
         codebook, levels = torch.randn(arch.codebook_size, arch.code_dim), None
-    dynamics = STTransformer(cfg.dynamics.model, codebook, grid, levels).to(device).train()
+
+    def dynamics_model(architecture):
+        torch.manual_seed(0)
+        return STTransformer(architecture, codebook, grid, levels).to(device).train()
+
+    dynamics = dynamics_model(cfg.dynamics.model)
     batch, frames = cfg.dynamics.batch_size, cfg.data.clip_frames
     codes = torch.randint(0, arch.codebook_size, (batch, frames, *grid), device=device)
     dtype, autocast = precision_of(cfg.dynamics.mixed_precision, device)
@@ -160,10 +166,17 @@ def main() -> None:
         limit_of(dtype),
     )
 
-    against_the_old_steps(cfg, tokenizer, images, autocast, dynamics, codes, args.steps, device)
+    full_gaussian = None
+    if cfg.dynamics.model.gaussian_conv != "full":
+        full_gaussian = dynamics_model(dataclasses.replace(cfg.dynamics.model, gaussian_conv="full"))
+    against_the_old_steps(
+        cfg, tokenizer, images, autocast, dynamics, codes, args.steps, device, full_gaussian
+    )
 
 
-def against_the_old_steps(cfg, tokenizer, images, tokenizer_autocast, dynamics, codes, steps, device) -> None:
+def against_the_old_steps(
+    cfg, tokenizer, images, tokenizer_autocast, dynamics, codes, steps, device, full_gaussian=None
+) -> None:
     """Each stage's step as it trains now against the way it trained before, in alternating rounds."""
     print("as the stages train, against the way they trained before (ratio > 1: faster now):")
     channels_last = copy.deepcopy(tokenizer).to(memory_format=torch.channels_last)
@@ -187,6 +200,15 @@ def against_the_old_steps(cfg, tokenizer, images, tokenizer_autocast, dynamics, 
         2 * steps,  # half the steps roll out: enough of both kinds
         device,
     )
+    if full_gaussian is not None:
+        now_steps, before_steps = iter(range(10**9)), iter(range(10**9))
+        compare(
+            f"train-dynamics, {cfg.dynamics.model.gaussian_conv} Gaussian layers ÷ full",
+            lambda: dynamics_step(dynamics, cfg.dynamics, codes, next(now_steps), autocast),
+            lambda: dynamics_step(full_gaussian, cfg.dynamics, codes, next(before_steps), autocast),
+            2 * steps,
+            device,
+        )
 
 
 def tokenizer_loss_of(model, images: torch.Tensor) -> torch.Tensor:

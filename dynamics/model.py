@@ -175,14 +175,20 @@ class GaussianLayer(nn.Module):
         super().__init__()
         self.grid = grid
         self.limits = (cfg.logvar_min, cfg.logvar_max)
-        self.conv = nn.Conv2d(
-            cfg.d_model, 2 * cfg.d_model, cfg.gaussian_kernel, padding=cfg.gaussian_kernel // 2
-        )
+        d, kernel = cfg.d_model, cfg.gaussian_kernel
+        if cfg.gaussian_conv == "separable":
+            spatial = nn.Conv2d(d, d, kernel, padding=kernel // 2, groups=d)
+            nn.init.dirac_(spatial.weight, groups=d)  # starts passing each channel through
+            nn.init.zeros_(spatial.bias)
+            self.conv = nn.Sequential(spatial, nn.Conv2d(d, 2 * d, 1))
+        else:
+            self.conv = nn.Conv2d(d, 2 * d, kernel, padding=kernel // 2)
         # start as a near-identity with little noise: mean = x, std = e^-3
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        output = self.conv[-1] if isinstance(self.conv, nn.Sequential) else self.conv
+        nn.init.zeros_(output.weight)
+        nn.init.zeros_(output.bias)
         with torch.no_grad():
-            self.conv.bias[cfg.d_model :] = -6.0
+            output.bias[d:] = -6.0
 
     def forward(
         self,

@@ -27,6 +27,10 @@ class STTransformerConfig:
     head: Literal["regression", "categorical", "tied", "factorized"] = "regression"
     kl_weight: float = Field(1e-6, ge=0)  # the original's weight on the Gaussian layers' KL
     gaussian_kernel: int = Field(3, ge=1)  # the Gaussian layer's convolution over the latent grid
+    # full: one k x k convolution from d_model to mean and log-variance (the original's; on an 8x8
+    # grid at d_model 64 it is about half of a step's FLOPs); separable: a depthwise k x k over each
+    # channel, then a 1x1 to mean and log-variance (about a tenth of those FLOPs, the same field of view)
+    gaussian_conv: Literal["full", "separable"] = "full"
     logvar_min: float = -10.0
     logvar_max: float = 2.0
     # rotary: temporal attention sees how far back a frame is, not where it sits, so generation

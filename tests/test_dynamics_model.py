@@ -74,10 +74,11 @@ def test_temporal_attention_mixes_only_within_a_latent_pixel_and_only_forward():
     assert not changed[:, :, others].any()  # never another pixel
 
 
-def test_gaussian_layer_kl_and_sampling():
+@pytest.mark.parametrize("conv", ["full", "separable"])
+def test_gaussian_layer_kl_and_sampling(conv):
     assert torch.equal(gaussian_kl(torch.zeros(3, 5), torch.zeros(3, 5)), torch.zeros(3))
     assert (gaussian_kl(torch.ones(3, 5), torch.zeros(3, 5)) > 0).all()
-    layer = GaussianLayer(STTransformerConfig(d_model=8, n_heads=2), GRID)
+    layer = GaussianLayer(STTransformerConfig(d_model=8, n_heads=2, gaussian_conv=conv), GRID)
     x = torch.randn(2, 3, 12, 8)
     a, kl_a = layer(x, generator=torch.Generator().manual_seed(1))
     b, _ = layer(x, generator=torch.Generator().manual_seed(2))
@@ -87,6 +88,22 @@ def test_gaussian_layer_kl_and_sampling():
     d2, _ = layer(x, deterministic=True)
     assert torch.equal(d1, d2) and torch.equal(d1, x)  # starts as identity on the mean path
     assert kl_a.shape == (2, 3) and torch.equal(kl_a, kl_d)
+
+
+@pytest.mark.parametrize("conv", ["full", "separable"])
+def test_gaussian_layer_sees_a_latent_pixels_3x3_neighbours_and_no_further(conv):
+    layer = GaussianLayer(STTransformerConfig(d_model=8, n_heads=2, gaussian_conv=conv), (5, 5))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.normal_()
+    x = torch.randn(1, 1, 25, 8)
+    moved = x.clone()
+    moved[0, 0, 12] += 1.0  # the centre pixel of the 5x5 grid
+    changed = (layer(moved, deterministic=True)[0] != layer(x, deterministic=True)[0]).any(-1)
+    neighbours = torch.zeros(5, 5, dtype=torch.bool)
+    neighbours[1:4, 1:4] = True
+    assert torch.equal(changed.view(5, 5), neighbours)
 
 
 @pytest.mark.parametrize("positions", ["rotary", "learned"])
