@@ -1,8 +1,11 @@
-"""Train/val/test split of a clip, decided by a hash of its source video's key.
+"""Train/val/test splits: of whole videos by a hash of each video's key, or of every video's
+frames by time (`data.split_by`).
 
-Every stage that needs a split calls this one function, so a video lands in the
-same split in the tokenizer's data, the latent store and the evaluation, and no
-video ever straddles two splits.
+Ingest records each video's segments (`[split, start, end)`) and every later stage cuts its
+clips from them, so a frame lands in the same split in the tokenizer's data, the latent store
+and the evaluation. Split by video, no video straddles two splits; split by time, each video's
+first part trains, then validation, then test, with a clip's gap between, so no frame is in
+two splits and no clip sits beside another split's.
 """
 
 from __future__ import annotations
