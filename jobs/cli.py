@@ -357,7 +357,7 @@ def _registry(config: str | None, overrides: list[str] | None):
 @models_app.command("list")
 def models_list_command(config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Every registered version: its aliases, identity, the run that made it and its root."""
-    from jobs.models import IDENTITY_TAG
+    from jobs.model_registry import IDENTITY_TAG
 
     client, uri = _registry(config, overrides)
     typer.echo(f"models in {uri}")

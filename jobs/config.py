@@ -209,6 +209,12 @@ class GenerateConfig(Section):
         description="the dynamics model: a checkpoint folder, models:/<name>/<version>, "
         "models:/<name>@<alias> or runs:/<run id>/<path>; default: <root>/dynamics",
     )
+    model: str | None = Field(
+        None,
+        description="a generator model a generate run registered (models:/<name>/<version> or "
+        "models:/<name>@<alias>): its tokenizer and dynamics checkpoints, in place of encode.tokenizer "
+        "and generate.dynamics",
+    )
     split: Literal["train", "val", "test"] = "test"
     prompt_frames: int = Field(10, ge=1, description="P: frames given to the model")
     generate_frames: int = Field(
@@ -283,6 +289,11 @@ class TrackingConfig(Section):
     dynamics_model: str | None = Field(
         "stvideo-dynamics",
         description="registered model a trained dynamics model becomes a version of; null: none",
+    )
+    generator_model: str | None = Field(
+        "stvideo-generator",
+        description="registered model generate's tokenizer and dynamics pair becomes a version of, as one "
+        "MLflow pyfunc model (prompt frames in, continuation frames out); null: none",
     )
     system_metrics: bool = Field(
         True, description="log CPU, memory (and GPU) use beside each stage's metrics"
@@ -424,6 +435,16 @@ class PipelineConfig(Section):
         if raw["data"].get("source") != "folder" or not isinstance(model, dict) or "in_channels" in model:
             return raw  # not footage, said explicitly, or malformed (validation names it)
         return {**raw, "tokenizer": {**tokenizer, "model": {**model, "in_channels": 3}}}
+
+    @model_validator(mode="after")
+    def _one_source_of_checkpoints(self) -> PipelineConfig:
+        model = self.generate.model
+        if model and not model.startswith("models:/"):
+            raise problem("generate.model", model, "models:/<name>/<version> or models:/<name>@<alias>")
+        if model and (self.generate.dynamics or self.encode.tokenizer):
+            given = "generate.dynamics" if self.generate.dynamics else "encode.tokenizer"
+            raise problem("generate.model", model, f"no {given} beside it: the model holds both checkpoints")
+        return self
 
     @model_validator(mode="after")
     def _footage_frame_size(self) -> PipelineConfig:

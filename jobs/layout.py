@@ -4,7 +4,7 @@ Every stage reads and writes through a `Layout`; none joins paths by hand. A
 location is a URI: a local path or anything fsspec speaks (`s3://bucket/prefix`),
 handled alike. The one rule with a choice in it, "the checkpoint the config
 names, else the root's", is written here and nowhere else. A checkpoint the config
-names may also be an MLflow model URI (`models:/…`, `runs:/…`; see `jobs.models`).
+names may also be an MLflow model URI (`models:/…`, `runs:/…`; see `jobs.model_registry`).
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ class Layout:
         def under(*parts: str) -> str:
             return storage.join(root, *parts)
 
+        # a generator model holds both checkpoints: `<model URI>#<which>` (see jobs.model_registry)
+        model = cfg.generate.model
         return cls(
             root=root,
             raw=under("raw"),
             trained_tokenizer=under("tokenizer"),
-            tokenizer=cfg.encode.tokenizer or under("tokenizer"),
+            tokenizer=f"{model}#tokenizer" if model else cfg.encode.tokenizer or under("tokenizer"),
             latents=under("latents.zarr"),
             trained_dynamics=under("dynamics"),
-            dynamics=cfg.generate.dynamics or under("dynamics"),
+            dynamics=f"{model}#dynamics" if model else cfg.generate.dynamics or under("dynamics"),
             generations=under("generations", cfg.generate.name),
             untracked=under("_untracked"),
             ray_results=under("ray_results"),

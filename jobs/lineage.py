@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.identity import listing_identity, value_identity
-from jobs import models
+from jobs import model_registry
 from jobs.config import PipelineConfig
 from jobs.layout import MANIFEST, STARTED_SUFFIX, Layout
 from jobs.stages import ARTIFACTS, StageSpec
@@ -47,9 +47,9 @@ def input_identities(cfg: PipelineConfig, spec: StageSpec, layout: Layout) -> di
     for name in spec.reads:
         artifact = ARTIFACTS[name]
         location = artifact.location(layout)
-        if models.is_model_uri(location):  # the weights an MLflow model URI names now
-            registry = models.registry_uri(cfg, location)
-            identities[name] = models.identity(location, storage.scratch_root(cfg.scratch), registry)
+        if model_registry.is_model_uri(location):  # the weights an MLflow model URI names now
+            registry = model_registry.registry_uri(cfg, location)
+            identities[name] = model_registry.identity(location, storage.scratch_root(cfg.scratch), registry)
         else:
             identities[name] = artifact.identity(location)
     return identities

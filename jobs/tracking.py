@@ -158,6 +158,8 @@ def _replay(client, record: dict) -> None:
         client.log_batch(run_id, metrics=metrics)
     elif kind == "tags":
         _log_tags(client, run_id, record["tags"])
+    elif kind == "params":
+        _log_params(client, run_id, record["params"])
     elif kind == "artifact":
         client.log_artifact(run_id, record["local_path"], record["artifact_path"])
     elif kind == "image":
@@ -165,9 +167,9 @@ def _replay(client, record: dict) -> None:
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
     elif kind == "register":
-        from jobs import models
+        from jobs import model_registry
 
-        uri = models.register(client, run_id, record["name"], record["tags"])
+        uri = model_registry.register(client, run_id, record["name"], record["tags"])
         _log_tags(client, run_id, {f"output.{record['model']}.model": uri})
 
 
@@ -248,6 +250,18 @@ def _log_tags(client, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()])
+    except MlflowException as err:  # a value the run already holds otherwise: not an outage
+        if err.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        log.debug(f"params not logged to run {run_id}: {logs.first_line(err)[:200]}")
+
+
 def _client():
     return _mlflow().MlflowClient()
 
@@ -280,6 +294,29 @@ def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
             by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]
         log_metrics(by_step, step=step)
     return headline
+
+
+def publish_generator(cfg: PipelineConfig, folders: dict[str, Path], settings, scored: dict) -> str:
+    """generate's tokenizer and dynamics pair as one pyfunc model, logged to its run and
+    registered (`jobs.generator_model.log_and_register`, which takes `scored`: the frame shape,
+    grid, metrics and what they were scored on); a note for the stage's summary, "" where none."""
+    from jobs import generator_model
+
+    name = cfg.tracking.generator_model
+    if not active() or _quiet or not name or "model" not in scored["metrics"].get("mean", {}):
+        return ""
+    if _journal is not None and _journal.lost:
+        log.warning(f"generate: not logged as a model of {name}: MLflow stopped answering")
+        return ""
+    try:
+        uri, champion = generator_model.log_and_register(
+            _client(), name, folders, settings, **scored, root=cfg.root
+        )
+    except Exception as err:  # the stage's outputs stand without it
+        log.warning(f"generate: not logged as a model of {name} ({logs.first_line(err)[:200]})")
+        return ""
+    set_tags({"output.generator.model": uri})
+    return f"; registered as {uri}" + (f" (@{generator_model.CHAMPION})" if champion else "")
 
 
 class _Copied:
@@ -471,6 +508,8 @@ class Tracker:
         if os.environ.get(SUBMISSION_ENV):
             tags["ray.submission_id"] = os.environ[SUBMISSION_ENV]
 
+        shown = {key: REDACTED if is_secret(key) else str(value) for key, value in params.items()}
+
         def start(experiment: str) -> str:
             run = _mlflow().start_run(
                 run_name=stage,
@@ -480,7 +519,6 @@ class Tracker:
                 tags=tags,
                 log_system_metrics=self.cfg.tracking.system_metrics,
             )
-            shown = {key: REDACTED if is_secret(key) else str(value) for key, value in params.items()}
             _mlflow().log_params(shown)
             return run.info.run_id
 
@@ -488,6 +526,7 @@ class Tracker:
         with self._run(start) as run_id:
             if run_id is not None:
                 self._log_config()
+                self._to_parent({"kind": "params", "params": shown})
             _quiet = run_id is None
             try:
                 with _stage_log(stage) as log_file:
@@ -513,8 +552,21 @@ class Tracker:
         tags.update({f"output.{name}": uri for name, uri in result.outputs.items()})
         set_tags({**tags, **lineage_tags})
         if result.metrics:
-            log_metrics(result.metrics)
+            # a training stage's summary at its last step: at step 0 it would draw each curve it
+            # shares a name with (frames/s, steps) back to the start
+            steps = result.metrics.get("steps")
+            log_metrics(result.metrics, step=None if steps is None else int(steps))
+            # the parent shows every stage's figures, a chart section per stage
+            values = {f"{result.stage}/{key}": float(value) for key, value in result.metrics.items()}
+            self._to_parent({"kind": "metrics", "metrics": values, "step": None, "time": time.time()})
         self._log_datasets(result, lineage_tags)
+
+    def _to_parent(self, record: dict) -> None:
+        """A stage's params or figures, also on the parent run (params keep their section's name,
+        which no two stages share but `data`, logged alike by each)."""
+        if self.parent_id and self.parent_id != _run_id():
+            record = {**record, "run_id": self.parent_id}
+            _send(record, lambda: _replay(_client(), record))
 
     def _log_datasets(self, result: StageResult, lineage_tags: dict[str, str]) -> None:
         """The raw shards and the latent store a stage read, as MLflow datasets (the runs table's
@@ -542,20 +594,20 @@ class Tracker:
         """A training stage's checkpoint: its files logged to the stage's run under `checkpoint/`
         and registered as a new version of the configured model, tagged with its identity and
         lineage. Returns the version's `models:/` URI, or None where nothing was registered."""
-        from jobs import models
+        from jobs import model_registry
 
         name = {"tokenizer": self.cfg.tracking.tokenizer_model, "dynamics": self.cfg.tracking.dynamics_model}[
             kind
         ]
         if not active() or _quiet or not name:
             return None
-        for file in models.CHECKPOINT_FILES:
+        for file in model_registry.CHECKPOINT_FILES:
             uri = storage.join(folder, file)
             if storage.exists(uri):
-                log_bytes(storage.read_bytes(uri), f"{models.ARTIFACT_PATH}/{file}")
+                log_bytes(storage.read_bytes(uri), f"{model_registry.ARTIFACT_PATH}/{file}")
         tags = {
-            models.KIND_TAG: kind,
-            models.IDENTITY_TAG: lineage_tags.get(f"output.{kind}.identity", ""),
+            model_registry.KIND_TAG: kind,
+            model_registry.IDENTITY_TAG: lineage_tags.get(f"output.{kind}.identity", ""),
             "stvideo.root": self.cfg.root,
             "stvideo.fingerprint": lineage_tags.get("stvideo.fingerprint", ""),
             **{key: value for key, value in lineage_tags.items() if key.startswith("input.")},
@@ -566,7 +618,7 @@ class Tracker:
             log.warning(f"{kind}: to be registered as a version of {name} once MLflow answers again")
             return None
         try:
-            uri = models.register(_client(), _run_id(), name, tags)
+            uri = model_registry.register(_client(), _run_id(), name, tags)
         except Exception as err:
             first = logs.first_line(err)
             log.warning(f"{kind}: not registered as a version of {name} ({first[:200]})")

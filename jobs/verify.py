@@ -80,15 +80,19 @@ def _latent_shards(layout: Layout) -> Iterator[tuple[str, str | None]]:
 
 def _checkpoints(layout: Layout) -> Iterator[tuple[str, str | None]]:
     from safetensors import safe_open
+    from safetensors.torch import load
 
     for folder in (layout.trained_tokenizer, layout.trained_dynamics):
         weights = storage.join(folder, "model.safetensors")
-        if not storage.is_local(weights) or not storage.exists(weights):
+        if not storage.exists(weights):
             continue
         try:
-            with safe_open(str(Layout.local(weights)), framework="pt") as tensors:
-                for name in tensors.keys():
-                    tensors.get_tensor(name)
+            if storage.is_local(weights):
+                with safe_open(str(Layout.local(weights)), framework="pt") as tensors:
+                    for name in tensors.keys():
+                        tensors.get_tensor(name)
+            else:  # on object storage: its bytes, parsed and every tensor made, as loading does
+                load(storage.read_bytes(weights))
             yield weights, None
         except Exception as err:  # a truncated or overwritten file
             yield weights, f"unreadable ({first_line(err)})"

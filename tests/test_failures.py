@@ -110,3 +110,22 @@ def test_an_audio_only_file_is_rejected_as_having_no_video_stream():
             RejectedVideo, match=r"^not a readable video: no video stream \(an audio-only file\?\)$"
         ):
             read()
+
+
+def test_verify_reads_checkpoints_on_object_storage_and_names_a_truncated_one(s3_server):
+    import torch
+    from safetensors.torch import save
+
+    from jobs.config import load_config
+    from jobs.layout import Layout
+    from jobs.verify import verify
+    from pipeline import storage
+
+    layout = Layout.of(load_config(None, [f"root={s3_server}/root"]))
+    weights = save({"weight": torch.arange(4096, dtype=torch.float32)})
+    storage.write_bytes_atomic(storage.join(layout.trained_tokenizer, "model.safetensors"), weights)
+    truncated = storage.join(layout.trained_dynamics, "model.safetensors")
+    storage.write_bytes_atomic(truncated, weights[: len(weights) // 2])
+    (checked,) = verify(layout)
+    assert (checked.what, checked.count) == ("checkpoints", 2)
+    assert len(checked.bad) == 1 and checked.bad[0].startswith(f"{truncated}: unreadable (")

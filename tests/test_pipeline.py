@@ -2,6 +2,10 @@
 lineage, skipping what is complete, and generation on videos a user brings."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,7 +81,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     # the tokenizer: a loadable checkpoint, its identity as lineage, quality above the mean frame
     assert tokenizer.data.tags["input.raw"] == f"{root}/raw"
     loaded = Tokenizer.from_pretrained(root / "tokenizer")
-    assert tokenizer.data.tags["output.tokenizer_identity"] == loaded.identity
+    assert tokenizer.data.tags["output.tokenizer.identity"] == loaded.identity
     assert tokenizer.data.params["tokenizer.model.codebook_size"] == "128"
     metrics = tokenizer.data.metrics
     assert metrics["psnr"] > metrics["psnr_mean_frame"] + 3, metrics
@@ -87,7 +91,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
 
     # encode: latents of exactly that tokenizer, lineage readable from the tags
     encode = runs["encode"]
-    assert encode.data.tags["input.tokenizer_identity"] == loaded.identity
+    assert encode.data.tags["input.tokenizer.identity"] == loaded.identity
     assert encode.data.tags["output.latents"] == f"{root}/latents.zarr"
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
     assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
@@ -143,6 +147,12 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
     assert generate.data.metrics["truth_identity"] == ceiling
     assert generate.data.metrics["prompt_identity_original"] == prompt["original"]
+    # the parent carries every stage's params and figures (a chart section per stage), and
+    # generate registered the trained pair as one model
+    assert parent.data.params["tokenizer.max_steps"] == "40" and parent.data.params["generate.samples"] == "1"
+    assert parent.data.metrics["generate/model_mse"] == metrics["mean"]["model"]["mse"]
+    assert parent.data.metrics["train-tokenizer/psnr"] > 0 and "encode/clips" in parent.data.metrics
+    assert generate.data.tags["output.generator.model"].startswith("models:/stvideo-generator/")
     # every stage recorded its completion, with the run that produced it
     for stage, folder in [
         ("ingest", "raw"),
@@ -216,16 +226,33 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     assert redone["config"]["generate.seed"] == 1 and redone["finished_at"] >= metrics_finished
 
 
-def test_generate_continues_videos_a_user_brings(tiny_run, video_folder):
-    """Brought videos are encoded on the way in; one shorter than the prompt is rejected, the rest go on."""
+def test_generate_continues_videos_a_user_brings(tiny_run, video_folder, tmp_path):
+    """Brought videos are encoded on the way in; one shorter than the prompt is rejected, the rest
+    go on. The trained pair, registered as one MLflow model, continues a prompt as generate did."""
     assert tiny_run.result.returncode == 0, tiny_run.result.stderr[-3000:]
     root = tiny_run.root  # its trained models; this test's generation goes under a name of its own
-    config = untracked_tiny(root)
+    config = ["--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"root={root}"]  # tracked
     folder = video_folder["path"]
     result = run_stvideo(
         "generate", *config, "--set", f"generate.videos={folder}/*.mp4", "--set", "generate.name=mine"
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    registered = re.search(r"registered as (models:/stvideo-generator/\d+)", result.stdout)
+    assert registered, result.stdout[-3000:]
+    assert_the_registered_model_continues_as_generate_did(registered.group(1), root, folder, tmp_path)
+    # generate takes that model in place of both checkpoints, and continues the same
+    again = run_stvideo(
+        "generate",
+        *untracked_tiny(root),
+        *("--set", f"generate.videos={folder}/*.mp4", "--set", "generate.name=from-model"),
+        *("--set", f"generate.model={registered.group(1)}"),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    codes = [
+        zarr.open_group(str(root / "generations" / name / "codes.zarr"), mode="r")["codes"][:]
+        for name in ("mine", "from-model")
+    ]
+    assert np.array_equal(*codes)
     metrics = json.loads((root / "generations" / "mine" / "metrics.json").read_text())
     reasons = {r["clip"]: r["reason"] for r in metrics["rejected"]}
     # square.mp4 (24 frames) goes on; the broken files and short.mp4 (8 frames < 10 prompt frames) do not
@@ -235,6 +262,45 @@ def test_generate_continues_videos_a_user_brings(tiny_run, video_folder):
     # brought videos have no digit tracks: no identity score, rather than a wrong one
     assert set(metrics["per_step"]["truth"]) == {"detail"} and "prompt_identity" not in metrics
     assert "identity" not in metrics["per_step"]["model"]
+
+
+def assert_the_registered_model_continues_as_generate_did(uri: str, root, folder, tmp_path) -> None:
+    """`mlflow.pyfunc.load_model(uri)` in a fresh process, given square.mp4's prompt with the clip
+    and seed generate used, returns the codes generate wrote for it and the frames of its video."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.generations import read_names
+    from pipeline.truth import video_start
+    from pipeline.video import read_frames
+
+    name, number = uri.removeprefix("models:/").split("/")
+    version = MlflowClient(tracking_uri=DEFAULT_TRACKING_URI).get_model_version(name, number)
+    assert "Scored on 1 clips" in version.description and "MSE per frame" in version.description
+    out = root / "generations" / "mine"
+    position = read_names(str(out / "codes.zarr")).index("square")
+    prompt = video_start(str(folder / "square.mp4"), 10, 20, 64, 1)[:10]
+    np.save(tmp_path / "prompt.npy", prompt[None])
+    script = (
+        "import sys, mlflow, numpy as np\n"
+        f"model = mlflow.pyfunc.load_model({uri!r})\n"
+        f"out = model.predict(np.load(sys.argv[1]), params={{'clip': {position}, 'seed': 0}})\n"
+        "np.save(sys.argv[2], out['codes']); np.save(sys.argv[3], out['frames'])\n"
+    )
+    files = [str(tmp_path / name) for name in ("prompt.npy", "codes.npy", "frames.npy")]
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, *files],
+        env={**os.environ, "MLFLOW_TRACKING_URI": DEFAULT_TRACKING_URI},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    written = zarr.open_group(str(out / "codes.zarr"), mode="r")["codes"][position]
+    assert np.array_equal(np.load(files[1])[0], written)
+    frames = np.load(files[2])[0, 0]  # sample 0's 10 generated frames, [K, C, H, W]
+    video = (out / "videos" / "square.mp4").read_bytes()
+    shown = read_frames(video, indices=range(10, 20))[..., 0]  # the mp4 is lossy
+    assert frames.shape == (10, 1, 64, 64) and np.abs(frames[:, 0].astype(int) - shown).mean() < 3
 
 
 def test_a_corrupt_chunk_a_truncated_shard_and_stale_inputs_are_named_in_one_line(tiny_run, tmp_path):

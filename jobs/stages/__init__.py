@@ -155,7 +155,7 @@ STAGES: dict[str, StageSpec] = {
             writes="generations",
             output_field="generations",
             run_only_keys=_actor_scale("generate"),
-            location_keys=("generate.dynamics", "generate.videos"),
+            location_keys=("generate.dynamics", "generate.model", "generate.videos"),
             user_inputs=lambda cfg: {"videos": cfg.generate.videos} if cfg.generate.videos else {},
         ),
     ]

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from common import logs
-from common.identity import store_identity
 from common.progress import progress_bar
-from jobs import models
+from jobs import model_registry
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
@@ -52,7 +51,7 @@ class ShardEncoder:
         torch.set_num_threads(threads)
         # an actor may run on any node: the checkpoint comes from its URI, through the scratch cache
         self.tokenizer = Tokenizer.from_pretrained(
-            models.checkpoint_folder(checkpoint, scratch, registry),
+            model_registry.checkpoint_folder(checkpoint, scratch, registry),
             map_location="cuda" if torch.cuda.is_available() else "cpu",
         )
         self.store, self.batch_size = open_latents(store_uri, complete=False), batch_size
@@ -217,8 +216,8 @@ def run_encode(cfg: PipelineConfig, layout: Layout) -> StageResult:
         )
     return StageResult(
         stage="encode",
-        inputs={"raw": layout.raw, "tokenizer": checkpoint, "tokenizer_identity": tokenizer.identity},
-        outputs={"latents": layout.latents, "latents_identity": store_identity(store.attrs)},
+        inputs={"raw": layout.raw, "tokenizer": checkpoint},
+        outputs={"latents": layout.latents},
         metrics=metrics,
         summary=summary,
     )
@@ -236,10 +235,10 @@ def _motion_medians(motion: np.ndarray, splits: np.ndarray) -> dict[str, float]:
 def _pinned_tokenizer(cfg: PipelineConfig, layout: Layout) -> tuple[str, str | None]:
     """The tokenizer's URI with an alias pinned to the version it names now (every actor reads
     that one), and the MLflow it comes from (None for a folder)."""
-    registry = models.registry_uri(cfg, layout.tokenizer)
+    registry = model_registry.registry_uri(cfg, layout.tokenizer)
     try:
-        return models.pin(layout.tokenizer, registry), registry
-    except models.ModelURIError as err:
+        return model_registry.pin(layout.tokenizer, registry), registry
+    except model_registry.ModelURIError as err:
         raise StageInputError(f"encode.tokenizer: {err}") from None
 
 
@@ -252,8 +251,8 @@ def _load_inputs(
     except FileNotFoundError:
         raise StageInputError(f"root: {layout.raw_manifest} not found; run `stvideo ingest` first") from None
     try:
-        tokenizer = Tokenizer.from_pretrained(models.checkpoint_folder(checkpoint, scratch, registry))
-    except models.ModelURIError as err:
+        tokenizer = Tokenizer.from_pretrained(model_registry.checkpoint_folder(checkpoint, scratch, registry))
+    except model_registry.ModelURIError as err:
         raise StageInputError(f"encode.tokenizer: {err}") from None
     except FileNotFoundError:
         raise StageInputError(

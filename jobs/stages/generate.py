@@ -25,12 +25,12 @@ import torch
 
 from common import logs
 from common.digit_identity import DigitIdentity, DigitTrack
-from common.identity import file_identity
+from common.identity import file_identity, store_identity
 from common.progress import progress_bar
 from dynamics import evaluate, report
 from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
 from dynamics.generate import GenerationSettings, continue_clip
-from jobs import models, tracking
+from jobs import model_registry, tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.ray_runtime import ray_session
@@ -82,9 +82,9 @@ class ClipGenerator:
         layout, registry = inputs.layout, inputs.registry
         # an actor may run on any node: the checkpoints come from their URIs (the root's folders or
         # pinned MLflow versions), through its scratch cache
-        dynamics = models.checkpoint_folder(layout.dynamics, inputs.scratch, registry)
+        dynamics = model_registry.checkpoint_folder(layout.dynamics, inputs.scratch, registry)
         self.model, _ = load_dynamics(dynamics, map_location=device)
-        tokenizer = models.checkpoint_folder(layout.tokenizer, inputs.scratch, registry)
+        tokenizer = model_registry.checkpoint_folder(layout.tokenizer, inputs.scratch, registry)
         self.tokenizer = Tokenizer.from_pretrained(tokenizer, map_location=device)
         self.inputs, self.settings = inputs, inputs.settings
         self.size, self.channels = self.tokenizer.config.frame_size, self.tokenizer.config.in_channels
@@ -176,10 +176,10 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     gen, scratch = cfg.generate, storage.scratch_root(cfg.scratch)
     layout, registry = _pinned_checkpoints(cfg, layout)
     try:
-        dynamics_local = models.checkpoint_folder(layout.dynamics, scratch, registry)
+        dynamics_local = model_registry.checkpoint_folder(layout.dynamics, scratch, registry)
         _, dynamics_config = load_dynamics(dynamics_local)
         store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
-    except models.ModelURIError as err:
+    except model_registry.ModelURIError as err:
         raise StageInputError(f"generate.dynamics: {err}") from None
     except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
@@ -269,6 +269,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     if kept:
         summary += f"; {len(kept)} clips were already generated and kept"
     summary += _cut_short_note(trained)
+    summary += _publish_generator(cfg, tokenizer_local, dynamics_local, store, metrics)
     if "model" in metrics["mean"]:
         summary += f"; {evaluate.describe(metrics, gen.samples)}"
         summary += (
@@ -282,6 +283,21 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
+
+
+def _publish_generator(cfg: PipelineConfig, tokenizer: Path, dynamics: Path, store, metrics: dict) -> str:
+    """The pair as one MLflow model, registered with these scores (`jobs.generator_model`)."""
+    gen, attrs = cfg.generate, store.attrs
+    size = int(attrs["frame_size"])
+    on = f"videos {gen.videos}" if gen.videos else f"latents {store_identity(attrs)[:12]}, {gen.split} split"
+    scored = {
+        "frame_shape": (int(attrs["channels"]), size, size),
+        "grid": tuple(attrs["grid"]),
+        "metrics": metrics,
+        "scored_on": f"{on}, {metrics['clips']} clips, {gen.prompt_frames} -> {gen.generate_frames} frames",
+    }
+    folders = {"tokenizer": tokenizer, "dynamics": dynamics}
+    return tracking.publish_generator(cfg, folders, GenerationSettings.of(gen), scored)
 
 
 def _gather(generations: GenerationStore, planned: int) -> tuple[list[dict], list[dict]]:
@@ -350,13 +366,13 @@ def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) ->
 def _pinned_checkpoints(cfg: PipelineConfig, layout: Layout) -> tuple[Layout, str | None]:
     """The layout with MLflow aliases pinned to the versions they name now, so every actor reads
     the same models, and the MLflow they come from (None when both are folders)."""
-    registry = models.registry_uri(cfg, layout.dynamics, layout.tokenizer)
+    registry = model_registry.registry_uri(cfg, layout.dynamics, layout.tokenizer)
     pinned = {}
     for field, key in (("dynamics", "generate.dynamics"), ("tokenizer", "encode.tokenizer")):
         try:
-            pinned[field] = models.pin(getattr(layout, field), registry)
-        except models.ModelURIError as err:
-            raise StageInputError(f"{key}: {err}") from None
+            pinned[field] = model_registry.pin(getattr(layout, field), registry)
+        except model_registry.ModelURIError as err:
+            raise StageInputError(f"{'generate.model' if cfg.generate.model else key}: {err}") from None
     return replace(layout, **pinned), registry
 
 
@@ -364,9 +380,9 @@ def _check_tokenizer(layout: Layout, scratch, registry: str | None, made_with: s
     """Decoding with another tokenizer than the one that made the latents gives noise: refuse.
     Returns the checkpoint's local folder."""
     try:
-        folder = models.checkpoint_folder(layout.tokenizer, scratch, registry)
+        folder = model_registry.checkpoint_folder(layout.tokenizer, scratch, registry)
         given = file_identity(folder / "model.safetensors")
-    except models.ModelURIError as err:
+    except model_registry.ModelURIError as err:
         raise StageInputError(f"encode.tokenizer: {err}") from None
     except FileNotFoundError:
         raise StageInputError(f"encode.tokenizer: {layout.tokenizer}: no checkpoint there") from None

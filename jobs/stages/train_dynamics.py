@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import training
 from common.training import DeviceUnavailable, pick_device
-from jobs import models, tracking
+from jobs import model_registry, tracking
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
 from jobs.stages.base import StageInputError, StageResult
@@ -27,7 +27,8 @@ def _ray_train_worker(config: dict) -> None:
     from jobs.ray_train import worker_folder
 
     out = worker_folder(config)
-    tokenizer = models.checkpoint_folder(config["tokenizer"], Path(config["scratch"]), config["registry"])
+    scratch = Path(config["scratch"])
+    tokenizer = model_registry.checkpoint_folder(config["tokenizer"], scratch, config["registry"])
     train_dynamics(config["settings"], config["latents"], tokenizer, out, log_metrics=out.log_metrics)
 
 
@@ -41,9 +42,9 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
             pick_device(cfg.dynamics.device)
         except DeviceUnavailable as err:
             raise StageInputError(f"dynamics.{err}") from None
-    registry = models.registry_uri(cfg, layout.tokenizer)
+    registry = model_registry.registry_uri(cfg, layout.tokenizer)
     try:
-        tokenizer = models.pin(layout.tokenizer, registry)  # every worker reads the same version
+        tokenizer = model_registry.pin(layout.tokenizer, registry)  # every worker reads the same version
         if cfg.ray.train_workers:
             from jobs import ray_train
 
@@ -65,11 +66,11 @@ def run_train_dynamics(cfg: PipelineConfig, layout: Layout) -> StageResult:
             summary = train_dynamics(
                 cfg.dynamics,
                 layout.latents,
-                models.checkpoint_folder(tokenizer, scratch, registry),
+                model_registry.checkpoint_folder(tokenizer, scratch, registry),
                 storage.run_folder(layout.trained_dynamics, scratch),
                 log_metrics=tracking.log_metrics,
             )
-    except models.ModelURIError as err:
+    except model_registry.ModelURIError as err:
         raise StageInputError(f"encode.tokenizer: {err}") from None
     except (LatentStoreError, DynamicsCheckpointError, FileNotFoundError) as err:
         raise StageInputError(f"{err}; run `stvideo encode` with this tokenizer first") from None

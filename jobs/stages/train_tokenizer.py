@@ -73,7 +73,7 @@ def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
     result = StageResult(
         stage="train-tokenizer",
         inputs={"raw": layout.raw},
-        outputs={"tokenizer": output, "tokenizer_identity": identity},
+        outputs={"tokenizer": output},
         metrics={**summary, "seconds": time.perf_counter() - started},
         summary=f"train-tokenizer: checkpoint {output} (identity {identity})",
     )

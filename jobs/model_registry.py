@@ -42,9 +42,19 @@ def _client(tracking_uri: str | None):
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def _part(uri: str) -> tuple[str, str | None]:
+    """`<model URI>#<part>` names one checkpoint of a generator model (`generate.model`): its
+    artifact `tokenizer` or `dynamics`. Returns (the model URI, the part or None)."""
+    base, _, part = uri.partition("#")
+    return base, part or None
+
+
 def pin(uri: str, tracking_uri: str | None) -> str:
     """`models:/<name>@<alias>` (or `/latest`) -> `models:/<name>/<version>` it names now; any
     other URI as it is."""
+    uri, part = _part(uri)
+    if part:
+        return f"{pin(uri, tracking_uri)}#{part}"
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/latest)", uri)
     if not match:
         return uri
@@ -71,9 +81,19 @@ def checkpoint_folder(uri: str, scratch: Path, tracking_uri: str | None) -> Path
     machine (a version's files never change), any other URI through `storage.local_copy`."""
     if not is_model_uri(uri):
         return storage.local_copy(uri, scratch)
-    pinned = pin(uri, tracking_uri)
+    pinned, part = _part(pin(uri, tracking_uri))
     target = scratch / "models" / re.sub(r"[^A-Za-z0-9._-]+", "_", pinned.split(":/", 1)[1]).strip("_")
-    if (target / "model.safetensors").exists():
+    if part:  # one checkpoint of a generator model, which is fetched whole
+        folder = _fetched(uri, pinned, target, "MLmodel", tracking_uri) / "artifacts" / part
+        if not (folder / "model.safetensors").exists():
+            raise ModelURIError(f"{uri}: the model has no {part} checkpoint; it is not a stvideo generator")
+        return folder
+    return _fetched(uri, pinned, target, "model.safetensors", tracking_uri)
+
+
+def _fetched(uri: str, pinned: str, target: Path, marker: str, tracking_uri: str | None) -> Path:
+    """The files of a pinned model URI in `target`, downloaded once (a version never changes)."""
+    if (target / marker).exists():
         return target
     import mlflow
 
@@ -89,9 +109,9 @@ def checkpoint_folder(uri: str, scratch: Path, tracking_uri: str | None) -> Path
         shutil.rmtree(partial, ignore_errors=True)
         first = logs.first_line(err)
         raise ModelURIError(f"{uri}: could not download it ({first}; MLflow at {tracking_uri})") from None
-    if not (fetched / "model.safetensors").exists():
+    if not (fetched / marker).exists():
         shutil.rmtree(partial, ignore_errors=True)
-        raise ModelURIError(f"{uri}: no model.safetensors there; it is not a stvideo checkpoint")
+        raise ModelURIError(f"{uri}: no {marker} there; it is not a stvideo checkpoint")
     # runs:/<id>/<path> lands in <dst>/<last part of path>: keep the folder with the files
     try:
         fetched.rename(target)
