@@ -82,6 +82,11 @@ def test_cross_field_rules_name_the_key():
     assert line.startswith("data.moving_mnist.num_frames: given 20") and "clip_frames (30)" in line
     # the fixed test set decides its own length, so the generator's does not matter
     load_config(None, ["data.clip_frames=30", "data.path=/data/mnist_test_seq.npy"])
+    # a generator model holds both checkpoints: it is a registered model, and alone
+    [line] = problems_of(None, ["generate.model=out/generator"])
+    assert line.startswith("generate.model: given 'out/generator', expected models:/<name>/<version>")
+    [line] = problems_of(None, ["generate.model=models:/stvideo-generator/1", "encode.tokenizer=out/tok"])
+    assert line.endswith("expected no encode.tokenizer beside it: the model holds both checkpoints")
 
 
 def test_model_settings_are_validated_like_the_rest_and_name_their_key():

@@ -175,14 +175,7 @@ def _scores(run, truth: torch.Tensor, train_mean, identify) -> dict[str, dict[st
 def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     gen, scratch = cfg.generate, storage.scratch_root(cfg.scratch)
     layout, registry = _pinned_checkpoints(cfg, layout)
-    try:
-        dynamics_local = model_registry.checkpoint_folder(layout.dynamics, scratch, registry)
-        _, dynamics_config = load_dynamics(dynamics_local)
-        store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
-    except model_registry.ModelURIError as err:
-        raise StageInputError(f"generate.dynamics: {err}") from None
-    except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
-        raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
+    dynamics_local, store = _dynamics_and_latents(layout, scratch, registry)
     tokenizer_local = _check_tokenizer(layout, scratch, registry, store.attrs["tokenizer_identity"])
     items = _brought_videos(gen.videos, cfg.data.extensions) if gen.videos else _store_clips(gen, store)
     train = _first_train_videos(store, gen.mean_frame_videos)  # what the mean-frame reference averages
@@ -194,21 +187,7 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     protocols = [tuple(protocol) for protocol in gen.protocols]
     preview_clips = spread_over_videos(items, gen.preview_clips)
     fps = float(store.attrs["fps"] or cfg.data.fps)
-    generations = GenerationStore.prepare(
-        storage.join(out, "codes.zarr"),
-        (gen.samples, gen.prompt_frames + gen.generate_frames, *store.attrs["grid"]),
-        [item["clip"] for item in items],
-        [item["name"] for item in items],
-        {
-            **asdict(settings),
-            "fps": fps,
-            "preview_clips": preview_clips,
-            "protocols": [list(protocol) for protocol in protocols],
-            "dynamics_identity": file_identity(dynamics_local / "model.safetensors"),
-            "tokenizer_identity": dynamics_config["tokenizer_identity"],
-            "latents": layout.latents,
-        },
-    )
+    generations = _prepare_codes(cfg, layout, items, store, dynamics_local, preview_clips, fps)
     kept = generations.done_positions()  # a resumed run's recorded clips
 
     started = time.perf_counter()
@@ -244,22 +223,9 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         "samples": gen.samples,
         "seconds": seconds,
     }
-    metrics_json = json.dumps(metrics, indent=2).encode()
-    storage.write_bytes_atomic(storage.join(out, "metrics.json"), metrics_json)
     generated = {clip["position"] for clip in done}
     shown = [position_of[clip] for clip in preview_clips if position_of[clip] in generated]
-    preview_gif = _write_preview(generations, shown, out, gen, fps)
-
-    tracking.log_bytes(preview_gif, "preview/preview.gif")
-    _log_preview_steps(preview_gif, gen.prompt_frames)
-    tracking.log_bytes(metrics_json, "metrics.json")
-    if "model" in metrics["per_step"]:
-        _report(cfg, out, metrics, preview_gif)
-    headline = tracking.log_scores_by_step(metrics)
-    for prompt_frames, steps in protocols:
-        if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
-            scored = metrics["protocols"][protocol_name(prompt_frames, steps)]
-            headline.update(tracking.log_scores_by_step(scored, f"p{prompt_frames}_k{steps}_"))
+    headline = _write_and_log(cfg, out, metrics, generations, shown, fps)
     summary = (
         f"generate: {len(done)} clips, {gen.prompt_frames} prompt -> {gen.generate_frames} frames, in {out}"
     )
@@ -283,6 +249,58 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
         metrics={**headline, "clips": len(done), "seconds": seconds},
         summary=summary,
     )
+
+
+def _dynamics_and_latents(layout: Layout, scratch: Path, registry: str | None):
+    """The dynamics checkpoint's local folder and the latent store it was trained on."""
+    try:
+        dynamics_local = model_registry.checkpoint_folder(layout.dynamics, scratch, registry)
+        _, dynamics_config = load_dynamics(dynamics_local)
+        store = open_latents(layout.latents, tokenizer_identity=dynamics_config["tokenizer_identity"])
+    except model_registry.ModelURIError as err:
+        raise StageInputError(f"generate.dynamics: {err}") from None
+    except (DynamicsCheckpointError, LatentStoreError, FileNotFoundError) as err:
+        raise StageInputError(f"{err}; run train-dynamics (and encode) first") from None
+    return dynamics_local, store
+
+
+def _prepare_codes(cfg, layout: Layout, items, store, dynamics_local: Path, preview_clips, fps: float):
+    """`codes.zarr`, pre-sized for every clip (the actors write into it), with what made it."""
+    gen = cfg.generate
+    return GenerationStore.prepare(
+        storage.join(layout.generations, "codes.zarr"),
+        (gen.samples, gen.prompt_frames + gen.generate_frames, *store.attrs["grid"]),
+        [item["clip"] for item in items],
+        [item["name"] for item in items],
+        {
+            **asdict(GenerationSettings.of(gen)),
+            "fps": fps,
+            "preview_clips": preview_clips,
+            "protocols": [list(protocol) for protocol in gen.protocols],
+            "dynamics_identity": file_identity(dynamics_local / "model.safetensors"),
+            "tokenizer_identity": store.attrs["tokenizer_identity"],
+            "latents": layout.latents,
+        },
+    )
+
+
+def _write_and_log(cfg, out: str, metrics: dict, generations, shown: list[int], fps: float) -> dict:
+    """metrics.json, the preview and the report written and logged; the run's headline metrics."""
+    gen = cfg.generate
+    metrics_json = json.dumps(metrics, indent=2).encode()
+    storage.write_bytes_atomic(storage.join(out, "metrics.json"), metrics_json)
+    preview_gif = _write_preview(generations, shown, out, gen, fps)
+    tracking.log_bytes(preview_gif, "preview/preview.gif")
+    _log_preview_steps(preview_gif, gen.prompt_frames)
+    tracking.log_bytes(metrics_json, "metrics.json")
+    if "model" in metrics["per_step"]:
+        _report(cfg, out, metrics, preview_gif)
+    headline = tracking.log_scores_by_step(metrics)
+    for prompt_frames, steps in gen.protocols:
+        if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
+            scored = metrics["protocols"][protocol_name(prompt_frames, steps)]
+            headline.update(tracking.log_scores_by_step(scored, f"p{prompt_frames}_k{steps}_"))
+    return headline
 
 
 def _publish_generator(cfg: PipelineConfig, tokenizer: Path, dynamics: Path, store, metrics: dict) -> str:
