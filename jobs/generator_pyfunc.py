@@ -54,8 +54,10 @@ class Continuations(mlflow.pyfunc.PythonModel):
         first_clip = int(params.get("clip") or 0)
         frames, codes = [], []
         for index, prompt in enumerate(prompts):
-            codes = self.tokenizer.encode(prompt)
-            run = continue_clip(self.model, self.tokenizer, codes, first_clip + index, settings, truth=prompt)
+            prompt_codes = self.tokenizer.encode(prompt)
+            run = continue_clip(
+                self.model, self.tokenizer, prompt_codes, first_clip + index, settings, truth=prompt
+            )
             frames.append(run.frames[:, prompt_frames:].numpy())
             codes.append(run.codes.numpy())
         return {"frames": np.stack(frames), "codes": np.stack(codes)}

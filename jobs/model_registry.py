@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from common import logs
+from common.environment import environment
 from common.identity import file_identity
 from jobs.config import MODEL_URI_SCHEMES
 from pipeline import storage
@@ -99,12 +100,16 @@ def _fetched(uri: str, pinned: str, target: Path, marker: str, tracking_uri: str
 
     partial = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
+    # a models:/ URI is resolved by the registry MLflow finds in the environment, whatever
+    # tracking_uri says: name the store for both (else it opens ./mlflow.db and finds nothing)
+    store = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri} if tracking_uri else {}
     try:
-        fetched = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=pinned, dst_path=str(partial), tracking_uri=tracking_uri
+        with environment(store):
+            fetched = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=pinned, dst_path=str(partial), tracking_uri=tracking_uri
+                )
             )
-        )
     except Exception as err:
         shutil.rmtree(partial, ignore_errors=True)
         first = logs.first_line(err)
