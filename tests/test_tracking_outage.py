@@ -16,6 +16,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SCRIPT = REPO / "infra" / "local" / "mlflow-server.sh"
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_left_behind(monkeypatch):
+    """MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI (for its subprocesses): these
+    tests track in-process, and must not hand their server to the CLI runs of later tests."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def server(action: str, state, port: int) -> None:
     env = {**os.environ, "MLFLOW_PORT": str(port)}
     done = subprocess.run(
