@@ -165,12 +165,16 @@ LOG_EVERY = {"train-tokenizer": 10, "train-dynamics": 5}
 def ray_train_workers(cluster) -> list:
     import psutil
 
-    return [
-        process
-        for process in psutil.process_iter(["cmdline"])
-        if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
-        and any(parent.pid in cluster.pids for parent in process.parents())
-    ]
+    workers = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:  # a process may exit between the listing and its parents (a stage's workers at its end)
+            if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker") and any(
+                parent.pid in cluster.pids for parent in process.parents()
+            ):
+                workers.append(process)
+        except psutil.Error:
+            continue
+    return workers
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +182,8 @@ def pipeline(cluster):
     """The tiny pipeline submitted to the two nodes. In each training stage, once Ray Train has
     taken its first checkpoint (the stage's metrics reach MLflow only then), one of its workers
     is killed: the stage must resume from that checkpoint within the same submission."""
+    import psutil
+
     folder = client_folder(cluster, "laptop")
     before = sorted(path.name for path in folder.iterdir())
     started = time.time()
@@ -196,8 +202,11 @@ def pipeline(cluster):
                 runs = stage_runs(cluster, stage)
                 workers = ray_train_workers(cluster)
                 if runs and metric_steps(cluster, runs[-1], "loss") and workers:
-                    workers[0].kill()
-                    killed.append(stage)
+                    try:
+                        workers[0].kill()
+                        killed.append(stage)
+                    except psutil.NoSuchProcess:  # it ended first: try the next one
+                        pass
             time.sleep(0.2)
         if submitting.poll() is None:
             submitting.kill()
