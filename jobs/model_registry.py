@@ -9,6 +9,7 @@ stage reads the same one) and downloaded once per machine into the scratch cache
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import uuid
@@ -83,7 +84,10 @@ def checkpoint_folder(uri: str, scratch: Path, tracking_uri: str | None) -> Path
     if not is_model_uri(uri):
         return storage.local_copy(uri, scratch)
     pinned, part = _part(pin(uri, tracking_uri))
-    target = scratch / "models" / re.sub(r"[^A-Za-z0-9._-]+", "_", pinned.split(":/", 1)[1]).strip("_")
+    # version numbers are per registry: two stores' stvideo-generator/1 are different models
+    store = hashlib.sha256((tracking_uri or "").encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", pinned.split(":/", 1)[1]).strip("_")
+    target = scratch / "models" / store / name
     if part:  # one checkpoint of a generator model, which is fetched whole
         folder = _fetched(uri, pinned, target, "MLmodel", tracking_uri) / "artifacts" / part
         if not (folder / "model.safetensors").exists():
