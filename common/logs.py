@@ -15,6 +15,13 @@ LEVEL_ENV = "STVIDEO_LOG_LEVEL"
 LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
 # libraries whose INFO lines (Ray Data's execution plans, MLflow's downloads) only --verbose shows
 CHATTY = ("ray", "ray.data", "mlflow", "urllib3", "filelock")
+# where Ray Data logs a failed task's error (with its stack) as it aborts: the stage says it
+# once, in its own line naming the file, and keeps the traceback; --verbose shows both
+RAY_DATA_ECHOES = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+def _not_an_echo(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or level() <= logging.DEBUG
 
 
 class _ThroughTqdm(logging.Handler):
@@ -43,6 +50,10 @@ def configure(verbosity: str | None = None) -> None:
     root.setLevel(level())
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if level() <= logging.DEBUG else logging.WARNING)
+    for name in RAY_DATA_ECHOES:
+        echoes = logging.getLogger(name)
+        if _not_an_echo not in echoes.filters:
+            echoes.addFilter(_not_an_echo)
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

@@ -24,6 +24,8 @@ NEARLY_FULL_BYTES = 64 * 2**20
 OUR_PACKAGES = ("common", "pipeline", "tokenizer", "dynamics", "jobs")
 OUR_ERROR_LINE = re.compile(rf"^(?:{'|'.join(OUR_PACKAGES)})\.[\w.]*(?:Error|Video): (.+)$", re.MULTILINE)
 NO_SPACE_WORDS = ("No space left on device", "os error 28")
+# a worker's OSError crosses to the driver as the text of its traceback, not as an object
+NAMED_NO_SPACE = re.compile(r"\[Errno 28\] No space left on device: '([^']+)'")
 _AND_AGAIN = "; free some space there and run again: the stage resumes from what it finished"
 
 
@@ -49,7 +51,9 @@ def explain(err: BaseException, places: list[str]) -> str:
     # an OSError names the file; safetensors and torch say it in words of their own
     no_space = [cause for cause in chain if getattr(cause, "errno", None) == errno.ENOSPC]
     if no_space or any(words in str(cause) for cause in chain for words in NO_SPACE_WORDS):
-        where = next((cause.filename for cause in no_space if getattr(cause, "filename", None)), "")
+        named = (cause.filename for cause in no_space if getattr(cause, "filename", None))
+        said = (found.group(1) for cause in chain for found in [NAMED_NO_SPACE.search(str(cause))] if found)
+        where = next(named, None) or next(said, "")
         if where:
             return f"no space left on device writing {where} ({_free_in(where)}){_AND_AGAIN}"
         return f"no space left on device: {full or 'a disk is full'}{_AND_AGAIN}"

@@ -73,7 +73,8 @@ class GenerationStore:
 
     def write_clip(self, position: int, codes: np.ndarray) -> None:
         """One clip's codes [S, P + K, h, w] into its own chunk."""
-        self.group["codes"][position] = codes.astype(np.uint16, copy=False)
+        with storage.naming(self.uri):
+            self.group["codes"][position] = codes.astype(np.uint16, copy=False)
 
     def write_preview(self, position: int, frames: dict[str, np.ndarray]) -> None:
         """A preview clip's frames (name -> uint8 [T, C, H, W]), for the driver's grid."""

@@ -256,12 +256,13 @@ class LatentStore:
             raise ValueError(
                 f"shard {shard} holds clips {start}..{stop - 1}: got {len(codes)}, not {stop - start}"
             )
-        self.codes[start:stop] = codes.astype(np.uint16, copy=False)
-        self.group["source"][start:stop] = key_bytes(source, self.group["source"].shape[1])
-        self.group["start_frame"][start:stop] = start_frame
-        self.group["split"][start:stop] = split
-        if motion is not None:
-            self.group["motion"][start:stop] = motion
+        with storage.naming(self.uri):
+            self.codes[start:stop] = codes.astype(np.uint16, copy=False)
+            self.group["source"][start:stop] = key_bytes(source, self.group["source"].shape[1])
+            self.group["start_frame"][start:stop] = start_frame
+            self.group["split"][start:stop] = split
+            if motion is not None:
+                self.group["motion"][start:stop] = motion
         if rejects:
             storage.write_json(storage.join(self._progress_uri(), f"rejects-{shard:06d}.json"), rejects)
         # who wrote it: encode's workers write their own shards, never its driver

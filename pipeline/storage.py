@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,18 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
+@contextmanager
+def naming(uri: str) -> Iterator[None]:
+    """Name `uri` in an OSError raised without a file name: a write to a full disk says only
+    `[Errno 28] No space left on device`, and zarr's writers do not add which store."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, uri) from err
+        raise
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write so that readers see either nothing or the whole file.
 
@@ -54,8 +67,13 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
     temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(data)
+    try:
+        with naming(uri), fs.open(temporary, "wb") as handle:
+            handle.write(data)
+    except OSError:
+        if fs.exists(temporary):  # half a file a full disk left: nothing may read it
+            fs.rm(temporary)
+        raise
     fs.mv(temporary, path)
 
 

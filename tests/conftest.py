@@ -208,6 +208,33 @@ def video_folder(tmp_path: Path) -> dict:
     return {"path": folder, "good": good, "bad": bad}
 
 
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 300 KiB tmpfs (Linux, as root); the test is skipped, saying why, where it cannot be made."""
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("a small tmpfs needs Linux and mount(8)")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or made.returncode}): needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def disk_room(folder: Path, room_kib: int) -> None:
+    """Resize the tmpfs at `folder` to what it holds now and `room_kib` more."""
+    used_kib = (shutil.disk_usage(folder).used + 1023) // 1024
+    resized = subprocess.run(
+        ["mount", "-o", f"remount,size={used_kib + room_kib}k", str(folder)], capture_output=True, text=True
+    )
+    assert resized.returncode == 0, resized.stderr
+
+
 def scene(width: int, height: int, num_frames: int, seed: int, pan: int = 2) -> np.ndarray:
     """uint8 [T, H, W, 3]: a camera panning over a smooth colourful landscape, with a disc
     crossing it: what footage looks like to a tokenizer, made here and now."""

@@ -25,10 +25,10 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
     caps = {
         "root": str(tmp_path / "gpu"),
         "tracking.enabled": "false",
-        "data.moving_mnist.num_videos": "48",
-        "data.val_fraction": "0.15",
-        "data.test_fraction": "0.15",
-        "ingest.videos_per_shard": "16",
+        "data.moving_mnist.num_videos": "24",
+        "data.val_fraction": "0.25",
+        "data.test_fraction": "0.25",
+        "ingest.videos_per_shard": "8",
         "tokenizer.max_steps": "2",
         "tokenizer.batch_videos": "2",
         "tokenizer.eval_every": "2",
@@ -37,14 +37,14 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
         "tokenizer.num_workers": "0",
         "encode.clips_per_shard": "8",
         "encode.batch_size": "8",
-        "dynamics.max_steps": "2",
-        "dynamics.batch_size": "2",
-        "dynamics.eval_every": "2",
+        "dynamics.max_steps": "1",
+        "dynamics.batch_size": "1",
+        "dynamics.eval_every": "1",
         "dynamics.eval_batches": "1",
-        "dynamics.checkpoint_every": "2",
+        "dynamics.checkpoint_every": "1",
         "dynamics.num_workers": "0",
-        "generate.max_clips": "2",
-        "generate.batch_size": "2",
+        "generate.max_clips": "1",
+        "generate.batch_size": "1",
         "generate.samples": "2",
     }
     args = [arg for key, value in caps.items() for arg in ("--set", f"{key}={value}")]
@@ -60,7 +60,7 @@ def test_the_gpu_recipe_runs_a_few_steps_on_the_cpu(tmp_path):
     levels = json.loads((root / "dynamics" / "config.json").read_text())["code_levels"]
     assert levels == tokenizer["fsq_levels"] == [8, 8, 8, 5, 5, 5]
     metrics = json.loads((root / "generations" / "default" / "metrics.json").read_text())
-    assert metrics["clips"] == 2 and len(metrics["per_step"]["model"]["mse"]) == 10
+    assert metrics["clips"] == 1 and len(metrics["per_step"]["model"]["mse"]) == 10
     assert {"copy_last", "black", "train_mean", "reconstruction"} <= set(metrics["per_step"])
     assert "diversity" in metrics and set(metrics["protocols"]) == {"15->5"}
     assert len(metrics["protocols"]["15->5"]["per_step"]["model"]["mse"]) == 5

@@ -354,3 +354,38 @@ def test_a_corrupt_chunk_a_truncated_shard_and_stale_inputs_are_named_in_one_lin
     assert bad[0].startswith(f"verify: bad: {tar}: raw shard unreadable after mmnist-")
     assert bad[1].startswith(f"verify: bad: {root}/latents.zarr shard {shard}: array 'codes', shard {shard}")
     assert "verify: 2 bad of 3 raw shards, 6 latents.zarr shards, 2 checkpoints" in verified.stdout
+
+
+def test_a_disk_that_fills_at_encode_or_generate_is_one_line_naming_the_store_and_the_rerun_resumes(
+    tiny_run, small_disk
+):
+    """The tiny run's inputs of encode on a tmpfs with room for part of its store: encode fails
+    in one line naming the store it was writing; with room again it resumes its staging and
+    writes the tiny run's very codes. The same for generate."""
+    import shutil
+
+    from tests.conftest import disk_room
+
+    assert tiny_run.result.returncode == 0, tiny_run.result.stderr[-3000:]
+    root = small_disk / "tiny"
+    disk_room(small_disk, 32 * 1024)
+    for output in ("raw", "tokenizer", "dynamics"):
+        shutil.copytree(tiny_run.root / output, root / output)
+    for stage, store, room_kib in (("encode", "latents.zarr", 140), ("generate", "generations/default", 900)):
+        disk_room(small_disk, room_kib)
+        full = run_stvideo(stage, *untracked_tiny(root))
+        assert full.returncode == 1, full.stdout[-2000:] + full.stderr[-2000:]
+        [line] = [line for line in full.stderr.splitlines() if line.startswith(f"stvideo {stage}:")]
+        said = f"stvideo {stage}: no space left on device writing {root}/.staging/{store}"
+        assert line.startswith(said) and "run again" in line, line
+        assert "Traceback" not in full.stderr and " ERROR " not in full.stderr, full.stderr[-3000:]
+        disk_room(small_disk, 16 * 1024)
+        again = run_stvideo(stage, *untracked_tiny(root))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert (
+            f"{stage}: resuming the unfinished run in {root}/.staging/{store}" in again.stdout + again.stderr
+        )
+        assert not (root / ".staging").exists()
+    for store in ("latents.zarr", "generations/default/codes.zarr"):
+        made, clean = (zarr.open_group(str(where / store), mode="r") for where in (root, tiny_run.root))
+        assert np.array_equal(made["codes"][:], clean["codes"][:]), store
