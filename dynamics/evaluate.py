@@ -43,6 +43,8 @@ TRIVIAL = ("copy_last", "copy_last_latent", "black", "train_mean")
 # point estimates made from all S samples of a prompt: their pixel average (MSE-optimal, blurs
 # where they disagree) and their per-pixel median (MAE-optimal, stays sharp)
 SAMPLE_ESTIMATES = ("model_average", "model_median")
+# with one sample, these are that sample's scores again: no table or figure repeats them
+ONE_SAMPLE_REPEATS = ("model_median", "model_average", "model_samples", "model_best")
 # the rows of a score table: every reference, then the samples' diversity (MSE only)
 SCORED = (*REFERENCES, "diversity")
 DEFINITION = (
@@ -339,6 +341,8 @@ def markdown_tables(metrics: dict, samples: int) -> str:
     tables = []
     for metric, (title, number) in TABLE_METRICS.items():
         rows = [(ref, label) for ref, label in TABLE_ROWS if metric in per_step.get(ref, {})]
+        if samples == 1:
+            rows = [(ref, label) for ref, label in rows if ref not in ONE_SAMPLE_REPEATS]
         if not rows or metric not in per_step["model"]:
             continue
         lines = [

@@ -11,9 +11,10 @@ import io
 # Figure objects, not pyplot: no display or global figure state, safe on a cluster node
 from matplotlib.figure import Figure
 
-from dynamics.evaluate import TABLE_METRICS, TABLE_ROWS, markdown_tables
+from dynamics.evaluate import DEFINITION, ONE_SAMPLE_REPEATS, TABLE_METRICS, TABLE_ROWS, markdown_tables
 
-# how each curve is drawn: the model's estimates solid, the references dashed, the bound dotted
+# how each curve is drawn: the model's estimates solid, the references dashed, the bound dotted,
+# the ceiling (the true frames' own score) dash-dotted
 STYLE = {
     "model": {"color": "C0", "linewidth": 2.5},
     "model_median": {"color": "C1", "linewidth": 2},
@@ -24,10 +25,9 @@ STYLE = {
     "copy_last_latent": {"color": "C5", "linestyle": "--"},
     "black": {"color": "0.2", "linestyle": "--"},
     "train_mean": {"color": "C7", "linestyle": "--"},
-    "reconstruction": {"color": "0.5", "linestyle": ":"},
-    "truth": {"color": "0.5", "linestyle": ":"},
+    "reconstruction": {"color": "0.5", "linestyle": ":", "linewidth": 2},
+    "truth": {"color": "k", "linestyle": "-.", "linewidth": 1.5},
 }
-OF_SAMPLES = ("model_median", "model_average", "model_samples", "model_best")
 BETTER = {"mse": "lower", "ssim": "higher", "identity": "higher", "detail": "nearer the truth"}
 
 
@@ -41,19 +41,19 @@ def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[st
     for metric, (title, _) in TABLE_METRICS.items():
         rows = [(ref, label) for ref, label in TABLE_ROWS if metric in per_step.get(ref, {})]
         if samples == 1:  # one sample: its median, average and best are itself
-            rows = [(ref, label) for ref, label in rows if ref not in OF_SAMPLES]
+            rows = [(ref, label) for ref, label in rows if ref not in ONE_SAMPLE_REPEATS]
         if metric not in per_step["model"]:
             continue
+        # a share is drawn in % as its table prints it
+        scale, unit = (100, " (%)") if TABLE_METRICS[metric][1].endswith("%}") else (1, "")
         figure = Figure(figsize=(7, 4.2), layout="constrained")
         axes = figure.subplots()
         for ref, label in rows:
-            axes.plot(steps, per_step[ref][metric], label=label.format(samples=samples), **STYLE.get(ref, {}))
-        better = BETTER[metric]
-        axes.set(
-            xlabel="generated frame",
-            ylabel=title,
-            title=f"{prefix}{title} per generated frame ({better} is better)",
-        )
+            values = [scale * value for value in per_step[ref][metric]]
+            axes.plot(steps, values, label=label.format(samples=samples), **STYLE.get(ref, {}))
+        axes.set(xlabel="generated frame", ylabel=f"{title}{unit}")
+        # two lines, so that no title is cut at the figure's edge
+        axes.set_title(f"{prefix}{title} per generated frame\n({BETTER[metric]} is better)", fontsize=11)
         axes.set_xticks(list(steps))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -62,11 +62,8 @@ def comparison_figures(metrics: dict, samples: int, prefix: str = "") -> dict[st
         figure = Figure(figsize=(7, 3.2), layout="constrained")
         axes = figure.subplots()
         axes.plot(steps, metrics["diversity"]["per_step"], color="C0", linewidth=2)
-        axes.set(
-            xlabel="generated frame",
-            ylabel="MSE between samples",
-            title=f"{prefix}diversity of the {samples} samples per generated frame",
-        )
+        axes.set(xlabel="generated frame", ylabel="MSE between samples")
+        axes.set_title(f"{prefix}diversity of the {samples} samples\nper generated frame", fontsize=11)
         axes.set_xticks(list(steps))
         axes.grid(alpha=0.3)
         figures["diversity_by_step.png"] = figure
@@ -90,10 +87,16 @@ def figure_pngs(metrics: dict, samples: int) -> dict[str, dict[str, bytes]]:
 
 
 def report_html(
-    metrics: dict, samples: int, preview_gif: bytes, title: str, pngs: dict[str, dict[str, bytes]]
+    metrics: dict,
+    samples: int,
+    preview_gif: bytes,
+    title: str,
+    pngs: dict[str, dict[str, bytes]],
+    made_by: dict[str, str],
 ) -> str:
-    """One page: the preview, the per-step figures (`figure_pngs`) and tables of the main protocol
-    and of every further one (e.g. the original's 15 -> 5), and how to read them."""
+    """One page: what made it (`made_by`: label -> text, e.g. the MLflow run, the models and
+    the config's fingerprint), the preview, the per-step figures (`figure_pngs`) and tables of the
+    main protocol and of every further one (e.g. the original's 15 -> 5), and how to read them."""
     main = f"{metrics['prompt_frames']} -> {metrics['generate_frames']}"
     sections = [_protocol_section(metrics, samples, main, pngs[""], "")]
     for name, scored in metrics.get("protocols", {}).items():
@@ -101,6 +104,11 @@ def report_html(
             _protocol_section(scored, samples, name.replace("->", " -> "), pngs[name], f"{name} ")
         )
     gif = base64.b64encode(preview_gif).decode()
+    provenance = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
+        for label, text in made_by.items()
+    )
+    definitions = "".join(f"<li>{html.escape(line)}</li>" for line in DEFINITION.split("; "))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -109,14 +117,23 @@ img {{ max-width: 100%; }} table {{ border-collapse: collapse; font-size: 0.8em;
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 td:first-child {{ text-align: left; }}
 figure {{ margin: 1em 0; }} .note {{ color: #555; }}
+table.made th {{ text-align: left; font-weight: normal; color: #555; }}
+table.made td {{ text-align: left; font-family: monospace; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+<table class="made" id="made-by">{provenance}</table>
 <p class="note">{metrics["clips"]} clips, {metrics["prompt_frames"]} prompt frames,
 {metrics["generate_frames"]} generated, {samples} samples each. Sample 0 is the likeliest
 continuation; the median and average are taken per pixel over the samples. The references: copy-last
 (the last prompt frame held, in pixels and through the tokenizer), all-black, the training set's
 mean frame; the tokenizer's reconstruction of the true frames bounds what any model of these latents
 can reach.</p>
+<p class="note" id="units">Units: MSE is the squared error of one generated frame summed over its
+C&times;H&times;W pixels in [0, 1] (OpenSTL's per-frame MSE: a 64&times;64 grey frame off by 0.1
+everywhere scores 41), averaged over clips; SSIM runs from 0 to 1 (1: the same frame); digits named
+right are in %. The tables' columns are the generated frames, 1 the first after the prompt. How each
+score is measured:</p>
+<ul class="note" id="definitions">{definitions}</ul>
 <h2>Preview</h2>
 <figure id="preview"><img alt="preview: rows of prompt and continuation, sample 0, median of samples, truth"
  src="data:image/gif;base64,{gif}"><figcaption class="note">Per clip: sample 0, the samples' median, the

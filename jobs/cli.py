@@ -256,7 +256,7 @@ def submit_command(
         raise typer.Exit(EXIT_STAGE_FAILED) from None
     typer.echo(f"all stages done: {', '.join(names)}")
     if parent:
-        from jobs.tracking import tracking_uri
+        from jobs.tracking_store import tracking_uri
 
         typer.echo(f"MLflow: parent run {parent} in {tracking_uri(cfg)}")
 
@@ -344,7 +344,7 @@ app.add_typer(models_app, name="models")
 def _registry(config: str | None, overrides: list[str] | None):
     from mlflow import MlflowClient
 
-    from jobs.tracking import tracking_uri
+    from jobs.tracking_store import tracking_uri
 
     cfg = _load(config, overrides)
     try:

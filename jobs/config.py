@@ -67,11 +67,13 @@ class MovingMnistConfig(Section):
     """The standard Moving MNIST generator (Srivastava et al. 2015)."""
 
     num_videos: int = Field(1000, ge=1, description="sequences to generate")
-    num_frames: int = Field(20, ge=1)
-    canvas_size: int = Field(64, ge=8)
-    digits_per_video: int = Field(2, ge=1, le=8)
-    digit_size: int = Field(28, ge=4)
-    step_length: float = Field(0.1, gt=0, le=1)
+    num_frames: int = Field(20, ge=1, description="frames of each sequence")
+    canvas_size: int = Field(64, ge=8, description="side of the square canvas, in pixels")
+    digits_per_video: int = Field(2, ge=1, le=8, description="digits moving in each sequence")
+    digit_size: int = Field(28, ge=4, description="side of a digit's glyph, in pixels")
+    step_length: float = Field(
+        0.1, gt=0, le=1, description="a digit's move per frame, as a share of the room it has to move in"
+    )
 
     @model_validator(mode="after")
     def _digit_fits(self) -> MovingMnistConfig:
@@ -81,13 +83,15 @@ class MovingMnistConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["folder", "moving-mnist"] = "moving-mnist"
+    source: Literal["folder", "moving-mnist"] = Field(
+        "moving-mnist", description="folder: videos you bring (data.path); moving-mnist: generated here"
+    )
     path: str | None = Field(
         None,
         description="folder: a directory, a glob or one video file; "
         "moving-mnist: an MNIST IDX glyph file or a fixed mnist_test_seq.npy (default: sklearn digits)",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of what ingest draws: Moving MNIST's digits and paths")
     fps: float = Field(
         10.0, gt=0, description="frame rate of generated videos, and of brought ones when ingest.transcode"
     )
@@ -121,7 +125,9 @@ class DataConfig(Section):
     test_fraction: float = Field(
         0.05, ge=0, lt=1, description="share of videos (or of each video's frames) for testing"
     )
-    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    extensions: list[str] = Field(
+        default_factory=lambda: list(VIDEO_EXTENSIONS), description="folder: the file endings read as videos"
+    )
     decoder: Literal["auto", "decord", "pyav"] = Field(
         "auto",
         description="video decoder: decord where it is installed (x86-64 wheels), else PyAV; or force one",
@@ -148,7 +154,9 @@ class IngestConfig(Section):
     videos_per_shard: int = Field(
         64, ge=1, description="samples per raw webdataset shard (one Ray task each)"
     )
-    codec: Literal["libx264", "mpeg4"] = "libx264"
+    codec: Literal["libx264", "mpeg4"] = Field(
+        "libx264", description="codec of the videos stored in raw shards"
+    )
     crf: int = Field(12, ge=0, le=51, description="x264 quality for generated videos (0 = lossless)")
     keyframe_interval: int = Field(10, ge=1, description="short GOPs make clip windows cheap to seek")
     transcode: bool = Field(
@@ -215,7 +223,7 @@ class GenerateConfig(Section):
         "models:/<name>@<alias>): its tokenizer and dynamics checkpoints, in place of encode.tokenizer "
         "and generate.dynamics",
     )
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test"] = Field("test", description="the split whose clips are continued")
     prompt_frames: int = Field(10, ge=1, description="P: frames given to the model")
     generate_frames: int = Field(
         10, ge=1, description="K: frames to generate (may exceed the training length)"
@@ -227,12 +235,14 @@ class GenerateConfig(Section):
         description="sample 0 is the likeliest continuation (temperature 0), the others are drawn at "
         "`temperature`: the video shown is the model's best guess, the average hedges over all",
     )
-    top_k: int | None = Field(None, ge=1)
-    seed: int = 0
+    top_k: int | None = Field(
+        None, ge=1, description="categorical and tied heads: sample among the k likeliest"
+    )
+    seed: int = Field(0, description="seed of the samples' draws: a rerun gives the same continuations")
     deterministic: bool = Field(False, description="Gaussian layers pass their means")
     max_clips: int | None = Field(64, ge=1, description="clips of the split to continue; null: all")
-    batch_size: int = Field(8, ge=1)
-    num_actors: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1, description="clips per generator batch")
+    num_actors: int = Field(1, ge=1, description="generator actors (each loads the models once)")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per actor, when the cluster has GPUs")
     actor_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each actor holds, e.g. {generator: 1}"
@@ -275,13 +285,13 @@ class GenerateConfig(Section):
 
 
 class TrackingConfig(Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="track runs in MLflow; false: nothing is logged")
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else one sqlite store for all of a "
         "user's runs, $STVIDEO_HOME/mlflow.db (STVIDEO_HOME: ~/.stvideo)",
     )
-    experiment: str = "stvideo"
+    experiment: str = Field("stvideo", description="the MLflow experiment runs go to")
     tokenizer_model: str | None = Field(
         "stvideo-tokenizer",
         description="registered model a trained tokenizer becomes a version of; null: none",
@@ -328,13 +338,16 @@ class StageResources(Section):
     memory: int | None = Field(None, ge=1, description="bytes of memory the driver holds")
 
 
+# the stages' CLI names in pipeline order; the registry (`jobs.stages.STAGES`) holds one spec
+# for each, in this order (tests/test_layers.py checks), and this module imports no stage
+STAGE_NAMES = ("ingest", "train-tokenizer", "encode", "train-dynamics", "generate")
+
+
 def stage_names(value: dict) -> dict:
     """A mapping keyed by stages' CLI names: each key must name one."""
-    from jobs.stages import STAGES  # the registry reads this module: imported on use
-
     for name in value:
-        if name not in STAGES:
-            raise problem(name, name, "a stage: " + ", ".join(STAGES))
+        if name not in STAGE_NAMES:
+            raise problem(name, name, "a stage: " + ", ".join(STAGE_NAMES))
     return value
 
 
@@ -395,7 +408,7 @@ class ExpectedTime(Section):
 
 
 class PipelineConfig(Section):
-    name: str = "stvideo"
+    name: str = Field("stvideo", description="the config's name: runs and Ray jobs are named after it")
     root: str = Field("out/demo", description="output root: a local path or s3://bucket/prefix")
     scratch: str | None = Field(
         None,

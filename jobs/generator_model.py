@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common.identity import file_identity, value_identity
+from jobs.model_registry import CHECKPOINT_FILES, IDENTITY_TAG, KIND_TAG
 
 ARTIFACT_PATH = "generator"  # under the generate stage's run
 CODE = Path(__file__).with_name("generator_pyfunc.py")
@@ -86,8 +87,6 @@ def log_and_register(
     """Logs the model to the active run and registers it; (its `models:/` URI, whether it became
     the champion)."""
     import mlflow
-
-    from jobs.model_registry import CHECKPOINT_FILES, IDENTITY_TAG, KIND_TAG
 
     with tempfile.TemporaryDirectory() as folder:
         artifacts = {}

@@ -45,11 +45,11 @@ def _meanings(model: type, prefix: str = "") -> dict[str, str]:
     meanings: dict[str, str] = {}
     for name, info in _fields(model).items():
         dotted = f"{prefix}.{name}" if prefix else name
+        # a section's own meaning too: a list of mappings (`expected`) is one key as `--set` takes it
+        meanings[dotted] = info.description or ""
         nested = _nested_model(info.annotation)
         if nested is not None:
             meanings.update(_meanings(nested, dotted))
-        else:
-            meanings[dotted] = info.description or ""
     return meanings
 
 

@@ -88,3 +88,18 @@ class Layout:
     @property
     def is_local(self) -> bool:
         return storage.is_local(self.root)
+
+
+def started_marker(staging: str) -> str:
+    """Where an unfinished run records the fingerprint it started with: beside the staging
+    folder, not in it (a stage may recreate its folder: a Zarr store opened with mode "w"
+    empties it), so the record survives that."""
+    return f"{staging.rstrip('/')}{STARTED_SUFFIX}"
+
+
+def started_with(staging: str) -> str | None:
+    """The fingerprint an unfinished run in `staging` started with; None when there is none."""
+    try:
+        return storage.read_json(started_marker(staging))["fingerprint"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return None

@@ -18,7 +18,7 @@ from typing import Any
 from common.identity import listing_identity, value_identity
 from jobs import model_registry
 from jobs.config import PipelineConfig
-from jobs.layout import MANIFEST, STARTED_SUFFIX, Layout
+from jobs.layout import MANIFEST, Layout, started_marker
 from jobs.stages import ARTIFACTS, StageSpec
 from pipeline import storage
 
@@ -114,27 +114,13 @@ def clear(uri: str) -> None:
     fs.rm(path, recursive=True)
 
 
-def _started_marker(staging: str) -> str:
-    # beside the staging folder, not in it: a stage may recreate its folder (a Zarr store opened
-    # with mode "w" empties it), and the record of what the run started with must survive that
-    return f"{staging.rstrip('/')}{STARTED_SUFFIX}"
-
-
-def started_with(staging: str) -> str | None:
-    """The fingerprint an unfinished run in `staging` started with; None when there is none."""
-    try:
-        return storage.read_json(_started_marker(staging))["fingerprint"]
-    except (FileNotFoundError, KeyError, ValueError):
-        return None
-
-
 def mark_started(staging: str, fingerprint: str) -> None:
-    storage.write_json(_started_marker(staging), {"fingerprint": fingerprint})
+    storage.write_json(started_marker(staging), {"fingerprint": fingerprint})
 
 
 def clear_staging(staging: str) -> None:
     clear(staging)
-    storage.remove(_started_marker(staging))
+    storage.remove(started_marker(staging))
 
 
 def recorded_fingerprint(output: str) -> str | None:
@@ -150,7 +136,7 @@ def swap_in(staging: str, final: str) -> None:
     Locally the old output is renamed away first and removed last. On an object store the old
     one is removed, then the new one moved: a crash between the two leaves the complete staged
     output, with its manifest, and the next run finishes the swap."""
-    storage.remove(_started_marker(staging))
+    storage.remove(started_marker(staging))
     fs, source = storage.filesystem(staging)
     _, target = storage.filesystem(final)
     trash = None

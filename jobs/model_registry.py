@@ -19,6 +19,7 @@ from common import logs
 from common.environment import environment
 from common.identity import file_identity
 from jobs.config import MODEL_URI_SCHEMES
+from jobs.tracking_store import tracking_uri
 from pipeline import storage
 
 # What a checkpoint is: the weights and what it takes to rebuild and judge them; not the
@@ -144,8 +145,6 @@ def registry_uri(cfg, *uris: str) -> str | None:
     none of them is one."""
     if not any(is_model_uri(uri) for uri in uris):
         return None
-    from jobs.tracking import tracking_uri
-
     return tracking_uri(cfg)
 
 

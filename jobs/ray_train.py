@@ -23,9 +23,9 @@ import ray.train
 from ray.train import Checkpoint, UserCallback
 
 from common.identity import value_identity
-from jobs import lineage, tracking
+from jobs import tracking
 from jobs.config import PipelineConfig
-from jobs.layout import Layout
+from jobs.layout import Layout, started_with
 from jobs.ray_runtime import ray_session
 from pipeline import storage
 
@@ -76,7 +76,7 @@ def fit(
     settings = cfg.ray
     # a run of another config must not resume this one's checkpoints: the name holds the output
     # and the fingerprint its staging started with
-    run_name = f"{stage}-{value_identity([output, lineage.started_with(output)])[:12]}"
+    run_name = f"{stage}-{value_identity([output, started_with(output)])[:12]}"
     storage_path, filesystem = _storage(layout.ray_results)
     resources = {"CPU": settings.train_cpus, **settings.train_resources}
     if settings.train_gpus:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from jobs import lineage
 from jobs.config import PipelineConfig
-from jobs.layout import Layout
+from jobs.layout import Layout, started_with
 from jobs.root_lock import RootLock, command_line
 from jobs.stages import ARTIFACTS, STAGES, StageInputError, StageResult, StageSpec
 from jobs.tracking import SUBMISSION_ENV, Tracker
@@ -210,9 +210,9 @@ class Runner:
         (same config sections, same inputs); otherwise start it over, saying so."""
         spec, fingerprint = status.spec, status.fingerprint
         if rank() != 0:  # rank 0 prepares; the others wait until it has
-            self._wait_for(lambda: lineage.started_with(staging) == fingerprint, staging)
+            self._wait_for(lambda: started_with(staging) == fingerprint, staging)
             return
-        previous = lineage.started_with(staging)
+        previous = started_with(staging)
         if previous == fingerprint and not self.force:
             self.echo(f"{spec.name}: resuming the unfinished run in {staging}")
             return

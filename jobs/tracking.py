@@ -22,35 +22,14 @@ from pathlib import Path
 from common import logs
 from common.environment import environment
 from common.identity import value_identity
-from jobs.config import REDACTED, ConfigError, PipelineConfig, is_secret
+from jobs import generator_model, model_registry
+from jobs.config import REDACTED, PipelineConfig, is_secret
 from jobs.layout import Layout
 from jobs.stages.base import StageResult
+from jobs.tracking_store import tracking_uri
 from pipeline import storage
 
-
-def user_store() -> Path:
-    """Where a user's runs go when nothing names a tracking store: one folder for all roots, so
-    that runs of any two of them can be compared side by side."""
-    return Path(os.environ.get("STVIDEO_HOME") or "~/.stvideo").expanduser().resolve()
-
-
 log = logs.get("tracking")
-
-
-def tracking_uri(cfg: PipelineConfig) -> str:
-    """`tracking.uri`, else MLFLOW_TRACKING_URI, else the user's own sqlite store."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if not storage.is_local(cfg.root):
-        raise ConfigError(
-            [
-                "tracking.uri: given None and MLFLOW_TRACKING_URI is not set; expected an MLflow URI "
-                f"when root is remote ({cfg.root}): every machine must reach the same store"
-            ]
-        )
-    return f"sqlite:///{user_store() / 'mlflow.db'}"
 
 
 # MLflow 3 opens an experiment of this kind in its model-training view (runs, charts, models),
@@ -167,8 +146,6 @@ def _replay(client, record: dict) -> None:
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
     elif kind == "register":
-        from jobs import model_registry
-
         uri = model_registry.register(client, run_id, record["name"], record["tags"])
         _log_tags(client, run_id, {f"output.{record['model']}.model": uri})
 
@@ -185,6 +162,11 @@ def _send(record: dict, call) -> None:
 
 def _run_id() -> str:
     return _mlflow().active_run().info.run_id
+
+
+def current_run_id() -> str | None:
+    """The MLflow run this process logs to; None when it logs to none."""
+    return _run_id() if active() else None
 
 
 _quiet = False  # a stage whose run could not be opened: log nothing, not even to the parent run
@@ -300,8 +282,6 @@ def publish_generator(cfg: PipelineConfig, folders: dict[str, Path], settings, s
     """generate's tokenizer and dynamics pair as one pyfunc model, logged to its run and
     registered (`jobs.generator_model.log_and_register`, which takes `scored`: the frame shape,
     grid, metrics and what they were scored on); a note for the stage's summary, "" where none."""
-    from jobs import generator_model
-
     name = cfg.tracking.generator_model
     if not active() or _quiet or not name or "model" not in scored["metrics"].get("mean", {}):
         return ""
@@ -594,8 +574,6 @@ class Tracker:
         """A training stage's checkpoint: its files logged to the stage's run under `checkpoint/`
         and registered as a new version of the configured model, tagged with its identity and
         lineage. Returns the version's `models:/` URI, or None where nothing was registered."""
-        from jobs import model_registry
-
         name = {"tokenizer": self.cfg.tracking.tokenizer_model, "dynamics": self.cfg.tracking.dynamics_model}[
             kind
         ]

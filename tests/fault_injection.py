@@ -199,7 +199,9 @@ def second_run(stage: str, root: Path, at: float) -> tuple[str, str | None]:
         return "finished before the second run started", None
     second = stvideo(root, stage, *RESUMED_WITH.get(stage, []))
     _, err = second.communicate(timeout=900)
-    wrong = one_line(stage, err, "in use by `stvideo") if second.returncode == 3 else None
+    said = err.strip().splitlines()
+    refused = len(said) == 1 and "is in use by `stvideo" in said[0]
+    wrong = None if refused or second.returncode != 3 else f"expected one line naming the holder: {said!r}"
     if second.returncode != 3 and first.poll() is None:
         wrong = f"the second run was not refused (exit {second.returncode}): {err[-300:]!r}"
     finish(first)

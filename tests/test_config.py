@@ -165,6 +165,23 @@ def test_version_and_each_stage_help_names_its_keys_with_defaults():
     assert (
         "dynamics.max_minutes = null" in dynamics and "dynamics.model.temporal_positions = rotary" in dynamics
     )
+    assert "dynamics.model.d_model = 128: width of every token" in dynamics
+
+
+def test_every_config_key_says_what_it_means():
+    """The pipeline sections and the model settings alike: `--help` explains every key."""
+    from jobs.keys import section_keys
+
+    sections = PipelineConfig.model_fields
+    keys = [
+        key
+        for section in sections
+        if section not in ("name", "root", "scratch")
+        for key in section_keys(section)
+    ]
+    assert len(keys) > 150
+    assert [key.name for key in keys if not key.meaning] == []
+    assert PipelineConfig.model_fields["name"].description and PipelineConfig.model_fields["root"].description
 
 
 def test_config_show_round_trips_to_the_same_fingerprints(tmp_path):

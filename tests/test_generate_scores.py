@@ -224,6 +224,34 @@ def test_markdown_tables_show_every_scored_row_and_step():
     )
 
 
+def test_the_report_says_what_made_it_and_its_units_and_repeats_no_row_for_one_sample():
+    from dynamics.evaluate import markdown_tables
+    from dynamics.report import STYLE, comparison_figures, report_html
+
+    run, truth = continuation()
+    metrics = aggregate([table_scores(score_table(score_continuation(run, truth), 3))])
+    for ref in ("model", "model_median", "truth"):  # a share of digits named right, as Moving MNIST has
+        metrics["per_step"][ref]["identity"] = [0.5, 0.75, 1.0]
+        metrics["mean"][ref]["identity"] = 0.75
+    # one sample: its median, average, mean and best are itself, in no table and no figure
+    one = markdown_tables(metrics, samples=1)
+    assert "likeliest continuation (sample 0)" in one and "of 1 sample" not in one and "mean over" not in one
+    labels = [line.get_label() for line in comparison_figures(metrics, 1)["mse_by_step.png"].axes[0].lines]
+    assert labels[0] == "likeliest continuation (sample 0)" and not any("of 1 sample" in x for x in labels)
+    # a share is drawn in % as its table prints it; titles on two lines, whole; bound and ceiling apart
+    identity = comparison_figures(metrics, 3)["identity_by_step.png"].axes[0]
+    assert identity.get_ylabel() == "digits named right (%)"
+    assert max(max(line.get_ydata()) for line in identity.lines) == 100
+    assert identity.get_title() == "digits named right per generated frame\n(higher is better)"
+    assert "| 75% |" in markdown_tables(metrics, samples=3)
+    assert STYLE["reconstruction"] != STYLE["truth"]
+    metrics.update(clips=1, prompt_frames=2, generate_frames=3)
+    made_by = {"MLflow run": "0123abcd", "config": "tiny; generate's fingerprint 5e5e5e5e5e5e"}
+    page = report_html(metrics, 1, b"GIF89a", "tiny: generations/default", {"": {}}, made_by)
+    assert "<th>MLflow run</th><td>0123abcd</td>" in page and "5e5e5e5e5e5e" in page
+    assert "summed over its" in page and "<li>ssim: scikit-image" in page
+
+
 def test_the_preview_takes_its_clips_from_as_many_videos_as_it_shows():
     from jobs.stages.generate import spread_over_videos
 

@@ -6,7 +6,7 @@ import json
 
 from jobs import lineage
 from jobs.config import load_config
-from jobs.layout import Layout
+from jobs.layout import Layout, started_with
 from jobs.stages import ARTIFACTS, STAGES
 from tests.conftest import REPO
 
@@ -104,7 +104,7 @@ def test_a_staged_output_is_swapped_in_whole_and_only_that_output_changes(tmp_pa
     lineage.swap_in(staging, layout.trained_tokenizer)
     assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == ["model.safetensors"]
     assert (tmp_path / "tokenizer" / "model.safetensors").read_bytes() == b"new weights"
-    assert (tmp_path / "raw" / "manifest.json").exists() and lineage.started_with(staging) is None
+    assert (tmp_path / "raw" / "manifest.json").exists() and started_with(staging) is None
     lineage.clear(str(tmp_path / "tokenizer"))
     assert not (tmp_path / "tokenizer").exists() and (tmp_path / "raw" / "manifest.json").exists()
 

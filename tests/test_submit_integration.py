@@ -284,6 +284,10 @@ def test_report_and_the_mlflow_ui_show_the_comparison_in_a_browser(submitted):
             for figure in ("mse_by_step.png", "ssim_by_step.png", "15->5 mse_by_step.png"):
                 assert widths.get(figure, 0) > 300, (figure, shown)
             assert "copy-last" in page.inner_text("body")
+            # what made the page, and what its numbers mean
+            made_by = page.inner_text("#made-by")
+            assert generate.info.run_id in made_by and "generate's fingerprint" in made_by, made_by
+            assert "summed over its" in page.inner_text("#units")
 
             # the link the CLI prints: the experiment in MLflow's model-training view
             experiment = generate.info.experiment_id

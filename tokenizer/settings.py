@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic.dataclasses import dataclass
 
-from common.settings import STRICT, problem
+from common.settings import STRICT, TrainingRun, problem
 
 MAX_CODEBOOK = 65536  # codes are stored as uint16
 
@@ -20,30 +20,47 @@ MAX_CODEBOOK = 65536  # codes are stored as uint16
 class VQGANConfig:
     """Architecture of the per-frame VQGAN; what `config.json` holds."""
 
-    in_channels: int = 1  # 1 grey, 3 RGB
-    frame_size: int = 64
-    base_channels: int = Field(32, ge=1)
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # one level each; len - 1 halvings
-    num_res_blocks: int = Field(1, ge=0)  # residual blocks per level...
-    full_res_blocks: bool = False  # ...except at full resolution, where they cost most on a CPU
-    attention: bool = True  # self-attention at the lowest resolution
-    # vq: a learned codebook, nearest code by cosine (l2-normalised); fsq: finite scalar
-    # quantization (Mentzer et al. 2023): each of code_dim = len(fsq_levels) dimensions is bounded
-    # and rounded to one of its levels, the codes are every combination (codebook_size = their
-    # product), nothing is learned in the quantizer and no code can die
-    quantizer: Literal["vq", "fsq"] = "vq"
-    fsq_levels: tuple[int, ...] | None = None
-    codebook_size: int = 512
-    code_dim: int = Field(16, ge=1)  # low-dimensional, l2-normalised lookup
-    commitment_weight: float = Field(0.25, ge=0)
-    usage_decay: float = Field(0.99, ge=0, lt=1)  # EMA of how often each code is used
-    dead_code_fraction: float = Field(0.03, ge=0)  # dead: used less than this share of a uniform code's rate
-    disc_channels: int = Field(32, ge=1)
-    # One consistent token for empty background: a patch whose pixels all lie at or below this
-    # level (in [0, 1]) takes code 0, in training and encoding alike. Left to the nearest code,
-    # blank patches scatter over hundreds of codes by encoder noise, which a dynamics model
-    # cannot predict. None: off.
-    blank_threshold: float | None = None
+    in_channels: int = Field(1, description="colour channels of a frame: 1 grey, 3 RGB")
+    frame_size: int = Field(64, description="side of the square frames it encodes, in pixels")
+    base_channels: int = Field(
+        32, ge=1, description="width of the first level; level i has base_channels x channel_mults[i]"
+    )
+    channel_mults: tuple[int, ...] = Field(
+        (1, 2, 2), description="one width multiplier per level; len - 1 halvings (3 levels: x4 down, 4: x8)"
+    )
+    num_res_blocks: int = Field(1, ge=0, description="residual blocks per level (see full_res_blocks)")
+    full_res_blocks: bool = Field(
+        False, description="residual blocks at full resolution too, where they cost most on a CPU"
+    )
+    attention: bool = Field(True, description="self-attention at the lowest resolution")
+    # fsq: finite scalar quantization (Mentzer et al. 2023): each of code_dim = len(fsq_levels)
+    # dimensions is bounded and rounded to one of its levels, the codes are every combination
+    # (codebook_size = their product), nothing is learned in the quantizer and no code can die
+    quantizer: Literal["vq", "fsq"] = Field(
+        "vq",
+        description="vq: a learned codebook (nearest code by cosine); "
+        "fsq: each dimension rounded to its levels",
+    )
+    fsq_levels: tuple[int, ...] | None = Field(
+        None, description="fsq: the levels of each code dimension, e.g. [8, 8, 8, 5, 5, 5]"
+    )
+    codebook_size: int = Field(
+        512, description="codes; fsq: the product of fsq_levels (at most 65,536: codes are stored as uint16)"
+    )
+    code_dim: int = Field(16, ge=1, description="dimensions of a code vector; fsq: len(fsq_levels)")
+    commitment_weight: float = Field(0.25, ge=0, description="vq: weight of the commitment loss")
+    usage_decay: float = Field(0.99, ge=0, lt=1, description="vq: EMA decay of how often each code is used")
+    dead_code_fraction: float = Field(
+        0.03, ge=0, description="vq: a code used less than this share of a uniform code's rate is restarted"
+    )
+    disc_channels: int = Field(32, ge=1, description="width of the patch discriminator")
+    # Left to the nearest code, blank patches scatter over hundreds of codes by encoder noise,
+    # which a dynamics model cannot predict.
+    blank_threshold: float | None = Field(
+        None,
+        description="a patch whose pixels all lie at or below this level (in [0, 1]) takes code 0, "
+        "in training and encoding alike: one token for empty background; None: off",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> VQGANConfig:
@@ -97,41 +114,40 @@ class VQGANConfig:
 
 
 @dataclass(config=STRICT)
-class TokenizerSettings:
+class TokenizerSettings(TrainingRun):
     """One `train-tokenizer` run."""
 
     model: VQGANConfig = field(default_factory=VQGANConfig)
-    max_steps: int = Field(600, ge=1)
-    # a wall-clock budget besides the steps: the run stops (evaluating and saving) at whichever
-    # comes first, and the LR decays over it; a resumed run spends only what is left
-    max_minutes: float | None = Field(None, gt=0)
-    batch_videos: int = Field(8, ge=1)  # videos per batch on each rank
-    frames_per_video: int = Field(4, ge=1)  # frames drawn from each video: a batch holds batch_videos x this
-    lr: float = Field(4e-4, gt=0)
-    disc_lr: float = Field(4e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.9)
-    warmup_steps: int = Field(50, ge=0)
-    grad_accum: int = Field(1, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
-    recon_loss: Literal["l1", "l2"] = "l1"
-    disc_start: int = Field(400, ge=0)  # the discriminator joins at this step
-    disc_weight: float = Field(0.1, ge=0)
-    perceptual_weight: float = Field(0.0, ge=0)
-    perceptual_weights: str | None = None  # local safetensors of VGG16 features; never downloaded
-    restart_every: int = Field(25, ge=1)  # dead-code restart period, in steps
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
-        "auto", description="where it trains; auto: CUDA, then MPS (Apple silicon), then the CPU"
+    max_steps: int = Field(600, ge=1, description="optimizer steps; the result is set by steps")
+    batch_videos: int = Field(8, ge=1, description="videos per batch on each rank")
+    frames_per_video: int = Field(
+        4, ge=1, description="frames drawn from each video: a batch holds batch_videos x this"
     )
-    num_workers: int = Field(1, ge=0)
-    # decoded frames each reader (DataLoader worker) keeps of videos of at most 64 frames, so the
-    # epochs after the first decode nothing; 0: decode every time
-    frame_cache_mb: float = Field(1024.0, ge=0)
-    log_every: int = Field(10, ge=1)
-    eval_every: int = Field(200, ge=1)
-    eval_videos: int = Field(32, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
-    seed: int = 0
+    lr: float = Field(
+        4e-4, gt=0, description="peak learning rate of the autoencoder (cosine decay after warmup)"
+    )
+    disc_lr: float = Field(4e-4, gt=0, description="learning rate of the discriminator")
+    betas: tuple[float, float] = Field((0.5, 0.9), description="Adam's betas")
+    recon_loss: Literal["l1", "l2"] = Field("l1", description="pixel reconstruction loss")
+    disc_start: int = Field(400, ge=0, description="the step at which the discriminator joins")
+    disc_weight: float = Field(0.1, ge=0, description="weight of the adversarial loss once it joins")
+    perceptual_weight: float = Field(0.0, ge=0, description="weight of the VGG16 perceptual loss; 0: off")
+    perceptual_weights: str | None = Field(
+        None,
+        description="local safetensors of VGG16 features (never downloaded); "
+        "needed when perceptual_weight > 0",
+    )
+    restart_every: int = Field(25, ge=1, description="vq: steps between dead-code restarts")
+    num_workers: int = Field(
+        1, ge=0, description="DataLoader workers decoding frames; 0: in the training process"
+    )
+    frame_cache_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="decoded frames each reader keeps of videos of at most 64 frames, so the epochs "
+        "after the first decode nothing; 0: decode every time",
+    )
+    eval_videos: int = Field(32, ge=1, description="validation videos scored at each validation")
 
     @model_validator(mode="after")
     def _weights_given(self) -> TokenizerSettings:

@@ -32,7 +32,7 @@ from dynamics.checkpoint import DynamicsCheckpointError, load_dynamics
 from dynamics.generate import GenerationSettings, continue_clip
 from jobs import model_registry, tracking
 from jobs.config import PipelineConfig
-from jobs.layout import Layout
+from jobs.layout import Layout, started_with
 from jobs.ray_runtime import ray_session
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
@@ -225,7 +225,8 @@ def run_generate(cfg: PipelineConfig, layout: Layout) -> StageResult:
     }
     generated = {clip["position"] for clip in done}
     shown = [position_of[clip] for clip in preview_clips if position_of[clip] in generated]
-    headline = _write_and_log(cfg, out, metrics, generations, shown, fps)
+    made_by = _made_by(cfg, layout, generations.group.attrs)
+    headline = _write_and_log(cfg, out, metrics, generations, shown, fps, made_by)
     summary = (
         f"generate: {len(done)} clips, {gen.prompt_frames} prompt -> {gen.generate_frames} frames, in {out}"
     )
@@ -284,7 +285,28 @@ def _prepare_codes(cfg, layout: Layout, items, store, dynamics_local: Path, prev
     )
 
 
-def _write_and_log(cfg, out: str, metrics: dict, generations, shown: list[int], fps: float) -> dict:
+def _made_by(cfg: PipelineConfig, layout: Layout, attrs) -> dict[str, str]:
+    """What the report names as having made it: the run, the models (a registered version as
+    its pinned `models:/name/N`) with their weights' identity, the clips and the config."""
+    run = tracking.current_run_id()
+    fingerprint = started_with(layout.generations) or "unrecorded"
+    clips = (
+        f"videos {cfg.generate.videos}"
+        if cfg.generate.videos
+        else f"{cfg.generate.split} split of {layout.latents}"
+    )
+    return {
+        "MLflow run": run or "none (tracking off, or its server did not answer)",
+        "dynamics": f"{layout.dynamics} (weights {attrs['dynamics_identity'][:12]})",
+        "tokenizer": f"{layout.tokenizer} (weights {attrs['tokenizer_identity'][:12]})",
+        "clips": clips,
+        "config": f"{cfg.name}; generate's fingerprint {fingerprint[:12]} (its settings and inputs)",
+    }
+
+
+def _write_and_log(
+    cfg, out: str, metrics: dict, generations, shown: list[int], fps: float, made_by: dict[str, str]
+) -> dict:
     """metrics.json, the preview and the report written and logged; the run's headline metrics."""
     gen = cfg.generate
     metrics_json = json.dumps(metrics, indent=2).encode()
@@ -294,7 +316,7 @@ def _write_and_log(cfg, out: str, metrics: dict, generations, shown: list[int], 
     _log_preview_steps(preview_gif, gen.prompt_frames)
     tracking.log_bytes(metrics_json, "metrics.json")
     if "model" in metrics["per_step"]:
-        _report(cfg, out, metrics, preview_gif)
+        _report(cfg, out, metrics, preview_gif, made_by)
     headline = tracking.log_scores_by_step(metrics)
     for prompt_frames, steps in gen.protocols:
         if protocol_name(prompt_frames, steps) in metrics.get("protocols", {}):
@@ -361,7 +383,9 @@ def _log_preview_steps(preview_gif: bytes, prompt_frames: int) -> None:
                 tracking.log_image(str(path), "preview", index - prompt_frames + 1)
 
 
-def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) -> None:
+def _report(
+    cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes, made_by: dict[str, str]
+) -> None:
     """`report.html` beside the metrics, and the per-step comparison figures on the run's image
     charts, so the run page shows the model beside every reference at a glance."""
     samples = cfg.generate.samples
@@ -376,7 +400,7 @@ def _report(cfg: PipelineConfig, out: str, metrics: dict, preview_gif: bytes) ->
                 tracking.log_artifact(str(path), "comparison")
                 tracking.log_image(str(path), f"comparison_{path.stem}", 0)
     title = f"{cfg.name}: generations/{cfg.generate.name}"
-    page = report.report_html(metrics, samples, preview_gif, title, pngs)
+    page = report.report_html(metrics, samples, preview_gif, title, pngs, made_by)
     storage.write_bytes_atomic(storage.join(out, "report.html"), page.encode())
     tracking.log_bytes(page.encode(), "report.html")
 
