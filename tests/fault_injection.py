@@ -121,6 +121,20 @@ def fingerprint(stage: str, root: Path):
     return json.dumps(metrics, sort_keys=True), hashlib.sha256(codes.tobytes()).hexdigest()
 
 
+# what each part of a two-part fingerprint holds, to say which one differs
+PARTS = {"encode": ("codes, start frames, splits", "sources"), "generate": ("metrics.json", "codes")}
+
+
+def compared(stage: str, root: Path, clean: Path) -> str:
+    """'equals the clean run's', or what differs from it."""
+    made, expected = fingerprint(stage, root), fingerprint(stage, clean)
+    if made == expected:
+        return "equals the clean run's"
+    parts = PARTS.get(stage)
+    which = [name for name, a, b in zip(parts, made, expected, strict=True) if a != b] if parts else []
+    return "DIFFERS FROM the clean run's" + (f" in {', '.join(which)}" if which else "")
+
+
 def recorded(stage: str, root: Path) -> int | None:
     """How many progress records (shards, batches) a killed encode or generate left to resume."""
     progress = {"encode": "latents.zarr", "generate": "generations/default/codes.zarr"}.get(stage)
@@ -230,15 +244,15 @@ def chaos(tries: int, clean: Path, durations: dict, work: Path, rng: random.Rand
                 finish(stvideo(root, stage, *RESUMED_WITH.get(stage, [])))
             else:
                 state, wrong = second_run(stage, root, at)
-        same = fingerprint(stage, root) == fingerprint(stage, clean)
+        outcome = compared(stage, root, clean)
+        same = outcome.startswith("equals")
         left = sorted(path.name for path in (root / ".staging").glob("*"))
         if fault == "full-disk":
             subprocess.run(["umount", "-l", str(root)], check=True)
         shutil.rmtree(root, ignore_errors=True)
         mismatches += not same or bool(left) or wrong is not None
         print(
-            f"#{attempt + 1} {stage}, {fault}: {state}; output "
-            f"{'equals' if same else 'DIFFERS FROM'} the clean run's"
+            f"#{attempt + 1} {stage}, {fault}: {state}; output {outcome}"
             + (f"; left in .staging: {left}" if left else "")
             + (f"; WRONG: {wrong}" if wrong else ""),
             flush=True,

@@ -371,16 +371,20 @@ def test_a_disk_that_fills_at_encode_or_generate_is_one_line_naming_the_store_an
     disk_room(small_disk, 32 * 1024)
     for output in ("raw", "tokenizer", "dynamics"):
         shutil.copytree(tiny_run.root / output, root / output)
+    # the settings the tiny run's generation has now (an earlier test of this module redoes it)
+    made_with = json.loads((tiny_run.root / "generations" / "default" / "_stage.json").read_text())["config"]
+    same_seed = ["--set", f"generate.seed={made_with['generate.seed']}"]
     for stage, store, room_kib in (("encode", "latents.zarr", 140), ("generate", "generations/default", 900)):
+        config = [*untracked_tiny(root), *(same_seed if stage == "generate" else [])]
         disk_room(small_disk, room_kib)
-        full = run_stvideo(stage, *untracked_tiny(root))
+        full = run_stvideo(stage, *config)
         assert full.returncode == 1, full.stdout[-2000:] + full.stderr[-2000:]
         [line] = [line for line in full.stderr.splitlines() if line.startswith(f"stvideo {stage}:")]
         said = f"stvideo {stage}: no space left on device writing {root}/.staging/{store}"
         assert line.startswith(said) and "run again" in line, line
         assert "Traceback" not in full.stderr and " ERROR " not in full.stderr, full.stderr[-3000:]
         disk_room(small_disk, 16 * 1024)
-        again = run_stvideo(stage, *untracked_tiny(root))
+        again = run_stvideo(stage, *config)
         assert again.returncode == 0, again.stderr[-3000:]
         assert (
             f"{stage}: resuming the unfinished run in {root}/.staging/{store}" in again.stdout + again.stderr
@@ -389,3 +393,9 @@ def test_a_disk_that_fills_at_encode_or_generate_is_one_line_naming_the_store_an
     for store in ("latents.zarr", "generations/default/codes.zarr"):
         made, clean = (zarr.open_group(str(where / store), mode="r") for where in (root, tiny_run.root))
         assert np.array_equal(made["codes"][:], clean["codes"][:]), store
+    # no clip was taken for a bad one because the disk was full: every score is the clean run's
+    made, clean = (
+        json.loads((where / "generations/default/metrics.json").read_text())
+        for where in (root, tiny_run.root)
+    )
+    assert made["rejected"] == [] and {**made, "seconds": 0} == {**clean, "seconds": 0}

@@ -104,9 +104,15 @@ class ClipGenerator:
                 "name": str(batch["name"][index]),
             }
             try:
-                clip.update(self._continue(clip, *self._clip(batch, index)), error="")
+                codes, truth, tracks = self._clip(batch, index)
+                run, scored = self._continue(clip, codes, truth, tracks)
             except Exception as err:  # one bad input is reported, the rest of the batch goes on
                 clip["error"] = f"{type(err).__name__}: {logs.first_line(err)}"
+            else:
+                # outside the try: a write that fails (a full disk) is not the clip's fault, so it
+                # fails the task and the stage, whose rerun generates the clip again
+                self._write(clip["position"], clip["name"], run, truth)
+                clip.update(scored, error="")
             clips.append(clip)
         self.out.record_batch(clips, {"seconds": time.time() - began})
         rejected = sum(bool(clip["error"]) for clip in clips)
@@ -136,11 +142,10 @@ class ClipGenerator:
 
         return identify
 
-    def _continue(self, clip: dict, codes: torch.Tensor, truth: torch.Tensor, tracks: list) -> dict:
-        """S continuations of one clip: its codes, mp4 (sample 0) and, for a preview clip, its
-        frames are written; its scores (per reference, metric and step) and those of each further
-        protocol are returned."""
-        s, identify, position = self.settings, self._identify(tracks), clip["position"]
+    def _continue(self, clip: dict, codes: torch.Tensor, truth: torch.Tensor, tracks: list) -> tuple:
+        """S continuations of one clip, and their scores (per reference, metric and step) and
+        those of each further protocol."""
+        s, identify = self.settings, self._identify(tracks)
         run = continue_clip(self.model, self.tokenizer, codes, clip["clip"], s, truth=truth)
         scored = {"scores": _scores(run, truth, self.train_mean, identify), "prompt_identity": None}
         if identify is not None:
@@ -154,15 +159,18 @@ class ClipGenerator:
                 )
                 scores = _scores(other, truth, self.train_mean, identify)
                 scored["protocols"][protocol_name(prompt_frames, steps)] = scores
+        return run, scored
+
+    def _write(self, position: int, name: str, run, truth: torch.Tensor) -> None:
+        """A clip's codes, its mp4 (sample 0) and, for a preview clip, its frames."""
         self.out.write_clip(position, run.codes.numpy())
         video = encode_mp4(to_rgb(run.frames[0].numpy()), fps=self.inputs.fps, codec="libx264", crf=12)
-        storage.write_bytes_atomic(storage.join(self.videos, f"{clip['name']}.mp4"), video)
+        storage.write_bytes_atomic(storage.join(self.videos, f"{name}.mp4"), video)
         if position in self.inputs.preview_positions:
             shown = (run.frames[0], run.median, truth)
             self.out.write_preview(
                 position, {kind: frames.numpy() for kind, frames in zip(PREVIEW, shown, strict=True)}
             )
-        return scored
 
 
 def _scores(run, truth: torch.Tensor, train_mean, identify) -> dict[str, dict[str, list[float]]]:
