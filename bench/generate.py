@@ -26,6 +26,7 @@ from dynamics.checkpoint import load_dynamics
 from dynamics.model import STTransformer
 from dynamics.rollout import rollout, rollout_uncached
 from jobs.config import load_config
+from tokenizer.model import make_quantizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,12 +35,8 @@ def demo_model() -> STTransformer:
     cfg = load_config(REPO / "configs" / "demo.yaml")
     arch = cfg.tokenizer.model
     torch.manual_seed(0)
-    if arch.quantizer == "fsq":
-        from tokenizer.model import FiniteScalarQuantizer
-
-        codebook, levels = FiniteScalarQuantizer(arch).grid, list(arch.fsq_levels)
-    else:
-        codebook, levels = torch.randn(arch.codebook_size, arch.code_dim), None
+    quantizer = make_quantizer(arch)  # its code vectors and levels, as a checkpoint's would be
+    codebook, levels = quantizer.codebook.detach(), quantizer.code_levels
     return STTransformer(cfg.dynamics.model, codebook, (arch.grid, arch.grid), levels)
 
 

@@ -38,7 +38,7 @@ from common.training import resolve_precision
 from dynamics.model import STTransformer
 from dynamics.train import step_batch
 from jobs.config import load_config
-from tokenizer.model import VQGAN
+from tokenizer.model import VQGAN, make_quantizer
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIMIZERS: dict[int, torch.optim.Optimizer] = {}  # one per model, kept across the timed steps
@@ -116,12 +116,8 @@ def main() -> None:
     torch.manual_seed(0)
     arch = cfg.tokenizer.model
     grid = (arch.grid, arch.grid)
-    if arch.quantizer == "fsq":
-        from tokenizer.model import FiniteScalarQuantizer
-
-        codebook, levels = FiniteScalarQuantizer(arch).grid, list(arch.fsq_levels)
-    else:
-        codebook, levels = torch.randn(arch.codebook_size, arch.code_dim), None
+    quantizer = make_quantizer(arch)  # its code vectors and levels, as a checkpoint's would be
+    codebook, levels = quantizer.codebook.detach(), quantizer.code_levels
 
     def dynamics_model(architecture):
         torch.manual_seed(0)

@@ -3,7 +3,8 @@
 A checkpoint is a folder: `config.json` (format, architecture, grid, codebook
 size, and the identity of the tokenizer whose codes it models) and
 `model.safetensors`. Nothing is unpickled. The codebook is read straight from
-the tokenizer's `model.safetensors`, so no tokenizer (or decoder) code runs.
+the tokenizer's `model.safetensors` (its `codebook` tensor and `code_levels`, whatever the
+quantizer), so no encoder or decoder is built.
 """
 
 from __future__ import annotations
@@ -19,21 +20,23 @@ from safetensors.torch import load_file, save_file
 from common.identity import file_identity
 from dynamics.model import STTransformer
 from dynamics.settings import STTransformerConfig
+from tokenizer.model import make_quantizer
+from tokenizer.settings import VQGANConfig
+from tokenizer.tokenizer import CODEBOOK_KEY
+from tokenizer.tokenizer import FORMAT as TOKENIZER_FORMAT
 
 FORMAT = "stvideo-st-transformer"
 FORMAT_VERSION = 1
-TOKENIZER_FORMAT = "stvideo-vqgan"
-CODEBOOK_KEY = "quantizer.embedding.weight"
-FSQ_CODEBOOK_KEY = "quantizer.grid"  # an FSQ tokenizer's every code vector
 
 
 class DynamicsCheckpointError(Exception):
     """A checkpoint (or tokenizer codebook) that cannot be used; the message says why."""
 
 
-def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, str, dict]:
-    """The tokenizer's code vectors [K, D], its identity and its architecture (whose
-    `fsq_levels`, for an FSQ tokenizer, the dynamics model's factorized head needs)."""
+def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, list[int] | None, str]:
+    """The tokenizer's code vectors [K, D] as its decoder receives them, the levels of each code
+    dimension (FSQ's, which the factorized head needs; None for a learned codebook) and the
+    tokenizer's identity."""
     tokenizer_dir = Path(tokenizer_dir)
     config_path, weights = tokenizer_dir / "config.json", tokenizer_dir / "model.safetensors"
     if not config_path.is_file() or not weights.is_file():
@@ -45,11 +48,16 @@ def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, str, dict]:
         )
     try:
         with safe_open(str(weights), framework="pt") as tensors:
-            fsq = config["model"].get("quantizer") == "fsq"
-            codebook = tensors.get_tensor(FSQ_CODEBOOK_KEY if fsq else CODEBOOK_KEY)
-    except (SafetensorError, OSError) as err:
+            if CODEBOOK_KEY in tensors.keys():
+                return tensors.get_tensor(CODEBOOK_KEY), config.get("code_levels"), file_identity(weights)
+            # written before the codebook was saved on its own: the quantizer's state gives it
+            quantizer = make_quantizer(VQGANConfig(**config["model"]))
+            prefix = "quantizer."
+            names = [name for name in tensors.keys() if name.startswith(prefix)]
+            quantizer.load_state_dict({name[len(prefix) :]: tensors.get_tensor(name) for name in names})
+    except (SafetensorError, OSError, RuntimeError) as err:
         raise DynamicsCheckpointError(f"{weights}: unreadable ({err})") from None
-    return codebook, file_identity(weights), config["model"]
+    return quantizer.codebook.detach(), quantizer.code_levels, file_identity(weights)
 
 
 def save_dynamics(

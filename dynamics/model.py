@@ -532,8 +532,9 @@ class STTransformer(nn.Module):
         grid: tuple[int, int],
         levels: list[int] | None = None,
     ):
-        """`codebook`: the tokenizer's code vectors [K, D]; `levels`: its FSQ levels per code
-        dimension (None: a VQ codebook, compared by cosine, so kept l2-normalised)."""
+        """`codebook`: the tokenizer's code vectors [K, D], as its decoder receives them (a VQ
+        codebook's l2-normalised, so cosine is their dot product); `levels`: its code levels per
+        dimension (FSQ), None for a learned codebook."""
         super().__init__()
         self.config, self.grid = cfg, tuple(grid)
         patch = cfg.patch
@@ -549,8 +550,7 @@ class STTransformer(nn.Module):
             self.register_buffer(
                 "level_basis", torch.cumprod(torch.cat([sizes.new_ones(1), sizes[:-1]]), 0), persistent=False
             )
-        vectors = codebook.float() if levels is not None else F.normalize(codebook.float(), dim=-1)
-        self.register_buffer("codebook", vectors)  # frozen
+        self.register_buffer("codebook", codebook.float())  # frozen
         self.embed = nn.Linear(code_dim * patch * patch, cfg.d_model)
         self.spatial_position = nn.Parameter(torch.randn(tokens, cfg.d_model) * 0.02)
         if not self.rotary:

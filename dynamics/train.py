@@ -44,7 +44,7 @@ def train_dynamics(
     device = accelerator.device
 
     # --- the tokenizer's codebook and the store it encoded (refused if another tokenizer's) ---
-    codebook, tokenizer_identity, tokenizer_arch = load_codebook(tokenizer_dir)
+    codebook, code_levels, tokenizer_identity = load_codebook(tokenizer_dir)
     store = open_latents(latents_uri, tokenizer_identity=tokenizer_identity)
     clip_frames, grid = int(store.attrs["clip_frames"]), tuple(store.attrs["grid"])
     arch = settings.model
@@ -55,7 +55,7 @@ def train_dynamics(
 
     # --- the model, its optimizer and schedule, then the state of a run that stopped ----------
     torch.manual_seed(settings.seed)
-    model = STTransformer(arch, codebook, grid, tokenizer_arch.get("fsq_levels"))
+    model = STTransformer(arch, codebook, grid, code_levels)
     budget = training.Budget(settings.max_minutes)
     optimizer, schedule = training.adamw(
         model.parameters(),

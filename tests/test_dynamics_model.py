@@ -22,12 +22,17 @@ from dynamics.settings import STTransformerConfig
 GRID, CODES = (3, 4), 16
 
 
+def vq_codebook() -> torch.Tensor:
+    """A learned codebook's vectors as a tokenizer checkpoint gives them: l2-normalised."""
+    return torch.nn.functional.normalize(torch.randn(CODES, 8), dim=-1)
+
+
 def model(head="regression", **changes) -> STTransformer:
     torch.manual_seed(0)
     cfg = STTransformerConfig(
         **{"d_model": 32, "n_layers": 2, "n_heads": 4, "head": head, "max_frames": 12, **changes}
     )
-    return STTransformer(cfg, torch.randn(CODES, 8), GRID).eval()
+    return STTransformer(cfg, vq_codebook(), GRID).eval()
 
 
 def codes(batch=2, frames=6, seed=0):

@@ -13,6 +13,11 @@ from dynamics.settings import STTransformerConfig
 GRID, CODES = (3, 3), 16
 
 
+def vq_codebook() -> torch.Tensor:
+    """A learned codebook's vectors as a tokenizer checkpoint gives them: l2-normalised."""
+    return torch.nn.functional.normalize(torch.randn(CODES, 8), dim=-1)
+
+
 def model(head: str, max_frames: int = 10, residual: bool = False, positions="rotary") -> STTransformer:
     torch.manual_seed(0)
     cfg = STTransformerConfig(
@@ -24,7 +29,7 @@ def model(head: str, max_frames: int = 10, residual: bool = False, positions="ro
         residual=residual,
         temporal_positions=positions,
     )
-    return STTransformer(cfg, torch.randn(CODES, 8), GRID).eval()
+    return STTransformer(cfg, vq_codebook(), GRID).eval()
 
 
 def prompt(batch=2, frames=4):
@@ -202,7 +207,7 @@ def test_patches_of_latent_pixels_as_tokens_keep_every_code_and_the_cache_exact(
         residual=head == "residual",
         max_frames=10,
     )
-    net = STTransformer(cfg, torch.randn(CODES, 8), (4, 6)).eval()
+    net = STTransformer(cfg, vq_codebook(), (4, 6)).eval()
     assert net.token_grid == (2, 3) and net.spatial_position.shape == (6, 32)
     start = torch.randint(0, CODES, (2, 4, 4, 6), generator=torch.Generator().manual_seed(1))
     out, _ = net.predict(start, deterministic=True)
@@ -217,4 +222,4 @@ def test_patches_of_latent_pixels_as_tokens_keep_every_code_and_the_cache_exact(
     with pytest.raises(
         ValueError, match="model.patch: given 4, expected a divisor of the latent grid \\(4, 6\\)"
     ):
-        STTransformer(STTransformerConfig(d_model=32, n_heads=4, patch=4), torch.randn(CODES, 8), (4, 6))
+        STTransformer(STTransformerConfig(d_model=32, n_heads=4, patch=4), vq_codebook(), (4, 6))

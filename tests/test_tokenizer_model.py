@@ -252,3 +252,49 @@ def test_an_inconsistent_fsq_config_names_its_key(changes, key):
         settings["codebook_size"] = math.prod(changes["fsq_levels"])  # only the levels are wrong
     with pytest.raises(ValueError, match=key):
         small(**settings)
+
+
+def test_the_quantizer_registry_holds_every_quantizer_the_config_names():
+    import typing
+
+    from tokenizer.model import QUANTIZERS
+
+    named = typing.get_args(VQGANConfig.__dataclass_fields__["quantizer"].type)
+    if not named:  # annotations kept as strings
+        named = typing.get_args(typing.get_type_hints(VQGANConfig)["quantizer"])
+    assert set(named) == set(QUANTIZERS)
+    for name, config in (("vq", small()), ("fsq", fsq())):
+        assert isinstance(VQGAN(config).quantizer, QUANTIZERS[name])
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_a_checkpoint_gives_its_code_vectors_and_levels_under_one_key_whatever_its_quantizer(
+    tmp_path, quantizer
+):
+    """Readers (the dynamics model) take `codebook` and `code_levels` and never branch on the
+    quantizer; a checkpoint written before that key existed still gives the same vectors."""
+    from safetensors.torch import load_file
+
+    from dynamics.checkpoint import load_codebook
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(small() if quantizer == "vq" else fsq())
+    identity = tokenizer.save_pretrained(tmp_path / "new")
+    codebook, levels, read_identity = load_codebook(tmp_path / "new")
+    assert torch.equal(codebook, tokenizer.codebook) and read_identity == identity
+    assert levels == ([8, 5, 3] if quantizer == "fsq" else None) == tokenizer.code_levels
+    if quantizer == "vq":  # as the decoder receives them: unit vectors
+        assert torch.allclose(codebook.norm(dim=-1), torch.ones(len(codebook)))
+
+    older = tmp_path / "older"
+    older.mkdir()
+    state = load_file(tmp_path / "new" / "model.safetensors")
+    del state["codebook"]
+    save_file(state, older / "model.safetensors", metadata={"format": "stvideo-vqgan"})
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    del config["code_levels"]
+    (older / "config.json").write_text(json.dumps(config))
+    older_codebook, older_levels, _ = load_codebook(older)
+    assert torch.equal(older_codebook, codebook) and older_levels == levels
+    frames = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    assert torch.equal(Tokenizer.from_pretrained(older).encode(frames), tokenizer.encode(frames))

@@ -119,12 +119,33 @@ BLANK_CODE = 0  # the code background patches take when `blank_threshold` is set
 
 
 class CodeUsage(nn.Module):
-    """What every quantizer keeps: `usage`, an EMA of the share of assignments each code gets."""
+    """What every quantizer (`QUANTIZERS`) is: encoder outputs [B, D, h, w] to codes and back
+    (`forward`, `lookup`, `embed`), its code vectors, and `usage`, an EMA of the share of
+    assignments each code gets, which a learned codebook uses to restart its dead codes."""
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
         self.codebook_size, self.usage_decay = cfg.codebook_size, cfg.usage_decay
         self.register_buffer("usage", torch.zeros(cfg.codebook_size))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """Every code's vector [codebook_size, code_dim], as the decoder receives it."""
+        raise NotImplementedError
+
+    @property
+    def code_levels(self) -> list[int] | None:
+        """The levels of each code dimension when a code is one level per dimension (FSQ), which
+        the dynamics model's factorized head predicts one by one; None for a learned codebook."""
+        return None
+
+    def dead_codes(self) -> torch.Tensor:
+        """[codebook_size] True for codes used too rarely to keep."""
+        raise NotImplementedError
+
+    def restart_dead_codes(self, candidates: torch.Tensor, generator: torch.Generator) -> int:
+        """Move dead codes onto recent encoder outputs [N, D]; returns how many moved."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def update_usage(self, counts: torch.Tensor) -> None:
@@ -222,6 +243,10 @@ class FiniteScalarQuantizer(CodeUsage):
     def codebook(self) -> torch.Tensor:
         return self.grid
 
+    @property
+    def code_levels(self) -> list[int]:
+        return [int(level) for level in self.levels]
+
     def _bounded(self, z: torch.Tensor) -> torch.Tensor:
         """[..., D] -> values whose rounding lands on the D dimensions' levels."""
         half = (self.levels - 1) * (1 - 1e-3) / 2
@@ -258,6 +283,14 @@ class FiniteScalarQuantizer(CodeUsage):
         return 0
 
 
+# the quantizers by their `tokenizer.model.quantizer` name: the one place that name is read
+QUANTIZERS: dict[str, type[CodeUsage]] = {"vq": Quantizer, "fsq": FiniteScalarQuantizer}
+
+
+def make_quantizer(cfg: VQGANConfig) -> CodeUsage:
+    return QUANTIZERS[cfg.quantizer](cfg)
+
+
 @dataclass(frozen=True)
 class VQGANOutput:
     """One training forward of the VQGAN."""
@@ -274,7 +307,7 @@ class VQGAN(nn.Module):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = FiniteScalarQuantizer(cfg) if cfg.quantizer == "fsq" else Quantizer(cfg)
+        self.quantizer = make_quantizer(cfg)
         self.decoder = Decoder(cfg)
 
     def blank_patches(self, frames: torch.Tensor) -> torch.Tensor | None:

@@ -1,9 +1,11 @@
 """`Tokenizer`: the trained VQGAN as later stages use it, saved and loaded without pickle.
 
-A checkpoint is a folder: `config.json` (format, architecture), `model.safetensors`
-(encoder, codebook, decoder), optional `discriminator.safetensors`. Its identity
-is a hash of the model weights, so a latent store can name the tokenizer it was
-encoded with and refuse any other.
+A checkpoint is a folder: `config.json` (format, architecture, `code_levels`), `model.safetensors`
+(encoder, quantizer, decoder, and `codebook`: every code's vector as the decoder receives it,
+whatever the quantizer), optional `discriminator.safetensors`. A reader that needs only the
+code vectors (the dynamics model) takes `codebook` and `code_levels` and never asks which
+quantizer made them. Its identity is a hash of the model weights, so a latent store can name
+the tokenizer it was encoded with and refuse any other.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tokenizer.settings import VQGANConfig
 
 FORMAT = "stvideo-vqgan"
 FORMAT_VERSION = 1
+CODEBOOK_KEY = "codebook"  # in model.safetensors: the code vectors [codebook_size, code_dim]
 
 
 class CheckpointError(Exception):
@@ -49,6 +52,11 @@ class Tokenizer(torch.nn.Module):
         return self.model.quantizer.codebook.detach()
 
     @property
+    def code_levels(self) -> list[int] | None:
+        """The levels of each code dimension (FSQ), None for a learned codebook."""
+        return self.model.quantizer.code_levels
+
+    @property
     def grid(self) -> tuple[int, int]:
         return self.config.grid, self.config.grid
 
@@ -75,12 +83,18 @@ class Tokenizer(torch.nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state[CODEBOOK_KEY] = self.codebook.cpu().clone()  # derived from the rest; for readers
         save_file(state, path / "model.safetensors.tmp", metadata={"format": FORMAT})
         (path / "model.safetensors.tmp").replace(path / "model.safetensors")
         if discriminator is not None:
             disc_state = {k: v.detach().cpu().contiguous() for k, v in discriminator.state_dict().items()}
             save_file(disc_state, path / "discriminator.safetensors", metadata={"format": FORMAT})
-        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.config.to_dict(),
+            "code_levels": self.code_levels,
+        }
         (path / "config.json").write_text(json.dumps(config, indent=2))
         self.identity = file_identity(path / "model.safetensors")
         return self.identity
@@ -109,6 +123,7 @@ class Tokenizer(torch.nn.Module):
             state = load_file(weights_path, device=map_location)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{weights_path}: unreadable or truncated safetensors ({err})") from None
+        state.pop(CODEBOOK_KEY, None)  # derived from the quantizer's own (older checkpoints lack it)
         model = VQGAN(arch)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))

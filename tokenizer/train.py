@@ -26,9 +26,9 @@ from pipeline.frames import RawVideoFrames, batch_frames
 from pipeline.splits import TRAIN, VAL
 from tokenizer.model import (
     VQGAN,
+    CodeUsage,
     PatchDiscriminator,
     PerceptualLoss,
-    Quantizer,
     VQGANOutput,
     adaptive_gan_weight,
     hinge_d_loss,
@@ -222,7 +222,7 @@ def discriminator_step(
 
 
 def codebook_upkeep(
-    accelerator: Accelerator, quantizer: Quantizer, out: VQGANOutput, step: int, settings: TokenizerSettings
+    accelerator: Accelerator, quantizer: CodeUsage, out: VQGANOutput, step: int, settings: TokenizerSettings
 ) -> int:
     """Fold this step's code counts into the usage EMA; every `restart_every` steps, move
     the dead codes onto recent encoder outputs. Identical on every rank (summed counts,
