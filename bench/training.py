@@ -139,8 +139,20 @@ def main() -> None:
         limit_of(dtype),
     )
 
+    tokenizer, images, autocast = measure_tokenizer(cfg, args.steps, device, limit_of)
+
+    # the Gaussian layers both ways (the config's and the other), to time one against the other
+    kinds = {cfg.dynamics.model.gaussian_conv: dynamics}
+    for kind in {"full", "separable"} - set(kinds):
+        kinds[kind] = dynamics_model(dataclasses.replace(cfg.dynamics.model, gaussian_conv=kind))
+    against_the_old_steps(cfg, tokenizer, images, autocast, dynamics, codes, args.steps, device, kinds)
+
+
+def measure_tokenizer(cfg, steps: int, device: str, limit_of):
+    """The tokenizer's step (`measure`) on random frames of its batch's shape; returns the
+    model, the frames and the autocast it trains under."""
+    arch, settings = cfg.tokenizer.model, cfg.tokenizer
     tokenizer = VQGAN(arch).to(device).train()
-    settings = cfg.tokenizer
     images = torch.rand(
         settings.batch_videos * settings.frames_per_video,
         arch.in_channels,
@@ -148,7 +160,6 @@ def main() -> None:
         arch.frame_size,
         device=device,
     )
-
     dtype, autocast = precision_of(settings.mixed_precision, device)
     measure(
         f"train-tokenizer ({str(dtype).removeprefix('torch.')})",
@@ -156,17 +167,12 @@ def main() -> None:
         lambda model: tokenizer_loss_of(model, images),
         len(images),
         "frames",
-        max(2, args.steps // 2),
+        max(2, steps // 2),
         device,
         autocast,
         limit_of(dtype),
     )
-
-    # the Gaussian layers both ways (the config's and the other), to time one against the other
-    kinds = {cfg.dynamics.model.gaussian_conv: dynamics}
-    for kind in {"full", "separable"} - set(kinds):
-        kinds[kind] = dynamics_model(dataclasses.replace(cfg.dynamics.model, gaussian_conv=kind))
-    against_the_old_steps(cfg, tokenizer, images, autocast, dynamics, codes, args.steps, device, kinds)
+    return tokenizer, images, autocast
 
 
 def against_the_old_steps(

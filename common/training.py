@@ -336,6 +336,32 @@ def listed(summary: dict[str, float]) -> str:
     return ", ".join(f"{key} {value:.4g}" for key, value in summary.items())
 
 
+def main_clock(accelerator: Accelerator, budget: Budget, seconds: float) -> float:
+    """Seconds trained, the main process's: every rank must stop at the same step and decay its
+    LR alike, so one clock decides."""
+    if budget.minutes and accelerator.num_processes > 1:
+        seconds = float(broadcast(torch.tensor([seconds], device=accelerator.device), from_process=0))
+    return seconds
+
+
+def checkpoint(
+    accelerator: Accelerator,
+    out: Persistence,
+    progress: Progress,
+    summary: dict[str, float],
+    write_checkpoint: Callable[[], None],
+) -> None:
+    """Every rank's resumable state; the main process's checkpoint and `metrics.json` (the last
+    summary); then made durable (`out.persist`)."""
+    save_state(accelerator, out.local, progress)
+    if accelerator.is_main_process:
+        write_checkpoint()
+        if summary:
+            (out.local / "metrics.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    out.persist(progress.step, summary, accelerator.is_main_process)
+
+
 def run_loop(
     accelerator: Accelerator,
     progress: Progress,
@@ -363,7 +389,7 @@ def run_loop(
     last step only evaluates.
     """
     out = persistence_of(out)
-    main, out_dir = accelerator.is_main_process, out.local
+    main = accelerator.is_main_process
 
     def log(metrics: dict[str, float]) -> None:
         if main and log_metrics:
@@ -377,14 +403,6 @@ def run_loop(
     def due(every: int) -> bool:
         return progress.step % every == 0 or finished()
 
-    def elapsed(since: float) -> float:
-        """Seconds trained, the main process's: every rank must stop at the same step and
-        decay its LR alike, so one clock decides."""
-        seconds = spent_before + time.perf_counter() - since
-        if budget.minutes and accelerator.num_processes > 1:
-            seconds = float(broadcast(torch.tensor([seconds], device=accelerator.device), from_process=0))
-        return seconds
-
     summary: dict[str, float] = {}
     items, seconds = 0, 0.0
     spent_before, loop_started = budget.seconds, time.perf_counter()
@@ -397,7 +415,7 @@ def run_loop(
         progress.step += 1
         items += result.items * accelerator.num_processes * accelerator.gradient_accumulation_steps
         seconds += time.perf_counter() - started
-        budget.seconds = elapsed(loop_started)
+        budget.seconds = main_clock(accelerator, budget, spent_before + time.perf_counter() - loop_started)
         bar.update(1)
         throughput = {f"{unit}_per_s": items / max(seconds, 1e-9)}
         if budget.spent and main:
@@ -417,13 +435,7 @@ def run_loop(
                 logger.info(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()
         if due(cadence.checkpoint_every):
-            save_state(accelerator, out_dir, progress)
-            if main:
-                write_checkpoint()
-                if summary:
-                    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-            accelerator.wait_for_everyone()
-            out.persist(progress.step, summary, main)
+            checkpoint(accelerator, out, progress, summary, write_checkpoint)
     bar.close()
     if not summary and main:  # resumed a finished run: report what the checkpoint holds
         summary = evaluate()

@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from common.identity import file_identity
 from dynamics.model import STTransformer
 from dynamics.settings import STTransformerConfig
-from tokenizer.model import make_quantizer
-from tokenizer.settings import VQGANConfig
-from tokenizer.tokenizer import CODEBOOK_KEY
-from tokenizer.tokenizer import FORMAT as TOKENIZER_FORMAT
 
 FORMAT = "stvideo-st-transformer"
 FORMAT_VERSION = 1
+# what a tokenizer checkpoint holds (`tokenizer.tokenizer`), named here so that training imports no
+# tokenizer code
+TOKENIZER_FORMAT = "stvideo-vqgan"
+TOKENIZER_CODEBOOK_KEY = "codebook"
 
 
 class DynamicsCheckpointError(Exception):
@@ -48,9 +48,13 @@ def load_codebook(tokenizer_dir: str | Path) -> tuple[torch.Tensor, list[int] | 
         )
     try:
         with safe_open(str(weights), framework="pt") as tensors:
-            if CODEBOOK_KEY in tensors.keys():
-                return tensors.get_tensor(CODEBOOK_KEY), config.get("code_levels"), file_identity(weights)
-            # written before the codebook was saved on its own: the quantizer's state gives it
+            if TOKENIZER_CODEBOOK_KEY in tensors.keys():
+                codebook = tensors.get_tensor(TOKENIZER_CODEBOOK_KEY)
+                return codebook, config.get("code_levels"), file_identity(weights)
+            # written before the codebook was saved on its own: its quantizer's state gives it
+            from tokenizer.model import make_quantizer
+            from tokenizer.settings import VQGANConfig
+
             quantizer = make_quantizer(VQGANConfig(**config["model"]))
             prefix = "quantizer."
             names = [name for name in tensors.keys() if name.startswith(prefix)]

@@ -45,17 +45,12 @@ def train_dynamics(
 
     # --- the tokenizer's codebook and the store it encoded (refused if another tokenizer's) ---
     codebook, code_levels, tokenizer_identity = load_codebook(tokenizer_dir)
-    store = open_latents(latents_uri, tokenizer_identity=tokenizer_identity)
+    store, counts = checked_store(latents_uri, tokenizer_identity, settings)
     clip_frames, grid = int(store.attrs["clip_frames"]), tuple(store.attrs["grid"])
-    arch = settings.model
-    if arch.max_frames < clip_frames:
-        raise ValueError(
-            f"model.max_frames: given {arch.max_frames}, expected at least clip_frames ({clip_frames})"
-        )
 
     # --- the model, its optimizer and schedule, then the state of a run that stopped ----------
     torch.manual_seed(settings.seed)
-    model = STTransformer(arch, codebook, grid, code_levels)
+    model = STTransformer(settings.model, codebook, grid, code_levels)
     budget = training.Budget(settings.max_minutes)
     optimizer, schedule = training.adamw(
         model.parameters(),
@@ -69,15 +64,6 @@ def train_dynamics(
     model, optimizer = accelerator.prepare(model, optimizer)
     # every rank starts from the same weights (seeded above) but draws its own Gaussian-layer noise
     torch.manual_seed(settings.seed + accelerator.process_index)
-    # a missing split must fail on every rank now, not on rank 0 at the first evaluation
-    if not (store.group["split"][:] == VAL).any():
-        raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
-    counts = clips_above(store, settings.min_motion)  # what the motion threshold leaves, per split
-    if counts["clips_train_moving"] == 0:
-        raise ValueError(
-            f"min_motion: given {settings.min_motion}; no training clip moves that much "
-            f"(of {counts['clips_train']}): lower it"
-        )
     progress = training.resume_progress(accelerator, out, "train-dynamics", schedule, budget=budget)
     loader = clip_batches(settings, latents_uri, tokenizer_identity, accelerator, progress.step)
     plain = accelerator.unwrap_model(model)
@@ -120,6 +106,28 @@ def train_dynamics(
         log_metrics=log_metrics,
     )
     return {**summary, **counts}
+
+
+def checked_store(latents_uri: str, tokenizer_identity: str, settings: DynamicsSettings):
+    """The latent store (refused if another tokenizer encoded it) and its clip counts per split
+    and motion, once it is known to hold what training needs: clips the model's window takes,
+    validation clips and training clips that move. Every rank checks, so a missing split fails
+    on all of them now, not on rank 0 at the first evaluation."""
+    store = open_latents(latents_uri, tokenizer_identity=tokenizer_identity)
+    clip_frames, max_frames = int(store.attrs["clip_frames"]), settings.model.max_frames
+    if max_frames < clip_frames:
+        raise ValueError(
+            f"model.max_frames: given {max_frames}, expected at least clip_frames ({clip_frames})"
+        )
+    if not (store.group["split"][:] == VAL).any():
+        raise RuntimeError("no validation clips: raise data.val_fraction or ingest more videos")
+    counts = clips_above(store, settings.min_motion)  # what the motion threshold leaves, per split
+    if counts["clips_train_moving"] == 0:
+        raise ValueError(
+            f"min_motion: given {settings.min_motion}; no training clip moves that much "
+            f"(of {counts['clips_train']}): lower it"
+        )
+    return store, counts
 
 
 def clip_batches(

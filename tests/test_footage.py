@@ -156,11 +156,8 @@ def test_footage_goes_through_the_whole_pipeline_in_colour(tmp_path, footage_fol
         reader = decord.VideoReader(io.BytesIO(sample["mp4"]))
         assert reader[0].shape == (64, 64, 3) and reader.get_avg_fps() == pytest.approx(10)
         assert meta["fps"] == pytest.approx(10) and meta["width"] == meta["height"] == 64
-        originals[key] = (
-            meta["original"]["width"],
-            meta["original"]["height"],
-            round(meta["original"]["fps"]),
-        )
+        original = meta["original"]
+        originals[key] = (original["width"], original["height"], round(original["fps"]))
     assert originals == {
         "wide": (1280, 720, 30),
         "landscape": (400, 300, 25),
@@ -189,7 +186,6 @@ def test_footage_goes_through_the_whole_pipeline_in_colour(tmp_path, footage_fol
     tokenizer_config = json.loads((root / "tokenizer" / "config.json").read_text())
     assert tokenizer_config["model"]["in_channels"] == 3
     generated = root / "generations" / "default"
-    videos = sorted((generated / "videos").glob("*.mp4"))
-    assert videos
-    frame = decord.VideoReader(str(videos[0]))[0].asnumpy().astype(int)
+    [first, *_] = sorted((generated / "videos").glob("*.mp4"))
+    frame = decord.VideoReader(str(first))[0].asnumpy().astype(int)
     assert np.abs(frame[..., 0] - frame[..., 2]).mean() > 5  # not grey

@@ -59,11 +59,21 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
 
     from mlflow.tracking import MlflowClient
 
+    # the user's one store (STVIDEO_HOME), not one per root
+    client = MlflowClient(tracking_uri=DEFAULT_TRACKING_URI)
+    runs = check_the_runs_up_to_encode(client, root)
+    metrics = check_the_generations(root, runs, result.stdout + result.stderr)
+    finished = check_lineage_logs_and_the_registry(client, root, runs, metrics, result, tmp_path)
+    check_generate_resumes_and_a_rerun_redoes_only_it(root, metrics, finished)
+
+
+def check_the_runs_up_to_encode(client, root) -> dict:
+    """Ingest, the tokenizer and encode: their runs under the parent, lineage and outputs;
+    returns every run by stage ("parent" for the parent)."""
     from pipeline.latents import open_latents
     from tokenizer.tokenizer import Tokenizer
 
     # the user's one store (STVIDEO_HOME), not one per root; the experiment opens as model training
-    client = MlflowClient(tracking_uri=DEFAULT_TRACKING_URI)
     experiment = client.get_experiment_by_name("stvideo-tiny")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert not (root / "mlflow.db").exists()
@@ -96,9 +106,12 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
     assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
     assert encode.data.metrics["clips_missing"] == 0
+    return runs
 
-    # dynamics and generate: a checkpoint naming the tokenizer, continuations that play, scores
-    dynamics = runs["train-dynamics"]
+
+def check_the_generations(root, runs: dict, output: str) -> dict:
+    """Dynamics and generate: the continuations, their scores and videos; returns metrics.json."""
+    parent, dynamics = runs["parent"], runs["train-dynamics"]
     assert dynamics.data.metrics["val_mse"] > 0 and dynamics.data.metrics["tokens_per_s"] > 0
     out = root / "generations" / "default"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -126,7 +139,7 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     ceiling, prompt = metrics["mean"]["truth"]["identity"], metrics["prompt_identity"]
     assert ceiling > 0.8 and prompt["original"] > 0.8 and 0 <= prompt["reconstructed"] <= 1
     assert metrics["mean"]["black"]["identity"] < ceiling
-    assert "digits named right: sample 0" in result.stdout + result.stderr
+    assert "digits named right: sample 0" in output
     # the mean frame (from the train split) is the best constant guess, so it beats black on MSE
     assert metrics["mean"]["train_mean"]["mse"] < metrics["mean"]["black"]["mse"]
     assert set(metrics["beats_references"]) == {"mse", "ssim", "steps", "model_average", "model_median"}
@@ -153,6 +166,14 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     assert parent.data.metrics["generate/model_mse"] == metrics["mean"]["model"]["mse"]
     assert parent.data.metrics["train-tokenizer/psnr"] > 0 and "encode/clips" in parent.data.metrics
     assert generate.data.tags["output.generator.model"].startswith("models:/stvideo-generator/")
+    return metrics
+
+
+def check_lineage_logs_and_the_registry(client, root, runs: dict, metrics: dict, result, tmp_path) -> str:
+    """Every stage's completion record, logs, datasets and system metrics; the registered models;
+    no secret anywhere; generate's actors wrote its outputs. Returns when generate finished."""
+    parent, dynamics, generate = runs["parent"], runs["train-dynamics"], runs["generate"]
+    out = root / "generations" / "default"
     # every stage recorded its completion, with the run that produced it
     for stage, folder in [
         ("ingest", "raw"),
@@ -194,6 +215,11 @@ def test_tiny_pipeline_runs_and_tracks_every_stage_in_mlflow(tiny_run, tmp_path)
     assert sum(len(record["clips"]) for record in records) == metrics["clips"]
     assert all(record["writer"]["pid"] not in (result.pid, 0) for record in records)
 
+    return metrics_finished
+
+
+def check_generate_resumes_and_a_rerun_redoes_only_it(root, metrics: dict, metrics_finished: str) -> None:
+    out = root / "generations" / "default"
     # the same seed gives the same continuations and scores whatever the batching and the number
     # of actors, and a generate killed mid-run resumes with the clips no batch record names
     config = untracked_tiny(root)

@@ -73,82 +73,46 @@ def train_tokenizer(
     """`out`: the checkpoint folder, or where its checkpoints become durable (`Persistence`)."""
     out = training.persistence_of(out)
     out_dir = out.local
-    arch = settings.model
     accelerator = training.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.device)
     device = accelerator.device
 
     # --- models, optimizers, schedules, then the state of a run that stopped -----------------
-    torch.manual_seed(settings.seed)
-    # channels-last: the convolutions' fast layout (a step 1.05-1.1x faster on a 2-core CPU), the same math
-    model = VQGAN(arch).to(memory_format=torch.channels_last)
-    discriminator = PatchDiscriminator(arch.in_channels, arch.disc_channels).to(
-        memory_format=torch.channels_last
-    )
-    perceptual = (
-        PerceptualLoss(settings.perceptual_weights).to(device) if settings.perceptual_weight else None
-    )
     budget = training.Budget(settings.max_minutes)
-    opt_g, sched_g = training.adamw(
-        model.parameters(),
-        settings.lr,
-        settings.betas,
-        0.0,
-        settings.warmup_steps,
-        settings.max_steps,
-        budget,
+    nets = Networks.build(settings, accelerator, budget)
+    progress = training.resume_progress(
+        accelerator, out, "train-tokenizer", nets.sched_g, nets.sched_d, budget=budget
     )
-    disc_steps = max(1, settings.max_steps - settings.disc_start)
-    disc_warmup = min(settings.warmup_steps, disc_steps)
-    opt_d, sched_d = training.adamw(
-        discriminator.parameters(), settings.disc_lr, settings.betas, 0.0, disc_warmup, disc_steps, budget
-    )
-    model, discriminator, opt_g, opt_d = accelerator.prepare(model, discriminator, opt_g, opt_d)
-    progress = training.resume_progress(accelerator, out, "train-tokenizer", sched_g, sched_d, budget=budget)
     loader = frame_batches(settings, source, accelerator, progress.step)
-    plain_model, plain_disc = accelerator.unwrap_model(model), accelerator.unwrap_model(discriminator)
+    plain_model = accelerator.unwrap_model(nets.model)
 
     def train_step() -> training.StepResult | None:
         frames = to_float(next(loader)["frames"]).to(device, memory_format=torch.channels_last)
         step = progress.step
         disc_on = step >= settings.disc_start
-        with accelerator.accumulate(model, discriminator):
-            # --- generator: reconstruction + codebook (+ perceptual) (+ adversarial) ---------
-            out = model(frames)
-            recon = out.recon.float()  # the decoder's output is half precision under autocast
-            rec = F.l1_loss(recon, frames) if settings.recon_loss == "l1" else F.mse_loss(recon, frames)
-            nll = rec + (settings.perceptual_weight * perceptual(recon, frames) if perceptual else 0.0)
-            loss = nll + out.quant_loss
-            gan_weight = torch.zeros((), device=device)
-            if disc_on:
-                last_layer = plain_model.decoder.conv_out.weight
-                gan_weight, g_adv = adversarial_term(plain_disc, recon, nll, last_layer, settings.disc_weight)
-                loss = loss + gan_weight * g_adv
-            accelerator.backward(loss)
+        with accelerator.accumulate(nets.model, nets.discriminator):
+            out, recon, terms = generator_loss(settings, nets, accelerator, frames, disc_on)
+            accelerator.backward(terms["loss"])
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt_g.step()
-            opt_g.zero_grad(set_to_none=True)
-
-            # --- discriminator ------------------------------------------------------------------
-            d_loss = torch.zeros((), device=device)
+                accelerator.clip_grad_norm_(nets.model.parameters(), settings.grad_clip)
+            nets.opt_g.step()
+            nets.opt_g.zero_grad(set_to_none=True)
+            terms["disc_loss"] = torch.zeros((), device=device)
             if disc_on:
-                d_loss = discriminator_step(
-                    accelerator, discriminator, opt_d, frames, recon, settings.grad_clip
+                terms["disc_loss"] = discriminator_step(
+                    accelerator, nets.discriminator, nets.opt_d, frames, recon, settings.grad_clip
                 )
 
         restarted = codebook_upkeep(accelerator, plain_model.quantizer, out, step, settings)
         if not accelerator.sync_gradients:
             return None
-        sched_g.step()
+        nets.sched_g.step()
         if disc_on:
-            sched_d.step()
-        terms = {"loss": loss, "recon_loss": rec, "quant_loss": out.quant_loss}
-        terms.update(gan_weight=gan_weight, disc_loss=d_loss)
+            nets.sched_d.step()
         return training.StepResult(
             len(frames),
             lambda: {
                 **{key: float(value.detach()) for key, value in terms.items()},
-                "lr": sched_g.get_last_lr()[0],
+                "lr": nets.sched_g.get_last_lr()[0],
                 "dead_codes": float(plain_model.quantizer.dead_codes().sum()),
                 "codes_restarted": float(restarted),
             },
@@ -164,11 +128,85 @@ def train_tokenizer(
         step=train_step,
         evaluate=lambda: evaluate(plain_model, source, settings, out_dir, progress.step, log_image),
         write_checkpoint=lambda: Tokenizer(plain_model.config, plain_model).save_pretrained(
-            out_dir, discriminator=plain_disc
+            out_dir, discriminator=accelerator.unwrap_model(nets.discriminator)
         ),
         log_metrics=log_metrics,
         describe=describe,
         bar_keys=("loss", "dead_codes"),
+    )
+
+
+@dataclass
+class Networks:
+    """The VQGAN and its discriminator (as `accelerator.prepare` wraps them), the optional
+    perceptual loss, and each trained network's AdamW and schedule."""
+
+    model: torch.nn.Module
+    discriminator: torch.nn.Module
+    perceptual: PerceptualLoss | None
+    opt_g: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    opt_d: torch.optim.Optimizer
+    sched_d: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def build(
+        cls, settings: TokenizerSettings, accelerator: Accelerator, budget: training.Budget
+    ) -> Networks:
+        arch = settings.model
+        torch.manual_seed(settings.seed)
+        # channels-last: the convolutions' fast layout (a step 1.05-1.1x faster on a 2-core CPU), the
+        # same math
+        model = VQGAN(arch).to(memory_format=torch.channels_last)
+        discriminator = PatchDiscriminator(arch.in_channels, arch.disc_channels).to(
+            memory_format=torch.channels_last
+        )
+        perceptual = None
+        if settings.perceptual_weight:
+            perceptual = PerceptualLoss(settings.perceptual_weights).to(accelerator.device)
+        opt_g, sched_g = training.adamw(
+            model.parameters(),
+            settings.lr,
+            settings.betas,
+            0.0,
+            settings.warmup_steps,
+            settings.max_steps,
+            budget,
+        )
+        disc_steps = max(1, settings.max_steps - settings.disc_start)
+        disc_warmup = min(settings.warmup_steps, disc_steps)
+        opt_d, sched_d = training.adamw(
+            discriminator.parameters(), settings.disc_lr, settings.betas, 0.0, disc_warmup, disc_steps, budget
+        )
+        model, discriminator, opt_g, opt_d = accelerator.prepare(model, discriminator, opt_g, opt_d)
+        return cls(model, discriminator, perceptual, opt_g, sched_g, opt_d, sched_d)
+
+
+def generator_loss(
+    settings: TokenizerSettings, nets: Networks, accelerator: Accelerator, frames: torch.Tensor, disc_on: bool
+) -> tuple[VQGANOutput, torch.Tensor, dict[str, torch.Tensor]]:
+    """The VQGAN's forward and loss: reconstruction + codebook (+ perceptual) (+ adversarial,
+    once the discriminator is on). Returns the output, the reconstruction in fp32 and the
+    loss's terms (`loss` is their weighted sum)."""
+    out = nets.model(frames)
+    recon = out.recon.float()  # the decoder's output is half precision under autocast
+    rec = F.l1_loss(recon, frames) if settings.recon_loss == "l1" else F.mse_loss(recon, frames)
+    perceptual = nets.perceptual
+    nll = rec + (settings.perceptual_weight * perceptual(recon, frames) if perceptual else 0.0)
+    loss = nll + out.quant_loss
+    gan_weight = torch.zeros((), device=frames.device)
+    if disc_on:
+        plain_model, plain_disc = (
+            accelerator.unwrap_model(nets.model),
+            accelerator.unwrap_model(nets.discriminator),
+        )
+        last_layer = plain_model.decoder.conv_out.weight
+        gan_weight, g_adv = adversarial_term(plain_disc, recon, nll, last_layer, settings.disc_weight)
+        loss = loss + gan_weight * g_adv
+    return (
+        out,
+        recon,
+        {"loss": loss, "recon_loss": rec, "quant_loss": out.quant_loss, "gan_weight": gan_weight},
     )
 
 
