@@ -331,6 +331,31 @@ def time_guard_note(summary: dict[str, float], max_minutes: float | None) -> str
     return note
 
 
+def checkpoints_reached(folders: dict[str, Path]) -> dict[str, dict]:
+    """How far each checkpoint's model trained (`reached`: its steps, the step budget, whether the
+    time guard stopped it), from its metrics.json; a checkpoint without one is left out."""
+    keys = ("steps", "max_steps", "stopped_by_time")
+    found = {}
+    for name, folder in folders.items():
+        try:
+            summary = json.loads((Path(folder) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found[name] = {key: summary[key] for key in keys if key in summary}
+    return found
+
+
+def cut_short_note(trained: dict[str, dict]) -> str:
+    """A warning for a summary when a model's time guard ended its training early; else ''."""
+    cut_short = [name for name, reached in trained.items() if reached.get("stopped_by_time")]
+    if not cut_short:
+        return ""
+    return (
+        f"; NOTE: the {' and the '.join(cut_short)} training stopped at its time guard before its "
+        "step budget, so these figures are from a shorter run than the config's"
+    )
+
+
 def listed(summary: dict[str, float]) -> str:
     """A summary as one line: `name value, ...`."""
     return ", ".join(f"{key} {value:.4g}" for key, value in summary.items())

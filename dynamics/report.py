@@ -86,6 +86,34 @@ def figure_pngs(metrics: dict, samples: int) -> dict[str, dict[str, bytes]]:
     return pngs
 
 
+def report_files(
+    metrics: dict, samples: int, preview_gif: bytes, title: str, made_by: dict[str, str]
+) -> tuple[str, dict[str, bytes]]:
+    """`report.html`'s page and every comparison figure as PNG, each figure named as the run's
+    charts file it (a further protocol's prefixed: `p15_k5_mse_by_step.png`); rendered once."""
+    pngs = figure_pngs(metrics, samples)
+    files = {}
+    for protocol, figures in pngs.items():
+        prefix = f"p{protocol.replace('->', '_k')}_" if protocol else ""
+        files.update({f"{prefix}{file}": data for file, data in figures.items()})
+    return report_html(metrics, samples, preview_gif, title, pngs, made_by), files
+
+
+def preview_steps(preview_gif: bytes, prompt_frames: int) -> list[tuple[int, bytes]]:
+    """The preview's generated frames as PNG, each with its horizon step (1: the first generated
+    frame): a slider over the continuation beside the per-step scores."""
+    from PIL import Image, ImageSequence
+
+    steps = []
+    with Image.open(io.BytesIO(preview_gif)) as gif:
+        for index, frame in enumerate(ImageSequence.Iterator(gif)):
+            if index >= prompt_frames:
+                buffer = io.BytesIO()
+                frame.convert("RGB").save(buffer, format="png")
+                steps.append((index - prompt_frames + 1, buffer.getvalue()))
+    return steps
+
+
 def report_html(
     metrics: dict,
     samples: int,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.identity import file_identity, value_identity
+from common.identity import file_identity, store_identity, value_identity
 from jobs.model_registry import CHECKPOINT_FILES, IDENTITY_TAG, KIND_TAG
 
 ARTIFACT_PATH = "generator"  # under the generate stage's run
@@ -71,6 +71,22 @@ def describe(metrics: dict, settings, scored_on: str) -> str:
             lines.append(f"- {label}: MSE per frame {mean[row]['mse']:.1f}, SSIM {mean[row]['ssim']:.3f}")
     lines.append("MSE: summed over C x H x W of [0, 1] pixels, per frame, averaged over steps and clips.")
     return "\n".join(lines)
+
+
+def scored(gen, latents_attrs, metrics: dict) -> dict:
+    """What `log_and_register` records of a generate run's scores: the frames' shape and the
+    latent grid (from the latent store's attributes), the metrics, and what they were scored on."""
+    size = int(latents_attrs["frame_size"])
+    if gen.videos:
+        on = f"videos {gen.videos}"
+    else:
+        on = f"latents {store_identity(latents_attrs)[:12]}, {gen.split} split"
+    return {
+        "frame_shape": (int(latents_attrs["channels"]), size, size),
+        "grid": tuple(latents_attrs["grid"]),
+        "metrics": metrics,
+        "scored_on": f"{on}, {metrics['clips']} clips, {gen.prompt_frames} -> {gen.generate_frames} frames",
+    }
 
 
 def log_and_register(

@@ -18,7 +18,7 @@ from typing import Any
 from common.identity import listing_identity, value_identity
 from jobs import model_registry
 from jobs.config import PipelineConfig
-from jobs.layout import MANIFEST, Layout, started_marker
+from jobs.layout import MANIFEST, Layout, started_marker, started_with
 from jobs.stages import ARTIFACTS, StageSpec
 from pipeline import storage
 
@@ -194,3 +194,19 @@ def lineage_tags(spec: StageSpec, manifest: dict[str, Any]) -> dict[str, str]:
     tags[f"output.{spec.writes}.identity"] = str(manifest["output_identity"])
     tags["stvideo.fingerprint"] = manifest["fingerprint"]
     return tags
+
+
+def made_by(cfg: PipelineConfig, layout: Layout, attrs, run_id: str | None) -> dict[str, str]:
+    """What generate's report names as having made it: the MLflow run, the models (a registered
+    version as its pinned `models:/name/N`) with their weights' identity (from `codes.zarr`'s
+    `attrs`), the clips and the config's fingerprint."""
+    fingerprint = started_with(layout.generations) or "unrecorded"
+    gen = cfg.generate
+    clips = f"videos {gen.videos}" if gen.videos else f"{gen.split} split of {layout.latents}"
+    return {
+        "MLflow run": run_id or "none (tracking off, or its server did not answer)",
+        "dynamics": f"{layout.dynamics} (weights {attrs['dynamics_identity'][:12]})",
+        "tokenizer": f"{layout.tokenizer} (weights {attrs['tokenizer_identity'][:12]})",
+        "clips": clips,
+        "config": f"{cfg.name}; generate's fingerprint {fingerprint[:12]} (its settings and inputs)",
+    }

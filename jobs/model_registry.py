@@ -79,6 +79,20 @@ def pin(uri: str, tracking_uri: str | None) -> str:
     return f"models:/{name}/{version}"
 
 
+def pinned(cfg, named: dict[str, tuple[str, str]]) -> tuple[dict[str, str], str | None]:
+    """Checkpoint URIs, each under a name with the config key it came from (name -> (key, URI)),
+    pinned (`pin`) so that every worker of a stage reads the same versions; and the MLflow they come
+    from (None when all are folders). Raises `ModelURIError` naming the key."""
+    registry = registry_uri(cfg, *(uri for _, uri in named.values()))
+    found = {}
+    for name, (key, uri) in named.items():
+        try:
+            found[name] = pin(uri, registry)
+        except ModelURIError as err:
+            raise ModelURIError(f"{key}: {err}") from None
+    return found, registry
+
+
 def checkpoint_folder(uri: str, scratch: Path, tracking_uri: str | None) -> Path:
     """A checkpoint as a local folder: a model URI downloaded into the scratch cache once per
     machine (a version's files never change), any other URI through `storage.local_copy`."""

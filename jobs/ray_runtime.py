@@ -19,6 +19,20 @@ log = logs.get("ray")
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
+@contextmanager
+def ray_data(cfg: RayConfig, num_gpus: float) -> Iterator[tuple]:
+    """Ray Data in a `ray_session`: yields the `ray.data` module and the GPUs each actor takes
+    (`num_gpus`, none on a cluster without GPUs). Its own progress bars are off (a stage draws one
+    bar, counting what it makes) and our loggers keep their levels, which importing it resets."""
+    with ray_session(cfg):
+        import ray
+        import ray.data
+
+        logs.configure()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray.data, (num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0)
+
+
 def cluster_address(cfg: RayConfig) -> tuple[str | None, str]:
     """The cluster to join and why, or (None, why) for an embedded one.
 

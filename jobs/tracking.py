@@ -278,6 +278,41 @@ def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
     return headline
 
 
+def log_generation(
+    metrics_json: bytes,
+    preview_gif: bytes,
+    report: tuple[str, dict[str, bytes]] | None,
+    preview_steps: list[tuple[int, bytes]],
+    protocols: list[tuple[int, int]],
+) -> dict[str, float]:
+    """What generate made, on its run: `metrics.json`, the preview GIF and its generated frames on
+    the image charts (a slider over the horizon steps), the report (`report.html` and each
+    comparison figure, also on the image charts), and the scores by step of the run's protocol and
+    of each further one (prefixed `p15_k5_`). Returns the headline metrics."""
+    metrics = json.loads(metrics_json)
+    log_bytes(preview_gif, "preview/preview.gif")
+    log_bytes(metrics_json, "metrics.json")
+    with tempfile.TemporaryDirectory() as folder:
+        for step, png in preview_steps:
+            path = Path(folder) / f"preview-step-{step:03d}.png"
+            path.write_bytes(png)
+            log_image(str(path), "preview", step)
+        if report is not None:
+            page, figures = report
+            for file, data in figures.items():
+                path = Path(folder) / file
+                path.write_bytes(data)
+                log_artifact(str(path), "comparison")
+                log_image(str(path), f"comparison_{path.stem}", 0)
+            log_bytes(page.encode(), "report.html")
+    headline = log_scores_by_step(metrics)
+    for prompt_frames, steps in protocols:
+        scored = metrics.get("protocols", {}).get(f"{prompt_frames}->{steps}")
+        if scored:
+            headline.update(log_scores_by_step(scored, f"p{prompt_frames}_k{steps}_"))
+    return headline
+
+
 def publish_generator(cfg: PipelineConfig, folders: dict[str, Path], settings, scored: dict) -> str:
     """generate's tokenizer and dynamics pair as one pyfunc model, logged to its run and
     registered (`jobs.generator_model.log_and_register`, which takes `scored`: the frame shape,

@@ -104,6 +104,27 @@ class GenerationStore:
         with np.load(io.BytesIO(storage.read_bytes(self._progress(f"preview-{position:06d}.npz")))) as saved:
             return {name: saved[name] for name in saved.files}
 
+    def gather(self, planned: int) -> tuple[list[dict], list[dict]]:
+        """Every clip the actors recorded, in position order, as (generated, rejected: each
+        `{clip: name, reason}`); then the store is marked complete. Raises when a planned clip
+        has no record."""
+        clips = sorted((clip for record in self.records() for clip in record["clips"]), key=_position)
+        if [clip["position"] for clip in clips] != list(range(planned)):
+            raise RuntimeError(f"generate: {self.uri} records {len(clips)} clips, not the {planned} planned")
+        rejected = [{"clip": clip["name"], "reason": clip["error"]} for clip in clips if clip["error"]]
+        done = [clip for clip in clips if not clip["error"]]
+        if done:
+            self.finish(np.array([not clip["error"] for clip in clips]))
+        return done, rejected
+
+    def write_previews(self, positions: list[int], out: str, prompt_frames: int, fps: float) -> bytes:
+        """`write_preview` of the clips at `positions`, from the frames their actors recorded
+        (the samples' median shown when there were several samples); returns the GIF's bytes."""
+        shown = [self.preview(position) for position in positions]
+        frames = {kind: [clip[kind] for clip in shown] for kind in ("generated", "median", "truth")}
+        median = frames["median"] if self.group["codes"].shape[1] > 1 else None
+        return write_preview(out, frames["generated"], frames["truth"], median, prompt_frames, fps)
+
     def finish(self, ok: np.ndarray, attrs: dict | None = None) -> None:
         """Every clip recorded: which were generated, then `complete`."""
         self.group.create_array("ok", data=np.asarray(ok, dtype=np.uint8), overwrite=True)
@@ -112,6 +133,10 @@ class GenerationStore:
     def _progress(self, name: str = "") -> str:
         folder = storage.join(self.uri, PROGRESS_DIR)
         return storage.join(folder, name) if name else folder
+
+
+def _position(clip: dict) -> int:
+    return clip["position"]
 
 
 def read_names(uri: str) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
-from common.digit_identity import DigitTrack
+from common.digit_identity import DigitIdentity, DigitTrack
 from pipeline.clips import VideoPlan, frame_step, iter_clips, video_bytes
 from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import TRAIN
@@ -116,3 +116,14 @@ def mean_frame(
             if seen >= max_videos:
                 return (total / count).astype(np.float32)
     return None if total is None else (total / count).astype(np.float32)
+
+
+def digit_identity(data) -> DigitIdentity | None:
+    """The digit classifier for generated Moving MNIST (`data`: the config's data section),
+    fitted on its glyph source; None for other data, or glyphs without labels."""
+    from pipeline.moving_mnist import load_glyphs
+
+    if data.source != "moving-mnist" or (data.path or "").endswith(".npy"):
+        return None
+    glyphs, labels = load_glyphs(data.path, data.moving_mnist.digit_size)
+    return DigitIdentity(glyphs, labels) if len(set(labels.tolist()) - {-1}) > 1 else None

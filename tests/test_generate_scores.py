@@ -253,7 +253,7 @@ def test_the_report_says_what_made_it_and_its_units_and_repeats_no_row_for_one_s
 
 
 def test_the_preview_takes_its_clips_from_as_many_videos_as_it_shows():
-    from jobs.stages.generate import spread_over_videos
+    from pipeline.prompts import spread_over_videos
 
     # a split by time: runs of one video's clips, the longest first
     items = [{"clip": i, "name": f"{i:06d}", "key": "vtest"} for i in range(10)]

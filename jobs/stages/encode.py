@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import logs
 from common.progress import progress_bar
 from jobs import model_registry
 from jobs.config import PipelineConfig
 from jobs.layout import Layout
-from jobs.ray_runtime import ray_session
+from jobs.ray_runtime import ray_data
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
 from pipeline.clips import ClipIndex, ClipWindows, decode_shard_rows
@@ -274,16 +273,9 @@ def _encode_shards(
 ) -> int:
     """Decode and encode the pending shards on Ray Data; the encoder actors write them. Returns
     the shards written."""
-    with ray_session(cfg.ray):
-        import ray
-        import ray.data
-
-        logs.configure()  # importing ray.data set its loggers' levels: ours again
-
-        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, ours, counts clips
-        gpus = cfg.encode.num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    with ray_data(cfg.ray, cfg.encode.num_gpus) as (data, gpus):
         dataset = (
-            ray.data.from_items(pending, override_num_blocks=len(pending))  # a task per shard
+            data.from_items(pending, override_num_blocks=len(pending))  # a task per shard
             .map_batches(
                 decode_shard_rows,  # stateless CPU tasks, apart from the encoder: no torch
                 batch_size=1,
@@ -306,7 +298,7 @@ def _encode_shards(
                 ),
                 batch_size=1,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=cfg.encode.num_actors),
+                compute=data.ActorPoolStrategy(size=cfg.encode.num_actors),
                 num_gpus=gpus,
                 resources=cfg.encode.actor_resources or None,
             )
