@@ -356,6 +356,12 @@ def cut_short_note(trained: dict[str, dict]) -> str:
     )
 
 
+def grouped(group: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names under a chart section, as MLflow (like TensorBoard and W&B) groups them by
+    their prefix: `train/loss`, `val/psnr` (a name's own `val_` is dropped: `val/loss`)."""
+    return {f"{group}/{key.removeprefix(group + '_')}": value for key, value in metrics.items()}
+
+
 def listed(summary: dict[str, float]) -> str:
     """A summary as one line: `name value, ...`."""
     return ", ".join(f"{key} {value:.4g}" for key, value in summary.items())
@@ -407,12 +413,11 @@ def run_loop(
 
     `step` trains on one micro-batch and returns None while gradients accumulate, or a
     `StepResult` once the optimizers stepped (it steps the LR schedules too). Then the loop
-    counts the step and, every so many steps and at the last: logs the step's metrics with
-    the throughput (`{unit}_per_s`); has the main process `evaluate` (the summary, logged
-    and printed by `describe`); saves the resumable state and has the main process
-    `write_checkpoint` and `metrics.json`, then `out.persist`s them. A run resumed after its
-    last step only evaluates.
-    """
+    counts the step and, every so many steps and at the last: logs the step's metrics and the
+    throughput (`{unit}_per_s`) under `train/`; has the main process `evaluate` (logged under
+    `val/`; the summary, with the throughput and steps reached, printed by `describe`); saves
+    the resumable state, the main process's `write_checkpoint` and `metrics.json`, then
+    `out.persist`s them. A run resumed after its last step only evaluates."""
     out = persistence_of(out)
     main = accelerator.is_main_process
 
@@ -452,11 +457,12 @@ def run_loop(
         if due(cadence.log_every):
             values = {**result.metrics(), **throughput}
             bar.set_postfix({key: f"{values[key]:.4g}" for key in bar_keys}, refresh=False)
-            log(values)
+            log(grouped("train", values))
         if due(cadence.eval_every):
             if main:
-                summary = {**evaluate(), **throughput, **reached(progress, cadence)}
-                log(summary)
+                evaluated, trained = evaluate(), {**throughput, **reached(progress, cadence)}
+                summary = {**evaluated, **trained}
+                log({**grouped("val", evaluated), **grouped("train", trained)})
                 logger.info(f"step {progress.step}: {(describe or listed)(summary)}")
             accelerator.wait_for_everyone()
         if due(cadence.checkpoint_every):

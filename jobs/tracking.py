@@ -22,6 +22,7 @@ from pathlib import Path
 from common import logs
 from common.environment import environment
 from common.identity import value_identity
+from common.training import grouped
 from jobs import generator_model, model_registry
 from jobs.config import REDACTED, PipelineConfig, is_secret
 from jobs.layout import Layout
@@ -250,30 +251,29 @@ def _client():
 
 # per-step curves as MLflow metrics: the model's estimates only; the references' curves are in
 # the comparison figures beside them (a chart per reference and metric buried the model's)
-BY_STEP = ("model", "model_median", "model_average")
-
-
 def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Generation scores (`metrics.json`'s shape): MSE, SSIM and digit identity (where scored)
-    per horizon step, the step as MLflow's step, for the model's estimates, and the samples'
-    diversity. Returns the overall means of the model and every reference, for the run's
-    summary metrics."""
+    """Generation scores (`metrics.json`'s shape) by horizon step, the step as MLflow's step: each
+    metric of the model's estimates and of every reference as `eval/<metric>/<estimate>` (a chart
+    section per metric, a chart per estimate), the samples' diversity as `eval/diversity/mse`;
+    a further protocol's under `eval_<prefix>`. Returns the overall means of the model and every
+    reference, named `<prefix><estimate>_<metric>`, for the run's summary."""
     means = metrics["mean"]
     headline = {f"{prefix}{ref}_{name}": value for ref in means for name, value in means[ref].items()}
     if "diversity" in metrics:
         headline[f"{prefix}diversity_mse"] = metrics["diversity"]["mean"]
     for kind, value in metrics.get("prompt_identity", {}).items():
         headline[f"{prefix}prompt_identity_{kind}"] = value
-    for step in range(1, len(metrics["per_step"].get("model", {}).get("mse", [])) + 1):
+    group = f"eval_{prefix.rstrip('_')}" if prefix else "eval"
+    per_step = metrics["per_step"]
+    for step in range(1, len(per_step.get("model", {}).get("mse", [])) + 1):
         by_step = {
-            f"{prefix}{ref}_{name}_by_step": metrics["per_step"][ref][name][step - 1]
-            for ref in BY_STEP
-            if ref in metrics["per_step"]
-            for name in ("mse", "ssim", "identity", "detail")
-            if name in metrics["per_step"][ref]
+            f"{group}/{name}/{ref}": values[step - 1]
+            for ref, scores in per_step.items()
+            for name, values in scores.items()
+            if len(values) >= step and values[step - 1] is not None
         }
         if "diversity" in metrics:
-            by_step[f"{prefix}diversity_mse_by_step"] = metrics["diversity"]["per_step"][step - 1]
+            by_step[f"{group}/diversity/mse"] = metrics["diversity"]["per_step"][step - 1]
         log_metrics(by_step, step=step)
     return headline
 
@@ -296,14 +296,14 @@ def log_generation(
         for step, png in preview_steps:
             path = Path(folder) / f"preview-step-{step:03d}.png"
             path.write_bytes(png)
-            log_image(str(path), "preview", step)
+            log_image(str(path), "eval/preview", step)
         if report is not None:
             page, figures = report
             for file, data in figures.items():
                 path = Path(folder) / file
                 path.write_bytes(data)
                 log_artifact(str(path), "comparison")
-                log_image(str(path), f"comparison_{path.stem}", 0)
+                log_image(str(path), f"eval/{path.stem}", 0)
             log_bytes(page.encode(), "report.html")
     headline = log_scores_by_step(metrics)
     for prompt_frames, steps in protocols:
@@ -567,10 +567,10 @@ class Tracker:
         tags.update({f"output.{name}": uri for name, uri in result.outputs.items()})
         set_tags({**tags, **lineage_tags})
         if result.metrics:
-            # a training stage's summary at its last step: at step 0 it would draw each curve it
-            # shares a name with (frames/s, steps) back to the start
+            # the stage's figures in a chart section of their own; a training stage's at its last
+            # step, where its curves end
             steps = result.metrics.get("steps")
-            log_metrics(result.metrics, step=None if steps is None else int(steps))
+            log_metrics(grouped("summary", result.metrics), step=None if steps is None else int(steps))
             # the parent shows every stage's figures, a chart section per stage
             values = {f"{result.stage}/{key}": float(value) for key, value in result.metrics.items()}
             self._to_parent({"kind": "metrics", "metrics": values, "step": None, "time": time.time()})

@@ -204,7 +204,7 @@ def pipeline(cluster):
             for stage in STEPS.keys() - set(killed):
                 runs = stage_runs(cluster, stage)
                 workers = ray_train_workers(cluster)
-                if runs and metric_steps(cluster, runs[-1], "loss") and workers:
+                if runs and metric_steps(cluster, runs[-1], "train/loss") and workers:
                     try:
                         workers[0].kill()
                         killed.append(stage)
@@ -258,8 +258,8 @@ def test_every_stage_runs_on_two_nodes_with_an_s3_root_and_nothing_local(cluster
         assert f"{stage}: resumed from" in pipeline.result.stdout, stage
         [run] = stage_runs(cluster, stage)
         every = LOG_EVERY[stage]
-        assert metric_steps(cluster, run, "loss") == list(range(every, STEPS[stage] + 1, every)), stage
-        assert run.data.metrics["world_size"] == 2 and run.info.status == "FINISHED"
+        assert metric_steps(cluster, run, "train/loss") == list(range(every, STEPS[stage] + 1, every)), stage
+        assert run.data.metrics["summary/world_size"] == 2 and run.info.status == "FINISHED"
 
 
 def test_a_second_submit_from_another_folder_finds_every_stage_complete(cluster, pipeline):

@@ -121,7 +121,8 @@ def test_the_loop_keeps_its_cadence_and_a_finished_run_only_evaluates(tmp_path):
         return summary, logged
 
     summary, logged = run()
-    logs, evals = ["frames_per_s", "loss"], ["frames_per_s", "max_steps", "score", "steps", "stopped_by_time"]
+    logs = ["train/frames_per_s", "train/loss"]  # in chart sections, as MLflow groups them
+    evals = ["train/frames_per_s", "train/max_steps", "train/steps", "train/stopped_by_time", "val/score"]
     assert logged == [(2, logs), (3, evals), (4, logs), (6, logs), (6, evals), (7, logs), (7, evals)]
     assert checkpoints == [4, 7] and (tmp_path / "train_state").is_dir()
     assert summary["score"] == 7.0 and summary["steps"] == 7 and summary["frames_per_s"] > 0
@@ -214,8 +215,8 @@ def test_training_writes_a_checkpoint_that_names_its_tokenizer(latent_root, tmp_
     assert config["tokenizer_identity"] == Tokenizer.from_pretrained(latent_root / "tokenizer").identity
     assert config["grid"] == [4, 4] and config["clip_frames"] == FRAMES
     assert {"val_loss", "val_mse", "val_kl", "tokens_per_s"} <= set(summary)
-    assert logged[12]["mse"] < logged[1]["mse"]
-    assert {"loss", "mse", "kl", "lr", "tokens_per_s"} <= set(logged[1])
+    assert logged[12]["train/mse"] < logged[1]["train/mse"]
+    assert {"train/loss", "train/mse", "train/kl", "train/lr", "train/tokens_per_s"} <= set(logged[1])
 
 
 def test_refuses_latents_of_another_tokenizer(latent_root, tmp_path):

@@ -83,7 +83,7 @@ def check_the_runs_up_to_encode(client, root) -> dict:
     ingest, tokenizer = runs["ingest"], runs["train-tokenizer"]
     for stage in (ingest, tokenizer):
         assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert ingest.data.metrics["videos_kept"] == 48
+    assert ingest.data.metrics["summary/videos_kept"] == 48
     assert ingest.data.tags["output.raw"] == f"{root}/raw"
     assert ingest.data.params["data.moving_mnist.num_videos"] == "48"
     assert [a.path for a in client.list_artifacts(ingest.info.run_id, "preview")] == ["preview/raw.gif"]
@@ -94,8 +94,9 @@ def check_the_runs_up_to_encode(client, root) -> dict:
     assert tokenizer.data.tags["output.tokenizer.identity"] == loaded.identity
     assert tokenizer.data.params["tokenizer.model.codebook_size"] == "128"
     metrics = tokenizer.data.metrics
-    assert metrics["psnr"] > metrics["psnr_mean_frame"] + 3, metrics
-    assert len(client.get_metric_history(tokenizer.info.run_id, "recon_loss")) >= 4
+    assert metrics["val/psnr"] > metrics["val/psnr_mean_frame"] + 3, metrics
+    assert metrics["summary/psnr"] == metrics["val/psnr"]  # the stage's figure: its last evaluation
+    assert len(client.get_metric_history(tokenizer.info.run_id, "train/recon_loss")) >= 4
     grids = [a.path for a in client.list_artifacts(tokenizer.info.run_id, "recon")]
     assert grids and all(path.endswith(".png") for path in grids)
 
@@ -104,15 +105,15 @@ def check_the_runs_up_to_encode(client, root) -> dict:
     assert encode.data.tags["input.tokenizer.identity"] == loaded.identity
     assert encode.data.tags["output.latents"] == f"{root}/latents.zarr"
     store = open_latents(f"{root}/latents.zarr", tokenizer_identity=loaded.identity)
-    assert store.num_clips == 48 and encode.data.metrics["clips"] == 48
-    assert encode.data.metrics["clips_missing"] == 0
+    assert store.num_clips == 48 and encode.data.metrics["summary/clips"] == 48
+    assert encode.data.metrics["summary/clips_missing"] == 0
     return runs
 
 
 def check_the_generations(root, runs: dict, output: str) -> dict:
     """Dynamics and generate: the continuations, their scores and videos; returns metrics.json."""
     parent, dynamics = runs["parent"], runs["train-dynamics"]
-    assert dynamics.data.metrics["val_mse"] > 0 and dynamics.data.metrics["tokens_per_s"] > 0
+    assert dynamics.data.metrics["val/mse"] > 0 and dynamics.data.metrics["train/tokens_per_s"] > 0
     out = root / "generations" / "default"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_step"]) == {
@@ -157,9 +158,9 @@ def check_the_generations(root, runs: dict, output: str) -> dict:
         assert sum(1 for _ in container.decode(video=0)) == 20  # P + K frames
     assert (out / "preview.gif").stat().st_size > 0 and (out / "preview.mp4").stat().st_size > 0
     generate = runs["generate"]
-    assert generate.data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
-    assert generate.data.metrics["truth_identity"] == ceiling
-    assert generate.data.metrics["prompt_identity_original"] == prompt["original"]
+    assert generate.data.metrics["summary/model_mse"] == metrics["mean"]["model"]["mse"]
+    assert generate.data.metrics["summary/truth_identity"] == ceiling
+    assert generate.data.metrics["summary/prompt_identity_original"] == prompt["original"]
     # the parent carries every stage's params and figures (a chart section per stage), and
     # generate registered the trained pair as one model
     assert parent.data.params["tokenizer.max_steps"] == "40" and parent.data.params["generate.samples"] == "1"
@@ -200,6 +201,14 @@ def check_lineage_logs_and_the_registry(client, root, runs: dict, metrics: dict,
         text = open(client.download_artifacts(run.info.run_id, log, str(tmp_path))).read()
         assert log == f"logs/{stage}.log" and f"{stage}:" in text, (stage, text[-500:])
         assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), stage
+    # every metric in a chart section (train/, val/, eval/<metric>/, summary/, system/; the
+    # parent's per stage): none in MLflow's catch-all "Model metrics"
+    for stage, run in runs.items():
+        assert all("/" in key for key in run.data.metrics), (stage, sorted(run.data.metrics)[:5])
+    assert (
+        "eval/mse/model" in runs["generate"].data.metrics
+        and "eval/ssim/copy_last" in runs["generate"].data.metrics
+    )
     datasets = {stage: [d.dataset.name for d in runs[stage].inputs.dataset_inputs] for stage in runs}
     assert datasets["encode"] == ["tiny-raw"] and datasets["generate"] == ["tiny-latents"], datasets
     # both models registered, tagged with the identity of what the root holds

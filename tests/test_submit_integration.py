@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -146,7 +147,7 @@ def test_submit_runs_every_stage_as_a_ray_job_with_lineage_in_mlflow(ray_head, s
             assert produced not in ("", "None")
             assert tags[f"input.{name}.identity"] == produced, (stage, name)
     assert made["train-tokenizer"].data.params["tokenizer.model.codebook_size"] == "128"
-    assert made["generate"].data.metrics["model_mse"] == metrics["mean"]["model"]["mse"]
+    assert made["generate"].data.metrics["summary/model_mse"] == metrics["mean"]["model"]["mse"]
 
     status = run_stvideo("status", *config)
     assert status.returncode == 0, status.stderr[-3000:]
@@ -299,9 +300,64 @@ def test_report_and_the_mlflow_ui_show_the_comparison_in_a_browser(submitted):
             )
             shown = open_comparison_figure(browser, artifacts)
             shown.screenshot(path=SCREENSHOTS / "mlflow-comparison.png")
+            check_the_runs_in_the_mlflow_ui(browser, client, submitted, made)
         finally:
             browser.close()
     assert (SCREENSHOTS / "mlflow-comparison.png").stat().st_size > 0
+
+
+def check_the_runs_in_the_mlflow_ui(browser, client, submitted, made: dict) -> None:
+    """As a user sees the runs: the parent (the run `stvideo run` links to) holds its stages'
+    params and figures, a chart section per stage (the second submission ran generate alone); a
+    stage run's charts are in sections by prefix (train/, val/, eval/<metric>/, summary/), none
+    left in MLflow's catch-all "Model metrics"."""
+    parents, _, _ = stage_runs(client, submitted.root)
+    parent = parents[1].info.run_id  # the second submission's, whose generate succeeded
+    experiment = made["generate"].info.experiment_id
+
+    def run_page(run_id: str, tab: str = "") -> str:
+        return f"{submitted.uri}/#/experiments/{experiment}/runs/{run_id}/{tab}?workflowType=machine_learning"
+
+    overview = page_text(browser, run_page(parent), "Child runs", "mlflow-parent.png")
+    counts = {kind: int(n) for kind, n in re.findall(r"(Metrics|Parameters) \((\d+)\)", overview)}
+    assert counts.get("Metrics", 0) > 10 and counts.get("Parameters", 0) > 10, (counts, overview[:2000])
+    charts = page_text(browser, run_page(parent, "model-metrics"), "generate", "mlflow-parent-charts.png")
+    assert chart_sections(charts).get("generate", 0) > 10, chart_sections(charts)
+    for stage, expected in (
+        ("train-tokenizer", {"train", "val", "summary"}),
+        ("generate", {"eval/mse", "eval/ssim", "eval/identity", "summary"}),
+    ):
+        url = run_page(made[stage].info.run_id, "model-metrics")
+        sections = chart_sections(page_text(browser, url, "summary", f"mlflow-{stage}-charts.png"))
+        assert expected <= set(sections) and sections.get("Model metrics", 0) == 0, (stage, sections)
+
+
+def chart_sections(text: str) -> dict[str, int]:
+    """The chart sections a run's "Model metrics" tab shows, each with its number of charts."""
+    headers = re.findall(r"^([^\n()]+?)[\n ]\((\d+)\)$", text, re.MULTILINE)  # "summary\n(13)"
+    return {name: int(count) for name, count in headers}
+
+
+def page_text(browser, url: str, shown: str, screenshot: str) -> str:
+    """A fresh page at `url`, once the exact text `shown` is on it: its text at the top and then
+    scrolled to the bottom (MLflow renders a long chart page as it scrolls); a screenshot kept."""
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    try:
+        page.goto(url, wait_until="load")
+        try:
+            page.get_by_text(shown, exact=True).first.wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=SCREENSHOTS / screenshot, full_page=True)
+        top = page.inner_text("body")
+        page.evaluate(
+            "() => document.querySelectorAll('*').forEach(element => {"
+            " if (element.scrollHeight > element.clientHeight + 10)"
+            " element.scrollTop = element.scrollHeight; })"
+        )
+        page.wait_for_timeout(3000)
+        return top + "\n" + page.inner_text("body")
+    finally:
+        page.close()
 
 
 def open_comparison_figure(browser, artifacts_url: str, tries: int = 2):

@@ -58,8 +58,10 @@ def test_training_writes_a_loadable_checkpoint_and_the_discriminator_joins_on_ti
     assert {"psnr", "ssim", "mse", "usage", "perplexity", "psnr_mean_frame"} <= set(summary)
     assert (tmp_path / "on" / "recon" / "step-000005.png").exists()
     # before disc_start the adversarial term is off; from it on, it is weighted in and D trains
-    assert all(logged[step]["gan_weight"] == 0 and logged[step]["disc_loss"] == 0 for step in (1, 2, 3))
-    assert all(logged[step]["disc_loss"] > 0 for step in (4, 5))
+    assert all(
+        logged[step]["train/gan_weight"] == 0 and logged[step]["train/disc_loss"] == 0 for step in (1, 2, 3)
+    )
+    assert all(logged[step]["train/disc_loss"] > 0 for step in (4, 5))
 
     train_tokenizer(settings(max_steps=5, disc_start=100), source(raw_shards), tmp_path / "off")
     train_tokenizer(settings(max_steps=3), source(raw_shards), tmp_path / "before")

@@ -75,7 +75,9 @@ def test_a_stage_outlives_its_tracking_server_and_catches_up_when_it_returns(tmp
         runs = client.search_runs([experiment.experiment_id])
         assert runs and all(run.info.status != "RUNNING" for run in runs), [r.info.status for r in runs]
         [tokenizer] = [run for run in runs if run.data.tags.get("stvideo.stage") == "train-tokenizer"]
-        steps = [metric.step for metric in client.get_metric_history(tokenizer.info.run_id, "recon_loss")]
+        steps = [
+            metric.step for metric in client.get_metric_history(tokenizer.info.run_id, "train/recon_loss")
+        ]
         assert max(steps) == 120  # logged after the outage, sent on the return
         assert tokenizer.info.status == "FINISHED" and "output.tokenizer.identity" in tokenizer.data.tags
     finally:
@@ -122,10 +124,10 @@ def test_a_run_whose_server_returns_between_stages_tracks_the_next_stage_and_reg
                 tracking.log_metrics({"clips": 48})
         assert tracker.kept() == 0
         client = MlflowClient(tracking_uri=uri)
-        assert [m.step for m in client.get_metric_history(first, "loss")] == [10, 20]
+        assert [m.step for m in client.get_metric_history(first, "train/loss")] == [10, 20]
         assert client.get_run(first).info.status == "FINISHED"
         encode = client.get_run(second)
-        assert encode.data.tags["mlflow.parentRunId"] == parent and encode.data.metrics["clips"] == 48
+        assert encode.data.tags["mlflow.parentRunId"] == parent and encode.data.metrics["summary/clips"] == 48
         [version] = client.search_model_versions(f"run_id='{first}'")
         assert version.tags["stvideo.identity"] == "abc"
         assert client.get_run(first).data.tags["output.tokenizer.model"].endswith(f"/{version.version}")

@@ -30,9 +30,10 @@ def _ray_train_worker(config: dict) -> None:
 
 
 def _log_recon(path: str, key: str, step: int) -> None:
-    """A recon grid: a file under recon/, and a picture at its step on the run's image charts."""
+    """A recon grid: a file under recon/, and a picture at its step on the run's image charts,
+    among the evaluations (`val/recon`)."""
     tracking.log_artifact(path, key)
-    tracking.log_image(path, key, step)
+    tracking.log_image(path, f"val/{key}", step)
 
 
 def run_train_tokenizer(cfg: PipelineConfig, layout: Layout) -> StageResult:
