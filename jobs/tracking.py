@@ -249,8 +249,6 @@ def _client():
     return _mlflow().MlflowClient()
 
 
-# per-step curves as MLflow metrics: the model's estimates only; the references' curves are in
-# the comparison figures beside them (a chart per reference and metric buried the model's)
 def log_scores_by_step(metrics: dict, prefix: str = "") -> dict[str, float]:
     """Generation scores (`metrics.json`'s shape) by horizon step, the step as MLflow's step: each
     metric of the model's estimates and of every reference as `eval/<metric>/<estimate>` (a chart
@@ -288,7 +286,7 @@ def log_generation(
     """What generate made, on its run: `metrics.json`, the preview GIF and its generated frames on
     the image charts (a slider over the horizon steps), the report (`report.html` and each
     comparison figure, also on the image charts), and the scores by step of the run's protocol and
-    of each further one (prefixed `p15_k5_`). Returns the headline metrics."""
+    of each further one (`log_scores_by_step`). Returns the headline metrics."""
     metrics = json.loads(metrics_json)
     log_bytes(preview_gif, "preview/preview.gif")
     log_bytes(metrics_json, "metrics.json")

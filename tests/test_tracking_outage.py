@@ -124,10 +124,10 @@ def test_a_run_whose_server_returns_between_stages_tracks_the_next_stage_and_reg
                 tracking.log_metrics({"clips": 48})
         assert tracker.kept() == 0
         client = MlflowClient(tracking_uri=uri)
-        assert [m.step for m in client.get_metric_history(first, "train/loss")] == [10, 20]
+        assert [m.step for m in client.get_metric_history(first, "loss")] == [10, 20]
         assert client.get_run(first).info.status == "FINISHED"
         encode = client.get_run(second)
-        assert encode.data.tags["mlflow.parentRunId"] == parent and encode.data.metrics["summary/clips"] == 48
+        assert encode.data.tags["mlflow.parentRunId"] == parent and encode.data.metrics["clips"] == 48
         [version] = client.search_model_versions(f"run_id='{first}'")
         assert version.tags["stvideo.identity"] == "abc"
         assert client.get_run(first).data.tags["output.tokenizer.model"].endswith(f"/{version.version}")
