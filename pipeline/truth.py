@@ -16,6 +16,7 @@ import numpy as np
 
 from common.digit_identity import DigitIdentity, DigitTrack
 from pipeline.clips import VideoPlan, frame_step, iter_clips, video_bytes
+from pipeline.moving_mnist import load_glyphs
 from pipeline.shards import RawManifest, iter_samples
 from pipeline.splits import TRAIN
 from pipeline.video import probe_video, read_frames, to_channels
@@ -121,8 +122,6 @@ def mean_frame(
 def digit_identity(data) -> DigitIdentity | None:
     """The digit classifier for generated Moving MNIST (`data`: the config's data section),
     fitted on its glyph source; None for other data, or glyphs without labels."""
-    from pipeline.moving_mnist import load_glyphs
-
     if data.source != "moving-mnist" or (data.path or "").endswith(".npy"):
         return None
     glyphs, labels = load_glyphs(data.path, data.moving_mnist.digit_size)

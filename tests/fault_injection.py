@@ -125,14 +125,14 @@ def fingerprint(stage: str, root: Path):
 PARTS = {"encode": ("codes, start frames, splits", "sources"), "generate": ("metrics.json", "codes")}
 
 
-def compared(stage: str, root: Path, clean: Path) -> str:
-    """'equals the clean run's', or what differs from it."""
+def compared(stage: str, root: Path, clean: Path) -> tuple[bool, str]:
+    """Whether the output equals the clean run's, and in words: which part differs if not."""
     made, expected = fingerprint(stage, root), fingerprint(stage, clean)
     if made == expected:
-        return "equals the clean run's"
+        return True, "equals the clean run's"
     parts = PARTS.get(stage)
     which = [name for name, a, b in zip(parts, made, expected, strict=True) if a != b] if parts else []
-    return "DIFFERS FROM the clean run's" + (f" in {', '.join(which)}" if which else "")
+    return False, "DIFFERS FROM the clean run's" + (f" in {', '.join(which)}" if which else "")
 
 
 def recorded(stage: str, root: Path) -> int | None:
@@ -249,8 +249,7 @@ def chaos(tries: int, clean: Path, durations: dict, work: Path, rng: random.Rand
                 finish(stvideo(root, stage, *RESUMED_WITH.get(stage, [])))
             else:
                 state, wrong = second_run(stage, root, at)
-        outcome = compared(stage, root, clean)
-        same = outcome.startswith("equals")
+        same, outcome = compared(stage, root, clean)
         left = sorted(path.name for path in (root / ".staging").glob("*"))
         if fault == "full-disk":
             subprocess.run(["umount", "-l", str(root)], check=True)

@@ -118,7 +118,7 @@ class Decoder(nn.Module):
 BLANK_CODE = 0  # the code background patches take when `blank_threshold` is set
 
 
-class CodeUsage(nn.Module):
+class BaseQuantizer(nn.Module):
     """What every quantizer (`QUANTIZERS`) is: encoder outputs [B, D, h, w] to codes and back
     (`forward`, `lookup`, `embed`), its code vectors, and `usage`, an EMA of the share of
     assignments each code gets, which a learned codebook uses to restart its dead codes."""
@@ -154,7 +154,7 @@ class CodeUsage(nn.Module):
         self.usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
 
 
-class Quantizer(CodeUsage):
+class Quantizer(BaseQuantizer):
     """Nearest code by cosine similarity, straight-through gradients.
 
     Both the encoder output and the codebook are l2-normalised, which keeps
@@ -219,7 +219,7 @@ class Quantizer(CodeUsage):
         return int(dead.numel())
 
 
-class FiniteScalarQuantizer(CodeUsage):
+class FiniteScalarQuantizer(BaseQuantizer):
     """FSQ: each dimension of the encoder output is bounded (tanh) and rounded to one of its
     levels, straight-through. A code is the levels' digits read as one mixed-radix number; its
     vector is the digits scaled to [-1, 1]. Nothing to learn and no code to die, so the usage
@@ -284,10 +284,10 @@ class FiniteScalarQuantizer(CodeUsage):
 
 
 # the quantizers by their `tokenizer.model.quantizer` name: the one place that name is read
-QUANTIZERS: dict[str, type[CodeUsage]] = {"vq": Quantizer, "fsq": FiniteScalarQuantizer}
+QUANTIZERS: dict[str, type[BaseQuantizer]] = {"vq": Quantizer, "fsq": FiniteScalarQuantizer}
 
 
-def make_quantizer(cfg: VQGANConfig) -> CodeUsage:
+def make_quantizer(cfg: VQGANConfig) -> BaseQuantizer:
     return QUANTIZERS[cfg.quantizer](cfg)
 
 

@@ -26,7 +26,7 @@ from pipeline.frames import RawVideoFrames, batch_frames
 from pipeline.splits import TRAIN, VAL
 from tokenizer.model import (
     VQGAN,
-    CodeUsage,
+    BaseQuantizer,
     PatchDiscriminator,
     PerceptualLoss,
     VQGANOutput,
@@ -260,7 +260,11 @@ def discriminator_step(
 
 
 def codebook_upkeep(
-    accelerator: Accelerator, quantizer: CodeUsage, out: VQGANOutput, step: int, settings: TokenizerSettings
+    accelerator: Accelerator,
+    quantizer: BaseQuantizer,
+    out: VQGANOutput,
+    step: int,
+    settings: TokenizerSettings,
 ) -> int:
     """Fold this step's code counts into the usage EMA; every `restart_every` steps, move
     the dead codes onto recent encoder outputs. Identical on every rank (summed counts,
