@@ -172,8 +172,10 @@ class Runner:
         )
         caveats = [caveat for _, caveat in plan.values() if caveat]
         guess = f"; a rough guess where {'; '.join(caveats)}" if caveats else ""
+        count = torch.get_num_threads()
+        threads = f"{count} thread{'s' if count > 1 else ''}"
         self.echo(
-            f"this machine multiplies at {rates} ({torch.get_num_threads()} threads): expect about "
+            f"this machine multiplies at {rates} ({threads}): expect about "
             f"{sum(seconds for seconds, _ in plan.values()) / 60:.0f} min here ({by_stage}), scaled from "
             f"the config's reference runs at {machines} GFLOP/s{guess}. The figures are set by step "
             "budgets, not by this time."
