@@ -30,6 +30,8 @@ def ray_data(cfg: RayConfig, num_gpus: float) -> Iterator[tuple]:
 
         logs.configure()
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # ...which Ray Data would then warn about in every stage, pointing at the switch we turned
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         yield ray.data, (num_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0)
 
 

@@ -9,6 +9,7 @@ overlaps, so no process holds every video's plan.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -285,6 +286,11 @@ def decode_shard_rows(batch: dict, index: ClipIndex, frame_size: int, channels: 
     columns = {"shard": batch["shard"], "decode_seconds": np.array(seconds)}
     for name in decoded[0]:
         column = np.empty(len(decoded), dtype=object)
-        column[:] = [shard[name] for shard in decoded]
+        if decoded[0][name].dtype == object:
+            # a shard's keys and errors as one JSON text: Arrow holds that as a string, while an
+            # array of strings per row it fails to make a tensor of, warns, and pickles
+            column[:] = [json.dumps(shard[name].tolist()) for shard in decoded]
+        else:
+            column[:] = [shard[name] for shard in decoded]
         columns[name] = column
     return columns

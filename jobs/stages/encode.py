@@ -12,6 +12,7 @@ it stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,8 @@ class ShardEncoder:
                     for part in frames.split(self.batch_size)
                 ]
             ).reshape(len(frames), frames.shape[1], *self.tokenizer.grid)
-            errors, keys = batch["error"][row], [str(key) for key in batch["key"][row]]
+            errors = np.array(json.loads(batch["error"][row]), dtype=object)  # see decode_shard_rows
+            keys = json.loads(batch["key"][row])
             split = np.where(errors == "", batch["split"][row], MISSING).astype(np.uint8)
             rejects = {key: str(error) for key, error in zip(keys, errors, strict=True) if error}
             start, stop = self.store.shard_range(shard)
