@@ -294,3 +294,8 @@ def decode_shard_rows(batch: dict, index: ClipIndex, frame_size: int, channels: 
             column[:] = [shard[name] for shard in decoded]
         columns[name] = column
     return columns
+
+
+def row_strings(batch: dict, name: str, row: int) -> list[str]:
+    """One row's strings of a `decode_shard_rows` column held as JSON text (`key`, `error`)."""
+    return json.loads(batch[name][row])

@@ -12,7 +12,6 @@ it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from jobs.layout import Layout
 from jobs.ray_runtime import ray_data
 from jobs.stages.base import StageInputError, StageResult
 from pipeline import storage
-from pipeline.clips import ClipIndex, ClipWindows, decode_shard_rows
+from pipeline.clips import ClipIndex, ClipWindows, decode_shard_rows, row_strings
 from pipeline.latents import MISSING, SCHEMA_VERSION, LatentStore, LatentStoreError, open_latents
 from pipeline.shards import RawManifest
 from pipeline.splits import SPLIT_CODES
@@ -70,8 +69,8 @@ class ShardEncoder:
                     for part in frames.split(self.batch_size)
                 ]
             ).reshape(len(frames), frames.shape[1], *self.tokenizer.grid)
-            errors = np.array(json.loads(batch["error"][row]), dtype=object)  # see decode_shard_rows
-            keys = json.loads(batch["key"][row])
+            errors = np.array(row_strings(batch, "error", row), dtype=object)
+            keys = row_strings(batch, "key", row)
             split = np.where(errors == "", batch["split"][row], MISSING).astype(np.uint8)
             rejects = {key: str(error) for key, error in zip(keys, errors, strict=True) if error}
             start, stop = self.store.shard_range(shard)
