@@ -73,10 +73,51 @@ def untracked_tiny(root) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports for the services the tests start, below the kernel's ephemeral ports (32768 and up:
+# any outgoing connection may take one of those between our check and the service's bind) and
+# above Ray's worker ports (10002-19999); each pytest-xdist worker draws from a range of its own.
+PORTS_FROM, PORTS_PER_WORKER = 20_000, 4_000
+_next_port = PORTS_FROM + PORTS_PER_WORKER * (int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3)
+
+
+# `make test` runs two files at a time (pytest-xdist), handing them out in this order: the files
+# that take longest first (on a 2-core machine, two at a time: the two-node pipeline and
+# test_pipeline 7-9 min each, the submitted pipeline 4-5), so that the short ones fill in
+# around them and no worker is left alone with a long one at the end.
+LONGEST_FIRST = [
+    "test_cluster_object_storage.py",
+    "test_pipeline.py",
+    "test_submit_integration.py",
+    "test_gpu_recipe.py",
+    "test_bench_smoke.py",
+    "test_tracking_outage.py",
+    "test_encode_stage.py",
+    "test_ingest_stage.py",
+    "test_progress.py",
+    "test_footage.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file stays in order
+
+
+def free_port(span: int = 1) -> int:
+    """A port on 127.0.0.1 that nothing holds, and the `span - 1` after it (a Ray head's client
+    server takes its GCS port + 1), never handed out twice in this session."""
+    global _next_port
+    limit = _next_port + PORTS_PER_WORKER
+    while _next_port + span <= limit:
+        port, _next_port = _next_port, _next_port + span
+        try:
+            for offset in range(span):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("this test worker has used every port of its range")
 
 
 def alive(pid: int) -> bool:
@@ -118,9 +159,13 @@ def ray_head(tmp_path_factory):
 
 
 def ray_head_env(cpus: int, **extra: str) -> dict[str, str]:
-    """The environment of infra/local/ray-head.sh for a head on free ports."""
+    """The environment of infra/local/ray-head.sh for a head on free ports, with a temp dir of
+    its own: the heads that tests run at once must not take each other's address file."""
+    temp_dir = tempfile.mkdtemp(prefix="stv-ray-", dir="/tmp")  # short: Ray's socket paths
+    atexit.register(shutil.rmtree, temp_dir, ignore_errors=True)
     return {
-        "RAY_PORT": str(free_port()),
+        "RAY_TEMP_DIR": temp_dir,
+        "RAY_PORT": str(free_port(span=2)),
         "RAY_DASHBOARD_PORT": str(free_port()),
         "RAY_DASHBOARD_AGENT_PORT": str(free_port()),
         "RAY_NUM_CPUS": str(cpus),

@@ -147,8 +147,9 @@ def metric_steps(cluster, run, key: str) -> list[int]:
 
 
 def written_since(folder: Path, started: float) -> list[str]:
-    """Files under `folder` changed after `started`, leaving out the environment and caches."""
-    skipped = {".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".git"}
+    """Files under `folder` changed after `started`, leaving out the environment, caches and the
+    browser test's screenshots (tests run two at a time: it may take them meanwhile)."""
+    skipped = {".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".git", "test-artifacts"}
     changed = []
     for parent, folders, files in os.walk(folder):
         folders[:] = [name for name in folders if name not in skipped and not name.endswith(".egg-info")]
