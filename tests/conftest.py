@@ -61,25 +61,6 @@ def runs_of(root, tracking_uri: str = DEFAULT_TRACKING_URI) -> list:
     )
 
 
-def untracked_tiny(root) -> list[str]:
-    """CLI arguments: the tiny config into `root`, without MLflow."""
-    return [
-        "--config",
-        str(REPO / "configs" / "tiny.yaml"),
-        "--set",
-        f"root={root}",
-        "--set",
-        "tracking.enabled=false",
-    ]
-
-
-# Ports for the services the tests start, below the kernel's ephemeral ports (32768 and up:
-# any outgoing connection may take one of those between our check and the service's bind) and
-# above Ray's worker ports (10002-19999); each pytest-xdist worker draws from a range of its own.
-PORTS_FROM, PORTS_PER_WORKER = 20_000, 4_000
-_next_port = PORTS_FROM + PORTS_PER_WORKER * (int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % 3)
-
-
 # `make test` runs two files at a time (pytest-xdist), handing them out in this order: the files
 # that take longest first (on a 2-core machine, two at a time: the two-node pipeline and
 # test_pipeline 7-9 min each, the submitted pipeline 4-5), so that the short ones fill in
@@ -103,12 +84,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file stays in order
 
 
+def untracked_tiny(root) -> list[str]:
+    """CLI arguments: the tiny config into `root`, without MLflow."""
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"root={root}",
+        "--set",
+        "tracking.enabled=false",
+    ]
+
+
+# Ports for the services the tests start, below the kernel's ephemeral ports (32768 and up:
+# any outgoing connection may take one of those between our check and the service's bind) and
+# above Ray's worker ports (10002-19999): 20000-31999, a range of 4,000 to each of the first
+# three pytest-xdist workers (a fourth shares the first's).
+PORTS_FROM, PORTS_PER_WORKER, PORT_RANGES = 20_000, 4_000, 3
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_next_port = PORTS_FROM + PORTS_PER_WORKER * (WORKER % PORT_RANGES)
+_PORTS_END = _next_port + PORTS_PER_WORKER
+
+
 def free_port(span: int = 1) -> int:
     """A port on 127.0.0.1 that nothing holds, and the `span - 1` after it (a Ray head's client
     server takes its GCS port + 1), never handed out twice in this session."""
     global _next_port
-    limit = _next_port + PORTS_PER_WORKER
-    while _next_port + span <= limit:
+    while _next_port + span <= _PORTS_END:
         port, _next_port = _next_port, _next_port + span
         try:
             for offset in range(span):
