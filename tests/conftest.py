@@ -48,6 +48,19 @@ FEW_VIDEOS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_left_behind():
+    """MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI (for its subprocesses): a test
+    that tracks in-process must not hand its server to the CLI runs of the tests after it, in
+    whatever order they run (a worker of `make test` takes files in no fixed order)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def runs_of(root, tracking_uri: str = DEFAULT_TRACKING_URI) -> list:
     """The MLflow runs of one root (parent and stages), in every experiment of a store."""
     from mlflow.tracking import MlflowClient

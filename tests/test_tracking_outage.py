@@ -16,18 +16,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SCRIPT = REPO / "infra" / "local" / "mlflow-server.sh"
 
 
-@pytest.fixture(autouse=True)
-def _no_tracking_uri_left_behind():
-    """MLflow's set_tracking_uri also exports MLFLOW_TRACKING_URI (for its subprocesses): these
-    tests track in-process, and must not hand their server to the CLI runs of later tests."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 def server(action: str, state, port: int) -> None:
     env = {**os.environ, "MLFLOW_PORT": str(port)}
     done = subprocess.run(
