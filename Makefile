@@ -50,7 +50,7 @@ lint: setup
 # wait on services and subprocesses. A file's tests stay together with their fixtures, and the
 # files go out longest first (tests/conftest.py: LONGEST_FIRST), not by their number of tests.
 # One torch thread a process, so that two workers do not fight over two cores (on a 2-core
-# machine: 28.9 min one at a time, 22.9 two at a time on two threads each, 21.1 on one).
+# machine: 26.3 min one at a time, 22.7-22.9 two at a time on two threads each, 21.1 on one).
 # pytest exits 5 when it collects nothing; that is not a failure of the code.
 TEST_WORKERS ?= 2
 test: lint
