@@ -21,6 +21,7 @@ to swap in what it made.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -188,14 +189,22 @@ class ObjectRecord:
         self.fs, self.path = storage.filesystem(uri)
 
     def read(self) -> tuple[dict | None, str | None]:
-        self.fs.invalidate_cache(self.path)  # another process may have replaced it since we looked
-        try:
-            # an open S3 file reads with If-Match on the ETag it found: the bytes are that version's
-            with self.fs.open(self.path, "rb") as handle:
-                data, etag = handle.read(), handle.details.get("ETag")
-        except FileNotFoundError:
-            return None, None
-        return _parsed(data, self.path), etag
+        for _ in range(20):
+            self.fs.invalidate_cache(self.path)  # another process may have replaced it since we looked
+            try:
+                # an open S3 file reads with If-Match on the ETag it found: the bytes are that version's
+                with self.fs.open(self.path, "rb") as handle:
+                    data, etag = handle.read(), handle.details.get("ETag")
+            except FileNotFoundError:
+                return None, None
+            except OSError as err:
+                # replaced between finding its ETag and reading its bytes (s3fs's FileExpired):
+                # a contender swapped it in that moment, so the next look sees the new version
+                if err.errno == errno.EBUSY:
+                    continue
+                raise
+            return _parsed(data, self.path), etag
+        raise RootLocked(f"{self.path}: the lock record kept changing as it was read; try again")
 
     def swap(self, value: dict, expected: str | None) -> None:
         data = json.dumps(value, indent=2).encode()

@@ -175,3 +175,29 @@ def test_a_lock_file_that_is_not_a_record_is_named_and_nothing_is_run(tmp_path):
     (tmp_path / "root" / LOCK_NAME).write_text("left by an editor")
     with pytest.raises(RootLocked, match=f"{tmp_path}/root/{LOCK_NAME} is not a lock record .* remove it"):
         RootLock(str(tmp_path / "root"), "next").acquire()
+
+
+def test_a_record_replaced_while_it_is_read_is_read_again_not_raised():
+    """S3 reads an open file with If-Match on the ETag it found at open; a contender's swap
+    between that look and the read is the next version to read, not a crash (a CI race)."""
+    import s3fs
+
+    from jobs.root_lock import ObjectRecord
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    with moto_s3("locks") as env, environment(env):
+        record = ObjectRecord("s3://locks/replaced/_lock.json")
+        record.swap({"id": "first"}, None)
+        _, first_version = record.read()
+        opened = record.fs.open
+
+        def open_then_replace(path, mode="rb", **kwargs):
+            handle = opened(path, mode, **kwargs)  # its ETag is fixed now
+            if handle.details.get("ETag") == first_version:
+                record.fs.pipe_file(record.path, json.dumps({"id": "second"}).encode())
+            return handle
+
+        record.fs.open = open_then_replace
+        value, version = record.read()
+        assert value == {"id": "second"} and version not in (None, first_version)
+    s3fs.S3FileSystem.clear_instance_cache()
